@@ -1,0 +1,18 @@
+# The two commands: `make run` and `make test`.
+CARGO ?= cargo
+
+.PHONY: run test lint bench build
+
+run:
+	$(CARGO) run --release -- serve --addr 127.0.0.1:3000 --data-dir ./data
+
+test: lint
+	$(CARGO) test --all-targets
+	$(CARGO) test --doc
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --all-targets -- -D warnings
+
+build:
+	$(CARGO) build --release

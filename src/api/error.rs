@@ -1,0 +1,349 @@
+//! The JSON error envelope, and the one place errors become HTTP responses.
+
+use std::convert::Infallible;
+
+use serde::Serialize;
+use warp::http::StatusCode;
+use warp::reply::Response;
+use warp::{Rejection, Reply};
+
+use crate::domain::{SessionError, TimeoutConfigError};
+
+/// An error as a client sees it: a status, a stable code and a readable explanation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ApiError {
+    /// The HTTP status.
+    pub status: StatusCode,
+    /// The stable machine-readable code, e.g. `SESSION_NOT_FOUND`.
+    pub code: &'static str,
+    /// A short human-readable message.
+    pub message: String,
+    /// More detail, e.g. which id or field.
+    pub details: String,
+}
+
+impl warp::reject::Reject for ApiError {}
+
+#[derive(Serialize)]
+struct Envelope<'a> {
+    success: bool,
+    error: Body<'a>,
+}
+
+#[derive(Serialize)]
+struct Body<'a> {
+    code: &'a str,
+    message: &'a str,
+    details: &'a str,
+}
+
+/// Longest client-supplied value echoed back in `details`.
+const ECHO_LIMIT: usize = 64;
+
+/// A client value, shortened for echoing in an error.
+fn echo(value: &str) -> String {
+    match value.char_indices().nth(ECHO_LIMIT) {
+        Some((cut, _)) => format!("{}…", &value[..cut]),
+        None => value.to_owned(),
+    }
+}
+
+impl ApiError {
+    fn new(
+        status: StatusCode,
+        code: &'static str,
+        message: impl Into<String>,
+        details: impl Into<String>,
+    ) -> Self {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+            details: details.into(),
+        }
+    }
+
+    /// The response: the envelope with this error's status.
+    pub fn into_response(self) -> Response {
+        let envelope = Envelope {
+            success: false,
+            error: Body {
+                code: self.code,
+                message: &self.message,
+                details: &self.details,
+            },
+        };
+        warp::reply::with_status(warp::reply::json(&envelope), self.status).into_response()
+    }
+
+    /// 400 INVALID_JSON.
+    pub fn invalid_json(details: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "INVALID_JSON",
+            "Request body must be a JSON object",
+            details,
+        )
+    }
+
+    /// 400 MISSING_FIELDS naming every missing field.
+    pub fn missing_fields(fields: &[&str]) -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "MISSING_FIELDS",
+            "Missing required fields",
+            format!("missing: {}", fields.join(", ")),
+        )
+    }
+
+    /// 400 INVALID_UUID for `field`.
+    pub fn invalid_uuid(field: &str, value: &str) -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "INVALID_UUID",
+            format!("Invalid {field}: must be a UUID"),
+            format!("{field} {:?} is not a UUID", echo(value)),
+        )
+    }
+
+    /// 400 INVALID_CONTENT.
+    pub fn invalid_content(message: &str, details: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "INVALID_CONTENT", message, details)
+    }
+
+    /// 400 INVALID_METADATA.
+    pub fn invalid_metadata(details: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "INVALID_METADATA",
+            "Invalid metadata",
+            details,
+        )
+    }
+
+    /// 400 INVALID_ATTACHMENTS.
+    pub fn invalid_attachments(details: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "INVALID_ATTACHMENTS",
+            "Invalid attachments",
+            details,
+        )
+    }
+
+    /// 400 INVALID_TIMEOUT_CONFIG with a message naming the field and its range.
+    pub fn invalid_timeout(message: String) -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "INVALID_TIMEOUT_CONFIG",
+            message.clone(),
+            message,
+        )
+    }
+
+    /// 400 INVALID_PAGINATION for a query parameter.
+    pub fn invalid_pagination(parameter: &str, value: &str) -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "INVALID_PAGINATION",
+            "Invalid pagination parameter",
+            format!("{parameter} {:?} is not valid", echo(value)),
+        )
+    }
+
+    /// 400 INVALID_QUERY.
+    pub fn invalid_query(details: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "INVALID_QUERY",
+            "Invalid query parameter",
+            details,
+        )
+    }
+
+    /// 400 INVALID_TRANSPORT.
+    pub fn invalid_transport(field: &str, value: &str) -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "INVALID_TRANSPORT",
+            "Invalid transport",
+            format!(
+                "{field} {:?} must be one of http, sse, websocket, sync, stream",
+                echo(value)
+            ),
+        )
+    }
+
+    /// 401 UNAUTHORIZED.
+    pub fn unauthorized() -> Self {
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            "UNAUTHORIZED",
+            "Unauthorized",
+            "a valid X-API-Key header is required",
+        )
+    }
+
+    /// 404 NOT_FOUND for an unknown route.
+    pub fn route_not_found() -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "NOT_FOUND",
+            "Not found",
+            "no such route",
+        )
+    }
+
+    /// 405 METHOD_NOT_ALLOWED.
+    pub fn method_not_allowed() -> Self {
+        Self::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "METHOD_NOT_ALLOWED",
+            "Method not allowed",
+            "this route does not accept that method",
+        )
+    }
+
+    /// 413 PAYLOAD_TOO_LARGE.
+    pub fn payload_too_large(limit: u64) -> Self {
+        Self::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "PAYLOAD_TOO_LARGE",
+            "Request body too large",
+            format!("the body limit is {limit} bytes"),
+        )
+    }
+
+    /// 415 UNSUPPORTED_MEDIA_TYPE.
+    pub fn unsupported_media_type() -> Self {
+        Self::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "UNSUPPORTED_MEDIA_TYPE",
+            "Unsupported media type",
+            "send the body with Content-Type: application/json",
+        )
+    }
+
+    /// 500 INTERNAL_ERROR: the cause is logged under a request id; the client gets the id only.
+    pub fn internal(cause: &dyn std::fmt::Display) -> Self {
+        let request_id = uuid::Uuid::new_v4();
+        tracing::error!(%request_id, error = %cause, "internal error");
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "INTERNAL_ERROR",
+            "Internal server error",
+            format!("request id {request_id}"),
+        )
+    }
+
+    /// 503 STORAGE_UNAVAILABLE: the cause is logged under a request id.
+    pub fn storage_unavailable(cause: &dyn std::fmt::Display) -> Self {
+        let request_id = uuid::Uuid::new_v4();
+        tracing::error!(%request_id, error = %cause, "storage unavailable");
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "STORAGE_UNAVAILABLE",
+            "Storage unavailable",
+            format!("the store cannot write; request id {request_id}"),
+        )
+    }
+}
+
+impl From<TimeoutConfigError> for ApiError {
+    fn from(error: TimeoutConfigError) -> Self {
+        ApiError::invalid_timeout(error.to_string())
+    }
+}
+
+impl From<SessionError> for ApiError {
+    fn from(error: SessionError) -> Self {
+        let details = error.to_string();
+        match error {
+            SessionError::NotFound(_) => ApiError::new(
+                StatusCode::NOT_FOUND,
+                "SESSION_NOT_FOUND",
+                "Session not found",
+                details,
+            ),
+            SessionError::Expired { .. } => ApiError::new(
+                StatusCode::GONE,
+                "SESSION_EXPIRED",
+                "Session has expired",
+                details,
+            ),
+            SessionError::MaxDurationReached { .. } => ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "MAX_DURATION_REACHED",
+                "Session cannot be extended beyond its maximum duration",
+                details,
+            ),
+            SessionError::InvalidParent { .. } => ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "INVALID_PARENT",
+                "Invalid parent message",
+                details,
+            ),
+            SessionError::ForbiddenAuthor { .. } => ApiError::new(
+                StatusCode::FORBIDDEN,
+                "FORBIDDEN_AUTHOR",
+                "Author must be the session's user or agent",
+                details,
+            ),
+            SessionError::InvalidTimeout(error) => error.into(),
+            SessionError::MessageNotFound { .. } => ApiError::new(
+                StatusCode::NOT_FOUND,
+                "MESSAGE_NOT_FOUND",
+                "Message not found",
+                details,
+            ),
+        }
+    }
+}
+
+impl From<crate::Error> for ApiError {
+    fn from(error: crate::Error) -> Self {
+        use crate::Error;
+        match &error {
+            Error::Io(_) | Error::Flush(_) | Error::Storage(sled::Error::Io(_)) => {
+                ApiError::storage_unavailable(&error)
+            }
+            _ => ApiError::internal(&error),
+        }
+    }
+}
+
+/// Renders a handler's outcome.
+pub fn respond(outcome: Result<Response, ApiError>) -> Response {
+    outcome.unwrap_or_else(ApiError::into_response)
+}
+
+/// Turns every rejection — ours and warp's own — into the envelope.
+///
+/// # Errors
+/// Never: every rejection gets a response.
+pub async fn handle_rejection(rejection: Rejection) -> Result<Response, Infallible> {
+    let error = if let Some(error) = rejection.find::<ApiError>() {
+        error.clone()
+    } else if rejection.is_not_found() {
+        ApiError::route_not_found()
+    } else if rejection.find::<warp::reject::MethodNotAllowed>().is_some() {
+        ApiError::method_not_allowed()
+    } else if rejection.find::<warp::reject::PayloadTooLarge>().is_some() {
+        ApiError::payload_too_large(crate::config::DEFAULT_MAX_BODY_BYTES)
+    } else if rejection
+        .find::<warp::reject::UnsupportedMediaType>()
+        .is_some()
+    {
+        ApiError::unsupported_media_type()
+    } else if rejection
+        .find::<warp::filters::body::BodyDeserializeError>()
+        .is_some()
+    {
+        ApiError::invalid_json("the body could not be parsed")
+    } else if rejection.find::<warp::reject::InvalidQuery>().is_some() {
+        ApiError::invalid_query("the query string could not be parsed")
+    } else {
+        ApiError::internal(&format_args!("unhandled rejection: {rejection:?}"))
+    };
+    Ok(error.into_response())
+}

@@ -1,0 +1,229 @@
+//! Message routes: append, page, get one, thread.
+
+use serde::Serialize;
+use serde_json::Value;
+use warp::http::StatusCode;
+use warp::reply::Response;
+use warp::{Filter, Rejection};
+
+use super::error::{respond, ApiError};
+use super::request::{
+    attachments_field, content_field, field, metadata_field, path_uuid, uuid_field, JsonObject,
+    Query,
+};
+use super::sessions::{json_body, load_active, query, session_path};
+use super::views::{json, MessageCreated, MessageView};
+use super::{with_state, AppState};
+use crate::domain::{NewMessage, SessionError};
+use crate::store::MessageQuery;
+
+/// Default and largest page size of a message page.
+const PAGE_LIMIT: (usize, usize) = (50, 100);
+
+/// Every message route.
+pub(super) fn routes(
+    state: &AppState,
+) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+    messages_create(state)
+        .or(messages_list(state))
+        .unify()
+        .or(message_get(state))
+        .unify()
+        .or(message_thread(state))
+        .unify()
+}
+
+/// POST /sessions/{sessionId}/messages
+fn messages_create(
+    state: &AppState,
+) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+    session_path()
+        .and(warp::path("messages"))
+        .and(warp::path::end())
+        .and(warp::post())
+        .and(with_state(state))
+        .and(json_body(state))
+        .then(create_message)
+        .map(respond)
+}
+
+/// GET /sessions/{sessionId}/messages
+fn messages_list(
+    state: &AppState,
+) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+    session_path()
+        .and(warp::path("messages"))
+        .and(warp::path::end())
+        .and(warp::get())
+        .and(with_state(state))
+        .and(query())
+        .then(list_messages)
+        .map(respond)
+}
+
+/// GET /sessions/{sessionId}/messages/{messageId}
+fn message_get(state: &AppState) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+    session_path()
+        .and(warp::path("messages"))
+        .and(warp::path::param::<String>())
+        .and(warp::path::end())
+        .and(warp::get())
+        .and(with_state(state))
+        .then(get_message)
+        .map(respond)
+}
+
+/// GET /sessions/{sessionId}/messages/{messageId}/thread
+fn message_thread(
+    state: &AppState,
+) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+    session_path()
+        .and(warp::path("messages"))
+        .and(warp::path::param::<String>())
+        .and(warp::path("thread"))
+        .and(warp::path::end())
+        .and(warp::get())
+        .and(with_state(state))
+        .then(get_thread)
+        .map(respond)
+}
+
+/// How the client wants the reply delivered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Transport {
+    /// Hold the request until the agent replies (`http`, legacy `sync`).
+    Http,
+    /// Stream the reply as Server-Sent Events (`sse`, legacy `stream`).
+    Sse,
+    /// Answer at once; replies reach the event streams (`websocket`, or nothing given).
+    Websocket,
+}
+
+/// `transport`, or the legacy `mode` when `transport` is absent.
+fn transport_field(body: &JsonObject) -> Result<Transport, ApiError> {
+    let (name, value) = match field(body, "transport") {
+        Some(value) => ("transport", value),
+        None => match field(body, "mode") {
+            Some(value) => ("mode", value),
+            None => return Ok(Transport::Websocket),
+        },
+    };
+    match value {
+        Value::String(s) if s == "http" || s == "sync" => Ok(Transport::Http),
+        Value::String(s) if s == "sse" || s == "stream" => Ok(Transport::Sse),
+        Value::String(s) if s == "websocket" => Ok(Transport::Websocket),
+        Value::String(s) => Err(ApiError::invalid_transport(name, s)),
+        other => Err(ApiError::invalid_transport(name, &other.to_string())),
+    }
+}
+
+async fn create_message(
+    id: String,
+    state: AppState,
+    body: Result<JsonObject, ApiError>,
+) -> Result<Response, ApiError> {
+    let session_id = path_uuid("sessionId", &id)?;
+    let body = body?;
+    let new = NewMessage {
+        content: content_field(&body)?,
+        metadata_json: metadata_field(&body)?,
+        attachments: attachments_field(&body)?,
+        parent_id: uuid_field(&body, "parentId")?,
+        author_id: uuid_field(&body, "authorId")?,
+    };
+    let _transport = transport_field(&body)?;
+    let appended = state
+        .store
+        .append_message(session_id, &new, state.clock.as_ref())??;
+    state.store.durable().await?;
+    let now = state.clock.now();
+    Ok(json(
+        StatusCode::CREATED,
+        &MessageCreated::new(&appended.message, &appended.session, appended.renewal, now),
+    ))
+}
+
+#[derive(Serialize)]
+struct MessageList<'a> {
+    messages: Vec<MessageView<'a>>,
+    #[serde(rename = "hasMore")]
+    has_more: bool,
+    cursors: Option<Cursors>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Cursors {
+    before: u64,
+    after: u64,
+    before_seq: u64,
+    after_seq: u64,
+}
+
+async fn list_messages(id: String, state: AppState, query: Query) -> Result<Response, ApiError> {
+    let session_id = path_uuid("sessionId", &id)?;
+    let message_query = MessageQuery {
+        limit: query.limit(PAGE_LIMIT.0, PAGE_LIMIT.1)?,
+        before_ms: query.integer("before")?,
+        after_ms: query.integer("after")?,
+        before_seq: query.integer("beforeSeq")?,
+        after_seq: query.integer("afterSeq")?,
+        parent_id: query.uuid("parentId")?,
+    };
+    let (session, _) = load_active(&state, session_id)?;
+    let page = state.store.page_messages(&session, &message_query)??;
+    let cursors = match (page.messages.first(), page.messages.last()) {
+        (Some(newest), Some(oldest)) => Some(Cursors {
+            before: oldest.created_at.as_millis(),
+            after: newest.created_at.as_millis(),
+            before_seq: oldest.seq,
+            after_seq: newest.seq,
+        }),
+        _ => None,
+    };
+    Ok(json(
+        StatusCode::OK,
+        &MessageList {
+            messages: page.messages.iter().map(MessageView::new).collect(),
+            has_more: page.has_more,
+            cursors,
+        },
+    ))
+}
+
+async fn get_message(
+    id: String,
+    message_id: String,
+    state: AppState,
+) -> Result<Response, ApiError> {
+    let session_id = path_uuid("sessionId", &id)?;
+    let message_id = path_uuid("messageId", &message_id)?;
+    load_active(&state, session_id)?;
+    let message =
+        state
+            .store
+            .message(session_id, message_id)?
+            .ok_or(SessionError::MessageNotFound {
+                session_id,
+                message_id,
+            })?;
+    Ok(json(StatusCode::OK, &MessageView::new(&message)))
+}
+
+async fn get_thread(id: String, message_id: String, state: AppState) -> Result<Response, ApiError> {
+    let session_id = path_uuid("sessionId", &id)?;
+    let message_id = path_uuid("messageId", &message_id)?;
+    load_active(&state, session_id)?;
+    let thread =
+        state
+            .store
+            .thread(session_id, message_id)?
+            .ok_or(SessionError::MessageNotFound {
+                session_id,
+                message_id,
+            })?;
+    Ok(json(
+        StatusCode::OK,
+        &serde_json::json!({ "messages": thread.iter().map(MessageView::new).collect::<Vec<_>>() }),
+    ))
+}

@@ -1,0 +1,139 @@
+//! The HTTP API: warp filters per route, thin handlers over the domain and the store.
+//!
+//! Handlers return `Result<Response, ApiError>`; only warp's own rejections (unknown route,
+//! wrong method) and the API-key check travel as rejections, and all of them meet the one
+//! [`handle_rejection`] at the top.
+
+mod error;
+mod health;
+mod messages;
+mod request;
+mod sessions;
+mod views;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use warp::filters::BoxedFilter;
+use warp::{Filter, Reply};
+
+pub use error::{handle_rejection, ApiError};
+
+use crate::domain::{Clock, TimeoutPolicy};
+use crate::store::Store;
+
+/// Everything a handler needs, cheap to clone.
+#[derive(Clone, Debug)]
+pub struct AppState {
+    /// The store.
+    pub store: Store,
+    /// Where handlers read the time.
+    pub clock: Arc<dyn Clock>,
+    /// Timeout defaults and bounds.
+    pub policy: TimeoutPolicy,
+    /// Largest accepted request body.
+    pub max_body_bytes: u64,
+    /// Required `X-API-Key`, if any.
+    pub api_key: Option<Arc<str>>,
+    /// When the server started (for `uptime`).
+    pub started: Instant,
+}
+
+/// Hands a clone of the state to a handler.
+fn with_state(
+    state: &AppState,
+) -> impl Filter<Extract = (AppState,), Error = std::convert::Infallible> + Clone {
+    let state = state.clone();
+    warp::any().map(move || state.clone())
+}
+
+/// `/api/messaging/sessions`, the prefix of most routes.
+fn sessions_prefix() -> impl Filter<Extract = (), Error = warp::Rejection> + Clone {
+    warp::path("api")
+        .and(warp::path("messaging"))
+        .and(warp::path("sessions"))
+}
+
+/// Every route, behind the API-key check, with every rejection rendered as the envelope.
+/// Mount this in another warp app to embed sessiond.
+pub fn routes(state: &AppState) -> BoxedFilter<(warp::reply::Response,)> {
+    let api = health::routes(state)
+        .or(sessions::routes(state))
+        .unify()
+        .or(messages::routes(state))
+        .unify();
+    authorize(state.api_key.clone())
+        .and(api)
+        .recover(handle_rejection)
+        .unify()
+        .map(Reply::into_response)
+        .boxed()
+}
+
+/// Rejects with 401 unless the request carries the key (health is always open). Runs
+/// before routing, so unknown routes answer 401 too.
+fn authorize(key: Option<Arc<str>>) -> BoxedFilter<()> {
+    let Some(key) = key else {
+        return warp::any().boxed();
+    };
+    warp::path::full()
+        .and(warp::header::headers_cloned())
+        .and_then(
+            move |path: warp::path::FullPath, headers: warp::http::HeaderMap| {
+                let key = key.clone();
+                async move {
+                    if path.as_str() == health::PATH {
+                        return Ok(());
+                    }
+                    let given = headers
+                        .get("x-api-key")
+                        .map(|v| v.as_bytes())
+                        .unwrap_or_default();
+                    if constant_time_eq(given, key.as_bytes()) {
+                        Ok(())
+                    } else {
+                        Err(warp::reject::custom(ApiError::unauthorized()))
+                    }
+                }
+            },
+        )
+        .untuple_one()
+        .boxed()
+}
+
+/// Compares without an early exit, so timing does not reveal how much of a key matched.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    let mut diff = u8::from(a.len() != b.len());
+    for (i, &byte) in b.iter().enumerate() {
+        diff |= byte ^ a.get(i).copied().unwrap_or(0);
+    }
+    diff == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn constant_time_eq_compares_whole_values() {
+        assert!(constant_time_eq(b"secret", b"secret"));
+        assert!(!constant_time_eq(b"secreT", b"secret"));
+        assert!(!constant_time_eq(b"secret!", b"secret"));
+        assert!(!constant_time_eq(b"", b"secret"));
+        assert!(!constant_time_eq(b"sec", b"secret"));
+    }
+}
+
+impl AppState {
+    /// The state for a store and a configuration.
+    pub fn new(store: Store, config: &crate::config::ServeConfig, clock: Arc<dyn Clock>) -> Self {
+        AppState {
+            store,
+            clock,
+            policy: config.timeout_policy(),
+            max_body_bytes: config.max_body_bytes,
+            api_key: config.api_key.as_deref().map(Arc::from),
+            started: Instant::now(),
+        }
+    }
+}

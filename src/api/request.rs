@@ -1,0 +1,508 @@
+//! Turning request parts into validated values. Each parser returns the [`ApiError`] the
+//! contract names for its input, so handlers only compose them.
+
+use bytes::Buf;
+use futures_util::{Stream, StreamExt};
+use serde_json::{Map, Value};
+use uuid::Uuid;
+use warp::http::header::{CONTENT_LENGTH, CONTENT_TYPE};
+use warp::http::HeaderMap;
+
+use super::error::ApiError;
+use crate::domain::message::{MAX_ATTACHMENTS, MAX_CONTENT_CHARS, MAX_METADATA_BYTES};
+use crate::domain::session::INVALID_MINUTES;
+use crate::domain::{Attachment, TimeoutConfigPatch, TimeoutPolicy};
+
+/// A JSON request body: always an object.
+pub type JsonObject = Map<String, Value>;
+
+fn is_json_content_type(headers: &HeaderMap) -> bool {
+    let Some(value) = headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    let essence = value
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    essence == "application/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json"))
+}
+
+/// Reads a JSON object body of at most `limit` bytes. The content type is checked first,
+/// then the declared length, then the bytes as they arrive (chunked bodies too).
+///
+/// # Errors
+/// 415 without a JSON content type, 413 over the limit, 400 INVALID_JSON for anything
+/// that is not a JSON object.
+pub async fn read_json_object<S, B>(
+    headers: &HeaderMap,
+    body: S,
+    limit: u64,
+) -> Result<JsonObject, ApiError>
+where
+    S: Stream<Item = Result<B, warp::Error>>,
+    B: Buf,
+{
+    if !is_json_content_type(headers) {
+        return Err(ApiError::unsupported_media_type());
+    }
+    let declared = headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|length| length > limit) {
+        return Err(ApiError::payload_too_large(limit));
+    }
+    let mut bytes =
+        Vec::with_capacity(usize::try_from(declared.unwrap_or(0).min(limit)).unwrap_or(0));
+    let mut body = std::pin::pin!(body);
+    while let Some(chunk) = body.next().await {
+        let mut chunk = chunk
+            .map_err(|e| ApiError::invalid_json(format!("the body could not be read: {e}")))?;
+        if (bytes.len() + chunk.remaining()) as u64 > limit {
+            return Err(ApiError::payload_too_large(limit));
+        }
+        while chunk.has_remaining() {
+            let part = chunk.chunk();
+            bytes.extend_from_slice(part);
+            let n = part.len();
+            chunk.advance(n);
+        }
+    }
+    match serde_json::from_slice::<Value>(&bytes) {
+        Ok(Value::Object(object)) => Ok(object),
+        Ok(_) => Err(ApiError::invalid_json("the body must be a JSON object")),
+        Err(error) => Err(ApiError::invalid_json(error.to_string())),
+    }
+}
+
+/// A field's value, treating `null` as absent.
+pub fn field<'a>(object: &'a JsonObject, name: &str) -> Option<&'a Value> {
+    object.get(name).filter(|value| !value.is_null())
+}
+
+/// Fails with MISSING_FIELDS naming every required field that is absent or null.
+///
+/// # Errors
+/// 400 MISSING_FIELDS.
+pub fn require_fields(object: &JsonObject, names: &[&str]) -> Result<(), ApiError> {
+    let missing: Vec<&str> = names
+        .iter()
+        .copied()
+        .filter(|name| field(object, name).is_none())
+        .collect();
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(ApiError::missing_fields(&missing))
+    }
+}
+
+/// Parses an id in any standard textual UUID form.
+///
+/// # Errors
+/// 400 INVALID_UUID naming `name`.
+pub fn parse_uuid(name: &str, text: &str) -> Result<Uuid, ApiError> {
+    Uuid::parse_str(text).map_err(|_| ApiError::invalid_uuid(name, text))
+}
+
+/// Parses a path segment holding an id (percent-decoded first).
+///
+/// # Errors
+/// 400 INVALID_UUID naming `name`.
+pub fn path_uuid(name: &str, segment: &str) -> Result<Uuid, ApiError> {
+    let decoded = percent_encoding::percent_decode_str(segment).decode_utf8_lossy();
+    parse_uuid(name, &decoded)
+}
+
+/// An optional UUID body field.
+///
+/// # Errors
+/// 400 INVALID_UUID when present and not a UUID string.
+pub fn uuid_field(object: &JsonObject, name: &str) -> Result<Option<Uuid>, ApiError> {
+    match field(object, name) {
+        None => Ok(None),
+        Some(Value::String(text)) => parse_uuid(name, text).map(Some),
+        Some(other) => Err(ApiError::invalid_uuid(name, &other.to_string())),
+    }
+}
+
+/// The `metadata` field as compact JSON text (`{}` when absent).
+///
+/// # Errors
+/// 400 INVALID_METADATA when not an object or over 10 KiB.
+pub fn metadata_field(object: &JsonObject) -> Result<String, ApiError> {
+    match field(object, "metadata") {
+        None => Ok("{}".to_owned()),
+        Some(value @ Value::Object(_)) => {
+            let text = value.to_string();
+            if text.len() > MAX_METADATA_BYTES {
+                Err(ApiError::invalid_metadata(format!(
+                    "metadata is {} bytes; the limit is {MAX_METADATA_BYTES} bytes of compact JSON",
+                    text.len()
+                )))
+            } else {
+                Ok(text)
+            }
+        }
+        Some(_) => Err(ApiError::invalid_metadata("metadata must be a JSON object")),
+    }
+}
+
+/// The `content` field: a string of 1..=4000 characters.
+///
+/// # Errors
+/// 400 MISSING_FIELDS when absent, INVALID_CONTENT otherwise.
+pub fn content_field(object: &JsonObject) -> Result<String, ApiError> {
+    match field(object, "content") {
+        None => Err(ApiError::missing_fields(&["content"])),
+        Some(Value::String(text)) if text.is_empty() => Err(ApiError::invalid_content(
+            "Content must be a non-empty string",
+            "content is empty",
+        )),
+        Some(Value::String(text)) => {
+            let chars = text.chars().count();
+            if chars > MAX_CONTENT_CHARS {
+                Err(ApiError::invalid_content(
+                    "Content exceeds maximum length of 4000 characters",
+                    format!("content has {chars} characters"),
+                ))
+            } else {
+                Ok(text.clone())
+            }
+        }
+        Some(_) => Err(ApiError::invalid_content(
+            "Content must be a non-empty string",
+            "content is not a string",
+        )),
+    }
+}
+
+/// The `attachments` field: at most 16 objects `{type, url, name?}`; unknown keys dropped.
+///
+/// # Errors
+/// 400 INVALID_ATTACHMENTS.
+pub fn attachments_field(object: &JsonObject) -> Result<Vec<Attachment>, ApiError> {
+    let items = match field(object, "attachments") {
+        None => return Ok(Vec::new()),
+        Some(Value::Array(items)) => items,
+        Some(_) => {
+            return Err(ApiError::invalid_attachments(
+                "attachments must be an array",
+            ))
+        }
+    };
+    if items.len() > MAX_ATTACHMENTS {
+        return Err(ApiError::invalid_attachments(format!(
+            "{} attachments; at most {MAX_ATTACHMENTS} are allowed",
+            items.len()
+        )));
+    }
+    items
+        .iter()
+        .enumerate()
+        .map(|(i, item)| {
+            let Value::Object(item) = item else {
+                return Err(ApiError::invalid_attachments(format!(
+                    "attachments[{i}] must be an object"
+                )));
+            };
+            let text = |key: &str, required: bool| match field(item, key) {
+                Some(Value::String(s)) => Ok(Some(s.clone())),
+                None if !required => Ok(None),
+                None => Err(ApiError::invalid_attachments(format!(
+                    "attachments[{i}].{key} is required"
+                ))),
+                Some(_) => Err(ApiError::invalid_attachments(format!(
+                    "attachments[{i}].{key} must be a string"
+                ))),
+            };
+            Ok(Attachment {
+                kind: text("type", true)?.unwrap_or_default(),
+                url: text("url", true)?.unwrap_or_default(),
+                name: text("name", false)?,
+            })
+        })
+        .collect()
+}
+
+/// A partial timeout config object, as sent at creation or in a PATCH.
+///
+/// # Errors
+/// 400 INVALID_TIMEOUT_CONFIG naming a mistyped field and its range.
+pub fn timeout_patch(
+    object: &JsonObject,
+    policy: &TimeoutPolicy,
+) -> Result<TimeoutConfigPatch, ApiError> {
+    let mut patch = TimeoutConfigPatch::default();
+    let mut mistyped: Option<&'static str> = None;
+    for (name, slot) in [
+        ("timeoutMinutes", &mut patch.timeout_minutes),
+        ("maxDurationMinutes", &mut patch.max_duration_minutes),
+        (
+            "warningThresholdMinutes",
+            &mut patch.warning_threshold_minutes,
+        ),
+    ] {
+        match field(object, name) {
+            None => {}
+            // JSON integers only: 30.0 and "30" are refused.
+            Some(Value::Number(n)) if n.is_i64() || n.is_u64() => {
+                *slot = Some(n.as_i64().unwrap_or(i64::MAX));
+            }
+            Some(_) => {
+                *slot = Some(INVALID_MINUTES);
+                mistyped.get_or_insert(name);
+            }
+        }
+    }
+    match field(object, "autoRenew") {
+        None => {}
+        Some(Value::Bool(b)) => patch.auto_renew = Some(*b),
+        Some(_) => {
+            return Err(ApiError::invalid_timeout(
+                "autoRenew must be a boolean".into(),
+            ));
+        }
+    }
+    if mistyped.is_some() {
+        // The policy reports the range of the first field it cannot accept.
+        let error = policy.resolve_new(patch).err();
+        if let Some(error) = error {
+            return Err(error.into());
+        }
+    }
+    Ok(patch)
+}
+
+/// The `timeoutConfig` member of a create body.
+///
+/// # Errors
+/// 400 INVALID_TIMEOUT_CONFIG when it is not an object or a field is mistyped.
+pub fn timeout_config_field(
+    object: &JsonObject,
+    policy: &TimeoutPolicy,
+) -> Result<TimeoutConfigPatch, ApiError> {
+    match field(object, "timeoutConfig") {
+        None => Ok(TimeoutConfigPatch::default()),
+        Some(Value::Object(config)) => timeout_patch(config, policy),
+        Some(_) => Err(ApiError::invalid_timeout(
+            "timeoutConfig must be an object".into(),
+        )),
+    }
+}
+
+/// Parsed query parameters (the last value of a repeated name wins).
+#[derive(Debug, Default)]
+pub struct Query(Vec<(String, String)>);
+
+impl Query {
+    /// Parses a raw query string (`+` and percent escapes decoded).
+    pub fn parse(raw: &str) -> Self {
+        Query(
+            form_urlencoded::parse(raw.as_bytes())
+                .into_owned()
+                .collect(),
+        )
+    }
+
+    /// The value of `name`, if present.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .rev()
+            .find(|(key, _)| key == name)
+            .map(|(_, value)| value.as_str())
+    }
+
+    /// An optional UUID parameter.
+    ///
+    /// # Errors
+    /// 400 INVALID_UUID.
+    pub fn uuid(&self, name: &str) -> Result<Option<Uuid>, ApiError> {
+        self.get(name)
+            .map(|text| parse_uuid(name, text))
+            .transpose()
+    }
+
+    /// An optional integer parameter: a plain decimal integer (optional `-`, digits) that
+    /// fits in i64. `+5`, `1e3` and the empty string are refused.
+    ///
+    /// # Errors
+    /// 400 INVALID_PAGINATION.
+    pub fn integer(&self, name: &str) -> Result<Option<i64>, ApiError> {
+        let Some(text) = self.get(name) else {
+            return Ok(None);
+        };
+        let digits = text.strip_prefix('-').unwrap_or(text);
+        if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(ApiError::invalid_pagination(name, text));
+        }
+        text.parse::<i64>()
+            .map(Some)
+            .map_err(|_| ApiError::invalid_pagination(name, text))
+    }
+
+    /// A page size: `default` when absent, else clamped into `1..=max`.
+    ///
+    /// # Errors
+    /// 400 INVALID_PAGINATION.
+    pub fn limit(&self, default: usize, max: usize) -> Result<usize, ApiError> {
+        Ok(match self.integer("limit")? {
+            None => default,
+            Some(n) => usize::try_from(n.clamp(1, max as i64)).unwrap_or(default),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn object(value: Value) -> JsonObject {
+        match value {
+            Value::Object(object) => object,
+            _ => unreachable!("test inputs are objects"),
+        }
+    }
+
+    fn policy() -> TimeoutPolicy {
+        TimeoutPolicy {
+            default_timeout_minutes: 30,
+            min_timeout_minutes: 5,
+            max_timeout_minutes: 1440,
+            default_max_duration_minutes: 720,
+            max_duration_limit_minutes: 2880,
+            default_warning_threshold_minutes: 5,
+        }
+    }
+
+    #[test]
+    fn integers_must_be_plain_decimal() {
+        for bad in ["+5", "1e3", "", "abc", "5.0", "-", "99999999999999999999"] {
+            let query = Query::parse(&format!("limit={}", bad.replace('+', "%2B")));
+            assert_eq!(
+                query.integer("limit").unwrap_err().code,
+                "INVALID_PAGINATION",
+                "{bad:?}"
+            );
+        }
+        assert_eq!(Query::parse("limit=-5").integer("limit").unwrap(), Some(-5));
+        assert_eq!(Query::parse("limit=0").limit(100, 1000).unwrap(), 1);
+        assert_eq!(Query::parse("limit=5000").limit(100, 1000).unwrap(), 1000);
+        assert_eq!(Query::parse("").limit(100, 1000).unwrap(), 100);
+    }
+
+    #[test]
+    fn mistyped_minutes_name_the_field_and_range() {
+        for bad in [json!(30.0), json!("30"), json!(true)] {
+            let error =
+                timeout_patch(&object(json!({ "timeoutMinutes": bad })), &policy()).unwrap_err();
+            assert_eq!(error.code, "INVALID_TIMEOUT_CONFIG");
+            assert_eq!(
+                error.message,
+                "timeoutMinutes must be an integer between 5 and 1440"
+            );
+        }
+        let error = timeout_patch(&object(json!({ "autoRenew": "yes" })), &policy()).unwrap_err();
+        assert!(error.message.contains("autoRenew"));
+    }
+
+    #[test]
+    fn null_means_absent() {
+        let patch = timeout_patch(&object(json!({ "timeoutMinutes": null })), &policy()).unwrap();
+        assert_eq!(patch, TimeoutConfigPatch::default());
+        assert_eq!(
+            metadata_field(&object(json!({ "metadata": null }))).unwrap(),
+            "{}"
+        );
+    }
+
+    #[test]
+    fn content_is_counted_in_characters() {
+        let ok = "é".repeat(MAX_CONTENT_CHARS);
+        assert!(content_field(&object(json!({ "content": ok }))).is_ok());
+        let long = "é".repeat(MAX_CONTENT_CHARS + 1);
+        let error = content_field(&object(json!({ "content": long }))).unwrap_err();
+        assert_eq!(
+            error.message,
+            "Content exceeds maximum length of 4000 characters"
+        );
+        assert_eq!(
+            content_field(&object(json!({ "content": 5 })))
+                .unwrap_err()
+                .code,
+            "INVALID_CONTENT"
+        );
+        assert_eq!(
+            content_field(&object(json!({}))).unwrap_err().code,
+            "MISSING_FIELDS"
+        );
+    }
+
+    #[test]
+    fn metadata_limit_is_on_compact_bytes() {
+        let at_limit = "x".repeat(MAX_METADATA_BYTES - r#"{"k":""}"#.len());
+        assert!(metadata_field(&object(json!({ "metadata": { "k": at_limit } }))).is_ok());
+        let over = "x".repeat(MAX_METADATA_BYTES);
+        assert_eq!(
+            metadata_field(&object(json!({ "metadata": { "k": over } })))
+                .unwrap_err()
+                .code,
+            "INVALID_METADATA"
+        );
+        assert_eq!(
+            metadata_field(&object(json!({ "metadata": [1] })))
+                .unwrap_err()
+                .code,
+            "INVALID_METADATA"
+        );
+    }
+
+    #[test]
+    fn attachments_drop_unknown_keys_and_check_shape() {
+        let parsed = attachments_field(&object(json!({
+            "attachments": [{ "type": "image", "url": "u", "extra": 1, "name": null }]
+        })))
+        .unwrap();
+        assert_eq!(
+            parsed,
+            vec![Attachment {
+                kind: "image".into(),
+                url: "u".into(),
+                name: None
+            }]
+        );
+        let missing_url = json!({ "attachments": [{ "type": "image" }] });
+        assert_eq!(
+            attachments_field(&object(missing_url)).unwrap_err().code,
+            "INVALID_ATTACHMENTS"
+        );
+        let too_many = json!({ "attachments": vec![json!({"type":"a","url":"b"}); 17] });
+        assert_eq!(
+            attachments_field(&object(too_many)).unwrap_err().code,
+            "INVALID_ATTACHMENTS"
+        );
+    }
+
+    #[test]
+    fn ids_accept_every_standard_form() {
+        let id = Uuid::parse_str("67e55044-10b1-426f-9247-bb680e5fe0c8").unwrap();
+        for form in [
+            "67E55044-10B1-426F-9247-BB680E5FE0C8",
+            "67e5504410b1426f9247bb680e5fe0c8",
+            "{67e55044-10b1-426f-9247-bb680e5fe0c8}",
+            "urn:uuid:67e55044-10b1-426f-9247-bb680e5fe0c8",
+        ] {
+            assert_eq!(parse_uuid("id", form).unwrap(), id, "{form}");
+        }
+        assert_eq!(
+            path_uuid("id", "%7B67e55044-10b1-426f-9247-bb680e5fe0c8%7D").unwrap(),
+            id
+        );
+        assert_eq!(parse_uuid("id", "nope").unwrap_err().code, "INVALID_UUID");
+    }
+}

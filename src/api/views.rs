@@ -1,0 +1,199 @@
+//! The JSON shapes of API.md, built from domain values.
+
+use serde::Serialize;
+use serde_json::value::RawValue;
+use uuid::Uuid;
+use warp::http::StatusCode;
+use warp::reply::Response;
+
+use crate::domain::{Attachment, Message, Renewal, Session, TimeoutConfig, Timestamp};
+
+/// A JSON response with `status`.
+pub fn json(status: StatusCode, body: &impl Serialize) -> Response {
+    warp::reply::with_status(warp::reply::json(body), status).into_response()
+}
+
+use warp::Reply as _;
+
+/// Stored JSON text embedded as-is. Text that is somehow not JSON (it was validated on
+/// the way in) degrades to `{}` rather than failing the response.
+fn raw(text: &str) -> &RawValue {
+    serde_json::from_str(text).unwrap_or_else(|_| {
+        tracing::warn!("stored metadata is not JSON; answering {{}}");
+        serde_json::from_str("{}").expect("{} is JSON")
+    })
+}
+
+/// `timeoutConfig`.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TimeoutConfigView {
+    timeout_minutes: u32,
+    auto_renew: bool,
+    max_duration_minutes: u32,
+    warning_threshold_minutes: u32,
+}
+
+impl From<TimeoutConfig> for TimeoutConfigView {
+    fn from(c: TimeoutConfig) -> Self {
+        TimeoutConfigView {
+            timeout_minutes: c.timeout_minutes,
+            auto_renew: c.auto_renew,
+            max_duration_minutes: c.max_duration_minutes,
+            warning_threshold_minutes: c.warning_threshold_minutes,
+        }
+    }
+}
+
+/// The body of `POST /sessions`.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SessionCreated<'a> {
+    session_id: Uuid,
+    agent_id: Uuid,
+    user_id: Uuid,
+    created_at: String,
+    metadata: &'a RawValue,
+    expires_at: String,
+    timeout_config: TimeoutConfigView,
+}
+
+impl<'a> SessionCreated<'a> {
+    /// The view of a new session.
+    pub fn new(s: &'a Session) -> Self {
+        SessionCreated {
+            session_id: s.id,
+            agent_id: s.agent_id,
+            user_id: s.user_id,
+            created_at: s.created_at.to_rfc3339(),
+            metadata: raw(&s.metadata_json),
+            expires_at: s.expires_at().to_rfc3339(),
+            timeout_config: s.timeout.into(),
+        }
+    }
+}
+
+/// SessionInfo.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SessionInfo<'a> {
+    session_id: Uuid,
+    agent_id: Uuid,
+    user_id: Uuid,
+    created_at: String,
+    last_activity: String,
+    metadata: &'a RawValue,
+    expires_at: String,
+    timeout_config: TimeoutConfigView,
+    renewal_count: u64,
+    time_remaining: u64,
+    is_near_expiration: bool,
+    message_count: u64,
+}
+
+impl<'a> SessionInfo<'a> {
+    /// The view of a session at `now`.
+    pub fn new(s: &'a Session, now: Timestamp) -> Self {
+        SessionInfo {
+            session_id: s.id,
+            agent_id: s.agent_id,
+            user_id: s.user_id,
+            created_at: s.created_at.to_rfc3339(),
+            last_activity: s.last_activity.to_rfc3339(),
+            metadata: raw(&s.metadata_json),
+            expires_at: s.expires_at().to_rfc3339(),
+            timeout_config: s.timeout.into(),
+            renewal_count: s.renewal_count,
+            time_remaining: u64::try_from(s.time_remaining(now).as_millis()).unwrap_or(u64::MAX),
+            is_near_expiration: s.is_near_expiration(now),
+            message_count: s.message_count,
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct AttachmentView<'a> {
+    #[serde(rename = "type")]
+    kind: &'a str,
+    url: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    name: Option<&'a str>,
+}
+
+impl<'a> From<&'a Attachment> for AttachmentView<'a> {
+    fn from(a: &'a Attachment) -> Self {
+        AttachmentView {
+            kind: &a.kind,
+            url: &a.url,
+            name: a.name.as_deref(),
+        }
+    }
+}
+
+/// Message.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MessageView<'a> {
+    id: Uuid,
+    session_id: Uuid,
+    seq: u64,
+    parent_id: Option<Uuid>,
+    content: &'a str,
+    author_id: Uuid,
+    is_agent: bool,
+    created_at: String,
+    metadata: &'a RawValue,
+    attachments: Vec<AttachmentView<'a>>,
+}
+
+impl<'a> MessageView<'a> {
+    /// The view of a message.
+    pub fn new(m: &'a Message) -> Self {
+        MessageView {
+            id: m.id,
+            session_id: m.session_id,
+            seq: m.seq,
+            parent_id: m.parent_id,
+            content: &m.content,
+            author_id: m.author_id,
+            is_agent: m.is_agent,
+            created_at: m.created_at.to_rfc3339(),
+            metadata: raw(&m.metadata_json),
+            attachments: m.attachments.iter().map(AttachmentView::from).collect(),
+        }
+    }
+}
+
+/// `sessionStatus` of an appended message.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SessionStatus {
+    expires_at: String,
+    renewal_count: u64,
+    was_renewed: bool,
+    is_near_expiration: bool,
+}
+
+/// The body of `POST …/messages`.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MessageCreated<'a> {
+    #[serde(flatten)]
+    message: MessageView<'a>,
+    session_status: SessionStatus,
+}
+
+impl<'a> MessageCreated<'a> {
+    /// The view of an append at `now`.
+    pub fn new(message: &'a Message, session: &Session, renewal: Renewal, now: Timestamp) -> Self {
+        MessageCreated {
+            message: MessageView::new(message),
+            session_status: SessionStatus {
+                expires_at: session.expires_at().to_rfc3339(),
+                renewal_count: session.renewal_count,
+                was_renewed: renewal == Renewal::Renewed,
+                is_near_expiration: session.is_near_expiration(now),
+            },
+        }
+    }
+}

@@ -1,0 +1,175 @@
+//! Building and running the server: bind, open the store, spawn the sweeper, serve, and
+//! shut down in order.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::api::{self, AppState};
+use crate::config::ServeConfig;
+use crate::domain::{Clock, SystemClock};
+use crate::error::{Error, Result};
+use crate::store::{Store, StoreOptions};
+use crate::sweeper;
+
+/// A server running on the current tokio runtime.
+#[derive(Debug)]
+pub struct RunningServer {
+    addr: SocketAddr,
+    store: Store,
+    /// Cancelled to begin shutdown; the HTTP server and the sweeper both watch it.
+    shutdown: CancellationToken,
+    http: JoinHandle<()>,
+    sweeper: JoinHandle<()>,
+}
+
+/// Checks the settings and the data directory, binds, opens the store and starts serving
+/// on the current runtime with the system clock.
+///
+/// # Errors
+/// [`Error::Config`] for inconsistent settings, an unusable data directory or an address
+/// that cannot be bound (nothing is opened then); store errors from opening.
+pub async fn start(config: ServeConfig) -> Result<RunningServer> {
+    start_with_clock(config, Arc::new(SystemClock)).await
+}
+
+/// [`start`] with an injected clock.
+///
+/// # Errors
+/// As [`start`].
+pub async fn start_with_clock(config: ServeConfig, clock: Arc<dyn Clock>) -> Result<RunningServer> {
+    config.validate().map_err(Error::Config)?;
+    check_data_dir(&config.data_dir)?;
+    // Bind ourselves: warp's `run(addr)` panics when the bind fails.
+    let listener = TcpListener::bind(config.addr)
+        .await
+        .map_err(|e| Error::Config(format!("cannot listen on {}: {e}", config.addr)))?;
+    let addr = listener.local_addr()?;
+
+    let (path, options) = (
+        config.data_dir.clone(),
+        StoreOptions {
+            cache_capacity_bytes: config.cache_mb * 1024 * 1024,
+        },
+    );
+    let store = tokio::task::spawn_blocking(move || Store::open(&path, &options))
+        .await
+        .map_err(|e| Error::Io(std::io::Error::other(e)))??;
+
+    let state = AppState::new(store.clone(), &config, clock.clone());
+    let shutdown = CancellationToken::new();
+    let http = tokio::spawn(
+        warp::serve(api::routes(&state))
+            .incoming(listener)
+            .graceful(shutdown.clone().cancelled_owned())
+            .run(),
+    );
+    let sweeper = tokio::spawn(sweeper::run_until_stopped(
+        store.clone(),
+        clock,
+        config.sweep_interval(),
+        config.expired_retention(),
+        shutdown.clone(),
+    ));
+    tracing::info!(%addr, data_dir = %config.data_dir.display(), "sessiond listening");
+    Ok(RunningServer {
+        addr,
+        store,
+        shutdown,
+        http,
+        sweeper,
+    })
+}
+
+impl RunningServer {
+    /// The address actually bound (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The store the server writes to.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Stops the server and waits until it has stopped.
+    ///
+    /// # Errors
+    /// The final flush failed.
+    pub async fn shutdown(self) -> Result<()> {
+        // Order: stop accepting and let in-flight requests finish (warp's graceful
+        // shutdown), stop the sweeper, then flush so everything is on disk before exit.
+        self.shutdown.cancel();
+        if let Err(error) = self.http.await {
+            tracing::error!(%error, "HTTP server task failed");
+        }
+        if let Err(error) = self.sweeper.await {
+            tracing::error!(%error, "sweeper task failed");
+        }
+        let store = self.store;
+        tokio::task::spawn_blocking(move || store.flush())
+            .await
+            .map_err(|e| Error::Io(std::io::Error::other(e)))??;
+        tracing::info!("sessiond stopped");
+        Ok(())
+    }
+}
+
+/// Runs until `shutdown` completes, then stops gracefully.
+///
+/// # Errors
+/// As [`start`] and [`RunningServer::shutdown`].
+pub async fn run(config: ServeConfig, shutdown: impl Future<Output = ()>) -> Result<()> {
+    let server = start(config).await?;
+    shutdown.await;
+    tracing::info!("shutting down");
+    server.shutdown().await
+}
+
+/// Completes on Ctrl-C (SIGINT) or SIGTERM.
+pub async fn shutdown_signal() {
+    let interrupt = async {
+        if let Err(error) = tokio::signal::ctrl_c().await {
+            tracing::error!(%error, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(error) => {
+                tracing::error!(%error, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = interrupt => {}
+        () = terminate => {}
+    }
+}
+
+/// Creates the data directory if needed and proves it is writable.
+fn check_data_dir(path: &Path) -> Result<()> {
+    let unusable = |e: std::io::Error| {
+        Error::Config(format!(
+            "data directory {} is not writable: {e}",
+            path.display()
+        ))
+    };
+    std::fs::create_dir_all(path).map_err(unusable)?;
+    let probe = path.join(".sessiond-write-check");
+    std::fs::write(&probe, b"ok").map_err(unusable)?;
+    std::fs::remove_file(&probe).map_err(unusable)?;
+    Ok(())
+}

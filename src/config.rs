@@ -1,0 +1,266 @@
+//! Command-line flags and environment variables: the only place they are read.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::domain::TimeoutPolicy;
+
+/// Default listen address: loopback only.
+pub const DEFAULT_ADDR: &str = "127.0.0.1:3000";
+/// Default data directory.
+pub const DEFAULT_DATA_DIR: &str = "./data";
+/// Default request body limit (64 KiB).
+pub const DEFAULT_MAX_BODY_BYTES: u64 = 64 * 1024;
+/// Default sweep interval.
+pub const DEFAULT_SWEEP_INTERVAL_SECONDS: u64 = 60;
+
+/// sessiond: durable conversation sessions between users and AI agents.
+#[derive(Debug, Parser)]
+#[command(name = "sessiond", version, about)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the HTTP server.
+    Serve(ServeConfig),
+}
+
+/// Everything `sessiond serve` can be told. Every flag also reads an environment variable.
+#[derive(Clone, Debug, Args)]
+pub struct ServeConfig {
+    /// Address to listen on. Without an API key, keep it on loopback.
+    #[arg(long, env = "SESSIOND_ADDR", default_value = DEFAULT_ADDR)]
+    pub addr: SocketAddr,
+
+    /// Directory of the store (created if missing).
+    #[arg(long, env = "SESSIOND_DATA_DIR", default_value = DEFAULT_DATA_DIR)]
+    pub data_dir: PathBuf,
+
+    /// When set, every route except health requires this value in `X-API-Key`.
+    #[arg(long, env = "SESSIOND_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+
+    /// Inactivity timeout of a session whose client gives none.
+    #[arg(long, env = "SESSION_DEFAULT_TIMEOUT_MINUTES", default_value_t = 30)]
+    pub default_timeout_minutes: u32,
+
+    /// Smallest timeout a client may ask for (0 allows sessions that expire at once).
+    #[arg(long, env = "SESSION_MIN_TIMEOUT_MINUTES", default_value_t = 5)]
+    pub min_timeout_minutes: u32,
+
+    /// Largest timeout a client may ask for.
+    #[arg(long, env = "SESSION_MAX_TIMEOUT_MINUTES", default_value_t = 1440)]
+    pub max_timeout_minutes: u32,
+
+    /// Maximum duration of a session whose client gives none.
+    #[arg(long, env = "SESSION_MAX_DURATION_MINUTES", default_value_t = 720)]
+    pub max_duration_minutes: u32,
+
+    /// Largest maximum duration a client may ask for.
+    #[arg(
+        long,
+        env = "SESSIOND_MAX_DURATION_LIMIT_MINUTES",
+        default_value_t = 2880
+    )]
+    pub max_duration_limit_minutes: u32,
+
+    /// Warning threshold of a session whose client gives none.
+    #[arg(long, env = "SESSION_WARNING_THRESHOLD_MINUTES", default_value_t = 5)]
+    pub warning_threshold_minutes: u32,
+
+    /// Seconds between sweeps of expired sessions [default: 60, or
+    /// SESSION_CLEANUP_INTERVAL_MINUTES × 60 when only that is set].
+    #[arg(long, env = "SESSIOND_SWEEP_INTERVAL_SECONDS")]
+    pub sweep_interval_seconds: Option<u64>,
+
+    /// The sweep interval in minutes (the elizaOS setting); --sweep-interval-seconds wins.
+    #[arg(long, env = "SESSION_CLEANUP_INTERVAL_MINUTES")]
+    pub cleanup_interval_minutes: Option<u64>,
+
+    /// How long an expired session is kept (answering 410) before the sweeper removes it.
+    #[arg(long, env = "SESSIOND_EXPIRED_RETENTION_MINUTES", default_value_t = 60)]
+    pub expired_retention_minutes: u64,
+
+    /// Largest accepted request body, in bytes.
+    #[arg(long, env = "SESSIOND_MAX_BODY_BYTES", default_value_t = DEFAULT_MAX_BODY_BYTES)]
+    pub max_body_bytes: u64,
+
+    /// How long events are kept for replay with Last-Event-ID.
+    #[arg(long, env = "SESSIOND_EVENT_RETENTION_MINUTES", default_value_t = 1440)]
+    pub event_retention_minutes: u64,
+
+    /// How long a request with `transport: "http"` or `"sse"` waits for the agent's reply.
+    #[arg(long, env = "SESSIOND_REPLY_TIMEOUT_SECONDS", default_value_t = 30)]
+    pub reply_timeout_seconds: u64,
+
+    /// sled's page cache budget in MiB; bounds resident memory.
+    #[arg(long, env = "SESSIOND_CACHE_MB", default_value_t = 64)]
+    pub cache_mb: u64,
+}
+
+impl Default for ServeConfig {
+    /// The same values as `sessiond serve` with no flags and no environment.
+    fn default() -> Self {
+        #[derive(Parser)]
+        struct Defaults {
+            #[command(flatten)]
+            config: ServeConfig,
+        }
+        // Parsing an empty argument list cannot fail: every field has a default or is optional.
+        // Environment variables are read by clap, so tests should set fields explicitly.
+        Defaults::parse_from(["sessiond"]).config
+    }
+}
+
+impl ServeConfig {
+    /// Checks that the settings agree with each other.
+    ///
+    /// # Errors
+    /// One line naming the first setting at fault.
+    pub fn validate(&self) -> Result<(), String> {
+        let (min, max, default) = (
+            self.min_timeout_minutes,
+            self.max_timeout_minutes,
+            self.default_timeout_minutes,
+        );
+        if min > max {
+            return Err(format!(
+                "--min-timeout-minutes ({min}) is larger than --max-timeout-minutes ({max})"
+            ));
+        }
+        if !(min..=max).contains(&default) {
+            return Err(format!(
+                "--default-timeout-minutes ({default}) must be between --min-timeout-minutes ({min}) and --max-timeout-minutes ({max})"
+            ));
+        }
+        let (duration, limit) = (self.max_duration_minutes, self.max_duration_limit_minutes);
+        if !(default..=limit).contains(&duration) {
+            return Err(format!(
+                "--max-duration-minutes ({duration}) must be between --default-timeout-minutes ({default}) and --max-duration-limit-minutes ({limit})"
+            ));
+        }
+        if self.warning_threshold_minutes > default {
+            return Err(format!(
+                "--warning-threshold-minutes ({}) must not exceed --default-timeout-minutes ({default})",
+                self.warning_threshold_minutes
+            ));
+        }
+        if self.sweep_interval().is_zero() {
+            return Err("the sweep interval must be at least one second".into());
+        }
+        if self.max_body_bytes == 0 {
+            return Err("--max-body-bytes must be at least 1".into());
+        }
+        if self.cache_mb == 0 {
+            return Err("--cache-mb must be at least 1".into());
+        }
+        Ok(())
+    }
+
+    /// The timeout defaults and bounds sessions are checked against.
+    pub fn timeout_policy(&self) -> TimeoutPolicy {
+        TimeoutPolicy {
+            default_timeout_minutes: self.default_timeout_minutes,
+            min_timeout_minutes: self.min_timeout_minutes,
+            max_timeout_minutes: self.max_timeout_minutes,
+            default_max_duration_minutes: self.max_duration_minutes,
+            max_duration_limit_minutes: self.max_duration_limit_minutes,
+            default_warning_threshold_minutes: self.warning_threshold_minutes,
+        }
+    }
+
+    /// Time between sweeps: the seconds flag, else the elizaOS minutes variable, else 60 s.
+    pub fn sweep_interval(&self) -> Duration {
+        match (self.sweep_interval_seconds, self.cleanup_interval_minutes) {
+            (Some(seconds), _) => Duration::from_secs(seconds),
+            (None, Some(minutes)) => Duration::from_secs(minutes.saturating_mul(60)),
+            (None, None) => Duration::from_secs(DEFAULT_SWEEP_INTERVAL_SECONDS),
+        }
+    }
+
+    /// How long expired sessions are kept before sweeping.
+    pub fn expired_retention(&self) -> Duration {
+        Duration::from_secs(self.expired_retention_minutes.saturating_mul(60))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_match_the_contract_and_validate() {
+        let config = ServeConfig::default();
+        assert_eq!(config.addr, DEFAULT_ADDR.parse().unwrap());
+        assert_eq!(config.default_timeout_minutes, 30);
+        assert_eq!(config.max_body_bytes, 65536);
+        assert_eq!(config.sweep_interval(), Duration::from_secs(60));
+        assert_eq!(config.validate(), Ok(()));
+    }
+
+    #[test]
+    fn seconds_flag_wins_over_the_minutes_variable() {
+        let config = ServeConfig {
+            cleanup_interval_minutes: Some(2),
+            ..ServeConfig::default()
+        };
+        assert_eq!(config.sweep_interval(), Duration::from_secs(120));
+        let config = ServeConfig {
+            sweep_interval_seconds: Some(5),
+            ..config
+        };
+        assert_eq!(config.sweep_interval(), Duration::from_secs(5));
+    }
+
+    #[test]
+    fn inconsistent_timeouts_are_named() {
+        let config = ServeConfig {
+            default_timeout_minutes: 2,
+            ..ServeConfig::default()
+        };
+        let error = config.validate().unwrap_err();
+        assert!(error.contains("--default-timeout-minutes (2)"), "{error}");
+
+        let config = ServeConfig {
+            min_timeout_minutes: 50,
+            max_timeout_minutes: 10,
+            ..ServeConfig::default()
+        };
+        assert!(config
+            .validate()
+            .unwrap_err()
+            .contains("--min-timeout-minutes"));
+
+        let config = ServeConfig {
+            warning_threshold_minutes: 31,
+            ..ServeConfig::default()
+        };
+        assert!(config
+            .validate()
+            .unwrap_err()
+            .contains("--warning-threshold-minutes"));
+    }
+
+    #[test]
+    fn cli_reads_flags() {
+        let cli = Cli::parse_from([
+            "sessiond",
+            "serve",
+            "--addr",
+            "127.0.0.1:0",
+            "--min-timeout-minutes",
+            "0",
+        ]);
+        let Command::Serve(config) = cli.command;
+        assert_eq!(config.min_timeout_minutes, 0);
+        assert_eq!(config.addr.port(), 0);
+    }
+}

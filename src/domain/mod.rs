@@ -1,0 +1,12 @@
+//! Types and pure rules: no I/O, no warp, no sled, no tokio.
+
+pub mod message;
+pub mod session;
+pub mod time;
+
+pub use message::{Attachment, Message, NewMessage};
+pub use session::{
+    Renewal, Session, SessionError, TimeoutConfig, TimeoutConfigError, TimeoutConfigPatch,
+    TimeoutPolicy,
+};
+pub use time::{Clock, SystemClock, Timestamp};

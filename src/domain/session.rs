@@ -1,0 +1,613 @@
+//! Sessions and their lifecycle rules, as pure functions of `now`.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use super::time::{minutes, Timestamp};
+
+/// A session's timeout settings, fully resolved.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TimeoutConfig {
+    /// Inactivity timeout: how long after its last renewal a session lives.
+    pub timeout_minutes: u32,
+    /// Whether activity (messages, heartbeats) renews the session.
+    pub auto_renew: bool,
+    /// The cap on a session's life, counted from its creation.
+    pub max_duration_minutes: u32,
+    /// How long before expiry the session counts as near expiration; 0 never warns.
+    pub warning_threshold_minutes: u32,
+}
+
+/// A partial timeout config as a client sent it: `None` means "not given". Integers are
+/// kept wide so out-of-range values are reported, never wrapped.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TimeoutConfigPatch {
+    /// `timeoutMinutes`, if given.
+    pub timeout_minutes: Option<i64>,
+    /// `autoRenew`, if given.
+    pub auto_renew: Option<bool>,
+    /// `maxDurationMinutes`, if given.
+    pub max_duration_minutes: Option<i64>,
+    /// `warningThresholdMinutes`, if given.
+    pub warning_threshold_minutes: Option<i64>,
+}
+
+/// The server's defaults and bounds for timeout configs (from the command line).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TimeoutPolicy {
+    /// `timeoutMinutes` when the client gives none.
+    pub default_timeout_minutes: u32,
+    /// Smallest accepted `timeoutMinutes`.
+    pub min_timeout_minutes: u32,
+    /// Largest accepted `timeoutMinutes`.
+    pub max_timeout_minutes: u32,
+    /// `maxDurationMinutes` when the client gives none (raised to the timeout if lower).
+    pub default_max_duration_minutes: u32,
+    /// Largest accepted `maxDurationMinutes`.
+    pub max_duration_limit_minutes: u32,
+    /// `warningThresholdMinutes` when the client gives none (lowered to the timeout if higher).
+    pub default_warning_threshold_minutes: u32,
+}
+
+/// A timeout config the policy does not accept; names the field and its range.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{field} must be an integer between {min} and {max}")]
+pub struct TimeoutConfigError {
+    /// The JSON field name.
+    pub field: &'static str,
+    /// Smallest allowed value.
+    pub min: u32,
+    /// Largest allowed value.
+    pub max: u32,
+}
+
+/// A value no field accepts, for reporting a mistyped field with its range.
+pub const INVALID_MINUTES: i64 = -1;
+
+/// A config before its bounds are checked.
+struct Candidate {
+    timeout_minutes: i64,
+    auto_renew: bool,
+    max_duration_minutes: i64,
+    warning_threshold_minutes: i64,
+}
+
+impl TimeoutPolicy {
+    /// Resolves a new session's config: fields not given take defaults derived from
+    /// the fields that were given, then everything is checked against the bounds.
+    ///
+    /// # Errors
+    /// The first field out of its range.
+    pub fn resolve_new(
+        &self,
+        patch: TimeoutConfigPatch,
+    ) -> Result<TimeoutConfig, TimeoutConfigError> {
+        let timeout_minutes = patch
+            .timeout_minutes
+            .unwrap_or(self.default_timeout_minutes.into());
+        self.check(Candidate {
+            timeout_minutes,
+            auto_renew: patch.auto_renew.unwrap_or(true),
+            max_duration_minutes: patch.max_duration_minutes.unwrap_or_else(|| {
+                i64::from(self.default_max_duration_minutes).max(timeout_minutes)
+            }),
+            warning_threshold_minutes: patch.warning_threshold_minutes.unwrap_or_else(|| {
+                i64::from(self.default_warning_threshold_minutes).min(timeout_minutes)
+            }),
+        })
+    }
+
+    /// Applies a partial update to an existing config: fields not given keep their
+    /// current values; the result is checked as at creation.
+    ///
+    /// # Errors
+    /// The first field out of its range.
+    pub fn resolve_update(
+        &self,
+        current: TimeoutConfig,
+        patch: TimeoutConfigPatch,
+    ) -> Result<TimeoutConfig, TimeoutConfigError> {
+        self.check(Candidate {
+            timeout_minutes: patch
+                .timeout_minutes
+                .unwrap_or(current.timeout_minutes.into()),
+            auto_renew: patch.auto_renew.unwrap_or(current.auto_renew),
+            max_duration_minutes: patch
+                .max_duration_minutes
+                .unwrap_or(current.max_duration_minutes.into()),
+            warning_threshold_minutes: patch
+                .warning_threshold_minutes
+                .unwrap_or(current.warning_threshold_minutes.into()),
+        })
+    }
+
+    fn check(&self, candidate: Candidate) -> Result<TimeoutConfig, TimeoutConfigError> {
+        let in_range = |field, value: i64, min: u32, max: u32| {
+            u32::try_from(value)
+                .ok()
+                .filter(|v| (min..=max).contains(v))
+                .ok_or(TimeoutConfigError { field, min, max })
+        };
+        let timeout_minutes = in_range(
+            "timeoutMinutes",
+            candidate.timeout_minutes,
+            self.min_timeout_minutes,
+            self.max_timeout_minutes,
+        )?;
+        let max_duration_minutes = in_range(
+            "maxDurationMinutes",
+            candidate.max_duration_minutes,
+            timeout_minutes,
+            self.max_duration_limit_minutes,
+        )?;
+        let warning_threshold_minutes = in_range(
+            "warningThresholdMinutes",
+            candidate.warning_threshold_minutes,
+            0,
+            timeout_minutes,
+        )?;
+        Ok(TimeoutConfig {
+            timeout_minutes,
+            auto_renew: candidate.auto_renew,
+            max_duration_minutes,
+            warning_threshold_minutes,
+        })
+    }
+}
+
+/// Why a request on a session cannot proceed. Callers branch on these.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SessionError {
+    /// No such session (never existed, deleted, or swept).
+    #[error("session {0} does not exist")]
+    NotFound(Uuid),
+    /// The session exists but has expired.
+    #[error("session {id} expired at {expires_at}")]
+    Expired {
+        /// The session id.
+        id: Uuid,
+        /// When it expired.
+        expires_at: Timestamp,
+    },
+    /// A manual renewal could not move `expiresAt` later.
+    #[error("session {id} already expires at its maximum duration ({expires_at})")]
+    MaxDurationReached {
+        /// The session id.
+        id: Uuid,
+        /// Its unchanged expiry.
+        expires_at: Timestamp,
+    },
+    /// The message named as parent is not a message of this session.
+    #[error("message {parent_id} is not a message of session {session_id}")]
+    InvalidParent {
+        /// The session id.
+        session_id: Uuid,
+        /// The parent id the client gave.
+        parent_id: Uuid,
+    },
+    /// The author is neither the session's user nor its agent.
+    #[error("author {author_id} is neither the user nor the agent of session {session_id}")]
+    ForbiddenAuthor {
+        /// The session id.
+        session_id: Uuid,
+        /// The author id the client gave.
+        author_id: Uuid,
+    },
+    /// A timeout update the policy does not accept.
+    #[error("{0}")]
+    InvalidTimeout(#[from] TimeoutConfigError),
+    /// No such message in this session.
+    #[error("message {message_id} does not exist in session {session_id}")]
+    MessageNotFound {
+        /// The session id.
+        session_id: Uuid,
+        /// The message id the client gave.
+        message_id: Uuid,
+    },
+}
+
+/// A session as stored.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Session {
+    /// The session id (UUID v7, so ids sort by creation time).
+    pub id: Uuid,
+    /// The agent taking part.
+    pub agent_id: Uuid,
+    /// The user taking part.
+    pub user_id: Uuid,
+    /// When it was created; the max-duration cap counts from here.
+    pub created_at: Timestamp,
+    /// The last message or heartbeat (creation counts).
+    pub last_activity: Timestamp,
+    /// The last renewal (creation counts as the first); the timeout counts from here.
+    pub renewed_at: Timestamp,
+    /// Renewals so far (creation not counted).
+    pub renewal_count: u64,
+    /// The resolved timeout settings.
+    pub timeout: TimeoutConfig,
+    /// Client metadata as compact JSON text (the codec cannot encode JSON values).
+    pub metadata_json: String,
+    /// Messages appended so far; also the seq of the newest message.
+    pub message_count: u64,
+    /// The newest message, the default parent of the next one.
+    pub last_message_id: Option<Uuid>,
+    /// When the newest message was stored; message times never go backwards.
+    pub last_message_at: Timestamp,
+}
+
+/// What a renewal attempt did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Renewal {
+    /// `expiresAt` moved later; `renewedAt` and `renewalCount` were updated.
+    Renewed,
+    /// Renewing would not move `expiresAt` later, so nothing changed.
+    Unchanged,
+}
+
+impl Session {
+    /// A new session created at `now`.
+    pub fn new(
+        id: Uuid,
+        agent_id: Uuid,
+        user_id: Uuid,
+        timeout: TimeoutConfig,
+        metadata_json: String,
+        now: Timestamp,
+    ) -> Self {
+        Session {
+            id,
+            agent_id,
+            user_id,
+            created_at: now,
+            last_activity: now,
+            renewed_at: now,
+            renewal_count: 0,
+            timeout,
+            metadata_json,
+            message_count: 0,
+            last_message_id: None,
+            last_message_at: now,
+        }
+    }
+
+    /// The instant the max-duration cap is reached.
+    pub fn hard_deadline(&self) -> Timestamp {
+        self.created_at + minutes(self.timeout.max_duration_minutes)
+    }
+
+    /// `min(renewedAt + timeout, createdAt + maxDuration)`.
+    pub fn expires_at(&self) -> Timestamp {
+        (self.renewed_at + minutes(self.timeout.timeout_minutes)).min(self.hard_deadline())
+    }
+
+    /// The instant the session enters its warning window (`expiresAt` when it never warns).
+    pub fn warns_at(&self) -> Timestamp {
+        self.expires_at() - minutes(self.timeout.warning_threshold_minutes)
+    }
+
+    /// Expired when `now >= expiresAt`.
+    pub fn is_expired(&self, now: Timestamp) -> bool {
+        now >= self.expires_at()
+    }
+
+    /// `max(0, expiresAt - now)`.
+    pub fn time_remaining(&self, now: Timestamp) -> Duration {
+        self.expires_at().saturating_since(now)
+    }
+
+    /// `0 < timeRemaining <= warningThreshold`.
+    pub fn is_near_expiration(&self, now: Timestamp) -> bool {
+        let remaining = self.time_remaining(now);
+        !remaining.is_zero() && remaining <= minutes(self.timeout.warning_threshold_minutes)
+    }
+
+    /// Passes when the session may be used at `now`.
+    ///
+    /// # Errors
+    /// [`SessionError::Expired`] once `now >= expiresAt`.
+    pub fn check_active(&self, now: Timestamp) -> Result<(), SessionError> {
+        if self.is_expired(now) {
+            Err(SessionError::Expired {
+                id: self.id,
+                expires_at: self.expires_at(),
+            })
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Renews at `now` if that moves `expiresAt` later; otherwise changes nothing.
+    pub fn renew(&mut self, now: Timestamp) -> Renewal {
+        let candidate = (now + minutes(self.timeout.timeout_minutes)).min(self.hard_deadline());
+        if candidate > self.expires_at() {
+            self.renewed_at = now;
+            self.renewal_count += 1;
+            Renewal::Renewed
+        } else {
+            Renewal::Unchanged
+        }
+    }
+
+    /// Records activity (a message or heartbeat) at `now`: always sets `lastActivity`,
+    /// and renews only when `autoRenew` is on.
+    pub fn record_activity(&mut self, now: Timestamp) -> Renewal {
+        self.last_activity = self.last_activity.max(now);
+        if self.timeout.auto_renew {
+            self.renew(now)
+        } else {
+            Renewal::Unchanged
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINUTE: Duration = Duration::from_secs(60);
+    const MS: Duration = Duration::from_millis(1);
+
+    fn policy() -> TimeoutPolicy {
+        TimeoutPolicy {
+            default_timeout_minutes: 30,
+            min_timeout_minutes: 5,
+            max_timeout_minutes: 1440,
+            default_max_duration_minutes: 720,
+            max_duration_limit_minutes: 2880,
+            default_warning_threshold_minutes: 5,
+        }
+    }
+
+    fn config(timeout: u32, max: u32, warning: u32, auto_renew: bool) -> TimeoutConfig {
+        TimeoutConfig {
+            timeout_minutes: timeout,
+            auto_renew,
+            max_duration_minutes: max,
+            warning_threshold_minutes: warning,
+        }
+    }
+
+    fn session_at(created: Timestamp, timeout: TimeoutConfig) -> Session {
+        Session::new(
+            Uuid::nil(),
+            Uuid::nil(),
+            Uuid::nil(),
+            timeout,
+            "{}".into(),
+            created,
+        )
+    }
+
+    const T0: Timestamp = Timestamp::from_millis(1_795_255_200_000);
+
+    #[test]
+    fn defaults_apply_when_nothing_is_given() {
+        let resolved = policy().resolve_new(TimeoutConfigPatch::default()).unwrap();
+        assert_eq!(resolved, config(30, 720, 5, true));
+    }
+
+    #[test]
+    fn defaults_follow_a_given_timeout() {
+        let resolved = policy()
+            .resolve_new(TimeoutConfigPatch {
+                timeout_minutes: Some(1000),
+                warning_threshold_minutes: Some(10),
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(resolved, config(1000, 1000, 10, true));
+
+        let short = policy()
+            .resolve_new(TimeoutConfigPatch {
+                timeout_minutes: Some(5),
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(short, config(5, 720, 5, true));
+    }
+
+    #[test]
+    fn zero_timeout_gets_zero_warning_when_the_minimum_allows_it() {
+        let policy = TimeoutPolicy {
+            min_timeout_minutes: 0,
+            ..policy()
+        };
+        let resolved = policy
+            .resolve_new(TimeoutConfigPatch {
+                timeout_minutes: Some(0),
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(resolved, config(0, 720, 0, true));
+    }
+
+    #[test]
+    fn out_of_range_fields_are_rejected_not_clamped() {
+        let err = policy()
+            .resolve_new(TimeoutConfigPatch {
+                timeout_minutes: Some(4),
+                ..Default::default()
+            })
+            .unwrap_err();
+        assert_eq!(
+            err,
+            TimeoutConfigError {
+                field: "timeoutMinutes",
+                min: 5,
+                max: 1440
+            }
+        );
+        assert_eq!(
+            err.to_string(),
+            "timeoutMinutes must be an integer between 5 and 1440"
+        );
+
+        let err = policy()
+            .resolve_new(TimeoutConfigPatch {
+                max_duration_minutes: Some(20),
+                ..Default::default()
+            })
+            .unwrap_err();
+        assert_eq!(
+            err,
+            TimeoutConfigError {
+                field: "maxDurationMinutes",
+                min: 30,
+                max: 2880
+            }
+        );
+
+        let err = policy()
+            .resolve_new(TimeoutConfigPatch {
+                warning_threshold_minutes: Some(31),
+                ..Default::default()
+            })
+            .unwrap_err();
+        assert_eq!(
+            err,
+            TimeoutConfigError {
+                field: "warningThresholdMinutes",
+                min: 0,
+                max: 30
+            }
+        );
+    }
+
+    #[test]
+    fn update_keeps_fields_not_given() {
+        let current = config(60, 600, 10, false);
+        let updated = policy()
+            .resolve_update(
+                current,
+                TimeoutConfigPatch {
+                    timeout_minutes: Some(90),
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+        assert_eq!(updated, config(90, 600, 10, false));
+    }
+
+    #[test]
+    fn update_that_conflicts_with_kept_fields_is_rejected() {
+        let current = config(60, 100, 10, true);
+        let err = policy()
+            .resolve_update(
+                current,
+                TimeoutConfigPatch {
+                    timeout_minutes: Some(200),
+                    ..Default::default()
+                },
+            )
+            .unwrap_err();
+        assert_eq!(err.field, "maxDurationMinutes");
+    }
+
+    #[test]
+    fn expires_exactly_at_timeout_and_not_one_ms_before() {
+        let session = session_at(T0, config(30, 720, 5, true));
+        let expiry = T0 + 30 * MINUTE;
+        assert_eq!(session.expires_at(), expiry);
+        assert!(!session.is_expired(expiry - MS));
+        assert!(session.is_expired(expiry));
+        assert_eq!(session.time_remaining(expiry - MS), MS);
+        assert_eq!(session.time_remaining(expiry), Duration::ZERO);
+        assert_eq!(
+            session.check_active(expiry),
+            Err(SessionError::Expired {
+                id: Uuid::nil(),
+                expires_at: expiry
+            })
+        );
+    }
+
+    #[test]
+    fn near_expiration_window_is_open_below_and_closed_above() {
+        let session = session_at(T0, config(30, 720, 5, true));
+        let expiry = session.expires_at();
+        assert!(!session.is_near_expiration(expiry - 5 * MINUTE - MS));
+        assert!(session.is_near_expiration(expiry - 5 * MINUTE));
+        assert!(session.is_near_expiration(expiry - MS));
+        assert!(!session.is_near_expiration(expiry));
+        assert_eq!(session.warns_at(), expiry - 5 * MINUTE);
+    }
+
+    #[test]
+    fn zero_warning_threshold_never_warns() {
+        let session = session_at(T0, config(30, 720, 0, true));
+        assert!(!session.is_near_expiration(session.expires_at() - MS));
+        assert_eq!(session.warns_at(), session.expires_at());
+    }
+
+    #[test]
+    fn renewal_moves_expiry_and_counts() {
+        let mut session = session_at(T0, config(30, 720, 5, true));
+        let later = T0 + 10 * MINUTE;
+        assert_eq!(session.renew(later), Renewal::Renewed);
+        assert_eq!(session.renewal_count, 1);
+        assert_eq!(session.renewed_at, later);
+        assert_eq!(session.expires_at(), later + 30 * MINUTE);
+    }
+
+    #[test]
+    fn renewal_in_the_same_instant_changes_nothing() {
+        let mut session = session_at(T0, config(30, 720, 5, true));
+        let before = session.clone();
+        assert_eq!(session.renew(T0), Renewal::Unchanged);
+        assert_eq!(session, before);
+    }
+
+    #[test]
+    fn expiry_is_capped_at_max_duration() {
+        let mut session = session_at(T0, config(30, 60, 5, true));
+        let cap = T0 + 60 * MINUTE;
+        assert_eq!(session.renew(T0 + 40 * MINUTE), Renewal::Renewed);
+        assert_eq!(session.expires_at(), cap);
+        // Already at the cap: a later renewal cannot extend.
+        let before = session.clone();
+        assert_eq!(session.renew(T0 + 50 * MINUTE), Renewal::Unchanged);
+        assert_eq!(session, before);
+        assert!(!session.is_expired(cap - MS));
+        assert!(session.is_expired(cap));
+    }
+
+    #[test]
+    fn renewal_near_the_cap_extends_exactly_to_the_cap() {
+        let mut session = session_at(T0, config(30, 60, 5, true));
+        // One ms short of reaching the cap: the full timeout still fits.
+        assert_eq!(session.renew(T0 + 30 * MINUTE - MS), Renewal::Renewed);
+        assert_eq!(session.expires_at(), T0 + 60 * MINUTE - MS);
+        // Past that point the cap wins.
+        assert_eq!(session.renew(T0 + 30 * MINUTE + MS), Renewal::Renewed);
+        assert_eq!(session.expires_at(), T0 + 60 * MINUTE);
+        assert_eq!(session.renewal_count, 2);
+    }
+
+    #[test]
+    fn timeout_equal_to_max_duration_can_never_renew() {
+        let mut session = session_at(T0, config(30, 30, 5, true));
+        assert_eq!(session.renew(T0 + MINUTE), Renewal::Unchanged);
+        assert_eq!(session.renewal_count, 0);
+    }
+
+    #[test]
+    fn activity_without_auto_renew_only_touches_last_activity() {
+        let mut session = session_at(T0, config(30, 720, 5, false));
+        let later = T0 + 10 * MINUTE;
+        assert_eq!(session.record_activity(later), Renewal::Unchanged);
+        assert_eq!(session.last_activity, later);
+        assert_eq!(session.renewal_count, 0);
+        assert_eq!(session.expires_at(), T0 + 30 * MINUTE);
+    }
+
+    #[test]
+    fn activity_with_auto_renew_renews() {
+        let mut session = session_at(T0, config(30, 720, 5, true));
+        let later = T0 + 10 * MINUTE;
+        assert_eq!(session.record_activity(later), Renewal::Renewed);
+        assert_eq!(session.last_activity, later);
+        assert_eq!(session.expires_at(), later + 30 * MINUTE);
+    }
+}

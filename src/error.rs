@@ -1,0 +1,46 @@
+//! The library's error type.
+
+/// Errors from the store, its files and start-up.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// sled reported a failure (I/O, corruption it detected, or an unsupported use).
+    #[error("storage error: {0}")]
+    Storage(#[from] sled::Error),
+    /// A file or socket operation failed.
+    #[error("I/O error: {0}")]
+    Io(#[from] std::io::Error),
+    /// A stored value could not be encoded or decoded.
+    #[error("codec error: {0}")]
+    Codec(String),
+    /// Stored data breaks an invariant of the layout.
+    #[error("store is corrupt: {0}")]
+    Corrupt(String),
+    /// The store was written by a newer sessiond.
+    #[error("the store at {path} has format version {found}, newer than the {supported} this sessiond supports; upgrade sessiond")]
+    NewerFormat {
+        /// The data directory.
+        path: String,
+        /// The version found in the store.
+        found: u32,
+        /// The newest version this build reads.
+        supported: u32,
+    },
+    /// Making writes durable failed; acknowledged writes cannot be promised.
+    #[error("flush to disk failed: {0}")]
+    Flush(String),
+    /// The configuration is inconsistent.
+    #[error("{0}")]
+    Config(String),
+}
+
+impl Error {
+    /// A corruption error, logged where it is found.
+    pub fn corrupt(what: impl Into<String>) -> Self {
+        let what = what.into();
+        tracing::error!(%what, "store corruption detected");
+        Error::Corrupt(what)
+    }
+}
+
+/// The library's result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,257 @@
+//! The durable store: typed access to sled trees. Nothing outside this module knows the
+//! engine, the key layouts or the codec.
+//!
+//! Writes that span trees run as one sled transaction. sled 0.34 runs transactions under a
+//! global write lock, so they are serialized: a read-modify-write of a session never loses
+//! an update, and a clock read inside a transaction is ordered with the commit.
+
+mod codec;
+mod durability;
+mod keys;
+mod messages;
+mod sessions;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use sled::transaction::{
+    ConflictableTransactionError, ConflictableTransactionResult, TransactionError,
+    TransactionResult,
+};
+use sled::Tree;
+
+use crate::domain::SessionError;
+use crate::error::{Error, Result};
+
+pub use messages::{Appended, MessagePage, MessageQuery};
+pub use sessions::{SessionCounts, SessionPage, SessionQuery, StatusFilter};
+
+use durability::Committer;
+
+/// The store layout this build writes. Bump it (and migrate in [`Store::open`]) when a key
+/// layout or value encoding changes.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// How to open a store.
+#[derive(Clone, Debug)]
+pub struct StoreOptions {
+    /// sled's page cache budget in bytes; bounds resident memory.
+    pub cache_capacity_bytes: u64,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            cache_capacity_bytes: 64 * 1024 * 1024,
+        }
+    }
+}
+
+/// A cheap, cloneable handle on the store.
+#[derive(Clone)]
+pub struct Store {
+    db: sled::Db,
+    /// Where the store lives.
+    path: Arc<PathBuf>,
+    /// session id -> Session.
+    sessions: Tree,
+    /// session id ++ seq (BE) -> Message. Keys are never overwritten.
+    messages: Tree,
+    /// message id -> session id ++ seq (BE).
+    message_locations: Tree,
+    /// parent message id ++ child seq (BE) -> (). The replies of each message.
+    children: Tree,
+    /// user id ++ session id -> ().
+    user_sessions: Tree,
+    /// agent id ++ session id -> ().
+    agent_sessions: Tree,
+    /// expiresAt (BE micros) ++ session id -> (). One entry per stored session.
+    expirations: Tree,
+    /// warnsAt (BE micros) ++ session id -> (). One entry per stored session.
+    warnings: Tree,
+    /// counter key -> u64 (BE): sessions in all, per agent, per user, per (agent, user).
+    counters: Tree,
+    /// session id -> (). Deleted sessions whose messages are still being removed.
+    purges: Tree,
+    /// Group commit: makes acknowledged writes durable.
+    committer: Arc<Committer>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Store {
+    /// Opens (or creates) the store in `path`.
+    ///
+    /// # Errors
+    /// [`Error::NewerFormat`] for a store written by a newer sessiond; storage and I/O
+    /// errors as sled reports them (including another process holding the lock).
+    pub fn open(path: &Path, options: &StoreOptions) -> Result<Store> {
+        let db = sled::Config::new()
+            .path(path)
+            .cache_capacity(options.cache_capacity_bytes)
+            .open()?;
+        let meta = db.open_tree("meta")?;
+        check_format_version(&meta, path)?;
+        let committer = Committer::start(db.clone(), path)?;
+        let store = Store {
+            path: Arc::new(path.to_path_buf()),
+            sessions: db.open_tree("sessionid_session")?,
+            messages: db.open_tree("sessionidseq_message")?,
+            message_locations: db.open_tree("messageid_sessionidseq")?,
+            children: db.open_tree("parentidseq")?,
+            user_sessions: db.open_tree("useridsessionid")?,
+            agent_sessions: db.open_tree("agentidsessionid")?,
+            expirations: db.open_tree("expiresatsessionid")?,
+            warnings: db.open_tree("warnatsessionid")?,
+            counters: db.open_tree("counterkey_count")?,
+            purges: db.open_tree("sessionid_purge")?,
+            committer: Arc::new(committer),
+            db,
+        };
+        Ok(store)
+    }
+
+    /// The directory the store lives in.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Waits until every write completed before this call is on disk. Concurrent callers
+    /// share one flush (group commit).
+    ///
+    /// # Errors
+    /// [`Error::Flush`] when the flush or the file sync fails.
+    pub async fn durable(&self) -> Result<()> {
+        self.committer.durable().await
+    }
+
+    /// Flushes and syncs now, blocking the calling thread.
+    ///
+    /// # Errors
+    /// [`Error::Flush`] when the flush or the file sync fails.
+    pub fn flush(&self) -> Result<()> {
+        self.committer.flush_now()
+    }
+
+    /// Bytes the store occupies on disk, as sled counts them.
+    ///
+    /// # Errors
+    /// I/O errors reading the directory.
+    pub fn size_on_disk(&self) -> Result<u64> {
+        Ok(self.db.size_on_disk()?)
+    }
+}
+
+fn check_format_version(meta: &Tree, path: &Path) -> Result<()> {
+    match meta.get(keys::FORMAT_VERSION)? {
+        None => {
+            meta.insert(keys::FORMAT_VERSION, &FORMAT_VERSION.to_be_bytes())?;
+            Ok(())
+        }
+        Some(bytes) => {
+            let found = <[u8; 4]>::try_from(bytes.as_ref())
+                .map(u32::from_be_bytes)
+                .map_err(|_| Error::corrupt("format_version is not a u32"))?;
+            if found > FORMAT_VERSION {
+                return Err(Error::NewerFormat {
+                    path: path.display().to_string(),
+                    found,
+                    supported: FORMAT_VERSION,
+                });
+            }
+            // Version 1 is the only format so far: nothing to migrate.
+            Ok(())
+        }
+    }
+}
+
+/// Why a transaction closure stopped: the request was refused, or the store is broken.
+enum Failure {
+    Refused(SessionError),
+    Broken(Error),
+}
+
+type TxResult<T> = ConflictableTransactionResult<T, Failure>;
+
+fn refuse<T>(error: SessionError) -> TxResult<T> {
+    Err(ConflictableTransactionError::Abort(Failure::Refused(error)))
+}
+
+fn broken(error: Error) -> ConflictableTransactionError<Failure> {
+    ConflictableTransactionError::Abort(Failure::Broken(error))
+}
+
+/// Splits a transaction outcome into store failures (outer) and refusals (inner).
+fn settle<T>(result: TransactionResult<T, Failure>) -> Result<Result<T, SessionError>> {
+    match result {
+        Ok(value) => Ok(Ok(value)),
+        Err(TransactionError::Abort(Failure::Refused(error))) => Ok(Err(error)),
+        Err(TransactionError::Abort(Failure::Broken(error))) => Err(error),
+        Err(TransactionError::Storage(error)) => Err(error.into()),
+    }
+}
+
+/// Decodes inside a transaction.
+fn decode_tx<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> TxResult<T> {
+    codec::decode(bytes).map_err(broken)
+}
+
+/// Encodes inside a transaction.
+fn encode_tx<T: serde::Serialize>(value: &T) -> TxResult<Vec<u8>> {
+    codec::encode(value).map_err(broken)
+}
+
+#[cfg(test)]
+pub(crate) mod test_support {
+    use super::*;
+
+    /// A store in a fresh temporary directory (kept alive by the returned guard).
+    pub(crate) fn temp_store() -> (Store, tempfile::TempDir) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = Store::open(dir.path(), &StoreOptions::default()).expect("open store");
+        (store, dir)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_store_from_a_newer_version_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(Store::open(dir.path(), &StoreOptions::default()).unwrap());
+        {
+            let db = sled::open(dir.path()).unwrap();
+            let meta = db.open_tree("meta").unwrap();
+            meta.insert(keys::FORMAT_VERSION, &(FORMAT_VERSION + 1).to_be_bytes())
+                .unwrap();
+            db.flush().unwrap();
+        }
+        let err = Store::open(dir.path(), &StoreOptions::default()).unwrap_err();
+        assert!(
+            matches!(err, Error::NewerFormat { found, .. } if found == FORMAT_VERSION + 1),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_new_store_records_its_format_version() {
+        let (store, dir) = test_support::temp_store();
+        drop(store);
+        let db = sled::open(dir.path()).unwrap();
+        let stored = db
+            .open_tree("meta")
+            .unwrap()
+            .get(keys::FORMAT_VERSION)
+            .unwrap()
+            .unwrap();
+        assert_eq!(stored.as_ref(), FORMAT_VERSION.to_be_bytes());
+    }
+}

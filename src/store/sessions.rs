@@ -1,0 +1,459 @@
+//! Sessions: create, read, update under a transaction, delete, list and count.
+
+use sled::transaction::TransactionalTree;
+use sled::Transactional;
+use uuid::Uuid;
+
+use super::keys::{self, Counter};
+use super::{codec, decode_tx, encode_tx, refuse, settle, Store, TxResult};
+use crate::domain::{Clock, Session, SessionError, Timestamp};
+use crate::error::Result;
+
+/// Which sessions a listing includes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum StatusFilter {
+    /// Not yet expired.
+    #[default]
+    Active,
+    /// Expired but not yet swept.
+    Expired,
+    /// Both.
+    All,
+}
+
+/// A listing request.
+#[derive(Clone, Debug, Default)]
+pub struct SessionQuery {
+    /// Only this agent's sessions.
+    pub agent_id: Option<Uuid>,
+    /// Only this user's sessions.
+    pub user_id: Option<Uuid>,
+    /// Which statuses to include.
+    pub status: StatusFilter,
+    /// Page size.
+    pub limit: usize,
+    /// Continue after this session (the last one of the previous page).
+    pub after: Option<Uuid>,
+}
+
+/// One page of a listing, newest first.
+#[derive(Clone, Debug)]
+pub struct SessionPage {
+    /// The sessions on this page.
+    pub sessions: Vec<Session>,
+    /// Sessions matching the query across all pages.
+    pub total: u64,
+    /// Where the next page starts, if there is one.
+    pub next: Option<Uuid>,
+}
+
+/// Whole-store counts, from counters and deadline index ranges (never a full scan).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SessionCounts {
+    /// Every stored session.
+    pub total: u64,
+    /// Not yet expired.
+    pub active: u64,
+    /// Expired, not yet swept.
+    pub expired: u64,
+    /// Active and inside their warning window.
+    pub expiring_soon: u64,
+}
+
+/// The trees a session record and its deadline entries live in, inside a transaction.
+pub(super) struct SessionTx<'a> {
+    pub(super) sessions: &'a TransactionalTree,
+    pub(super) expirations: &'a TransactionalTree,
+    pub(super) warnings: &'a TransactionalTree,
+}
+
+impl SessionTx<'_> {
+    pub(super) fn get(&self, id: Uuid) -> TxResult<Session> {
+        match self.sessions.get(keys::session(id))? {
+            Some(bytes) => decode_tx(&bytes),
+            None => refuse(SessionError::NotFound(id)),
+        }
+    }
+
+    /// Writes `new` and moves its deadline entries if they changed since `old`.
+    pub(super) fn put(&self, old: Option<&Session>, new: &Session) -> TxResult<()> {
+        self.sessions
+            .insert(&keys::session(new.id), encode_tx(new)?)?;
+        let moved = |old_at: Option<Timestamp>,
+                     new_at: Timestamp,
+                     tree: &TransactionalTree|
+         -> TxResult<()> {
+            if old_at != Some(new_at) {
+                if let Some(old_at) = old_at {
+                    tree.remove(&keys::deadline(old_at, new.id))?;
+                }
+                tree.insert(&keys::deadline(new_at, new.id), &[])?;
+            }
+            Ok(())
+        };
+        moved(
+            old.map(Session::expires_at),
+            new.expires_at(),
+            self.expirations,
+        )?;
+        moved(old.map(Session::warns_at), new.warns_at(), self.warnings)?;
+        Ok(())
+    }
+
+    fn remove(&self, session: &Session) -> TxResult<()> {
+        self.sessions.remove(&keys::session(session.id))?;
+        self.expirations
+            .remove(&keys::deadline(session.expires_at(), session.id))?;
+        self.warnings
+            .remove(&keys::deadline(session.warns_at(), session.id))?;
+        Ok(())
+    }
+}
+
+fn counters_of(session: &Session) -> [Counter; 4] {
+    [
+        Counter::Sessions,
+        Counter::Agent(session.agent_id),
+        Counter::User(session.user_id),
+        Counter::Pair(session.agent_id, session.user_id),
+    ]
+}
+
+fn add_to_counters(counters: &TransactionalTree, session: &Session, delta: i64) -> TxResult<()> {
+    for counter in counters_of(session) {
+        let key = keys::counter(counter);
+        let current = match counters.get(&key)? {
+            Some(bytes) => keys::parse_count(&bytes).map_err(super::broken)?,
+            None => 0,
+        };
+        let next = current.saturating_add_signed(delta);
+        if next == 0 {
+            counters.remove(key)?;
+        } else {
+            counters.insert(key, &keys::count_value(next))?;
+        }
+    }
+    Ok(())
+}
+
+impl Store {
+    /// Stores a new session with its index entries and counts.
+    ///
+    /// # Errors
+    /// Storage failures.
+    pub fn create_session(&self, session: &Session) -> Result<()> {
+        let trees = (
+            &self.sessions,
+            &self.expirations,
+            &self.warnings,
+            &self.user_sessions,
+            &self.agent_sessions,
+            &self.counters,
+        );
+        let result = trees.transaction(
+            |(sessions, expirations, warnings, users, agents, counters)| {
+                let tx = SessionTx {
+                    sessions,
+                    expirations,
+                    warnings,
+                };
+                tx.put(None, session)?;
+                users.insert(&keys::owned_session(session.user_id, session.id), &[])?;
+                agents.insert(&keys::owned_session(session.agent_id, session.id), &[])?;
+                add_to_counters(counters, session, 1)
+            },
+        );
+        settle(result)?.map_err(|refused| crate::Error::corrupt(refused.to_string()))
+    }
+
+    /// The session, if stored (expired or not).
+    ///
+    /// # Errors
+    /// Storage failures and undecodable records.
+    pub fn session(&self, id: Uuid) -> Result<Option<Session>> {
+        self.sessions
+            .get(keys::session(id))?
+            .map(|bytes| codec::decode(&bytes))
+            .transpose()
+    }
+
+    /// Reads the session, refuses if it is missing or expired at the transaction's `now`,
+    /// applies `change`, and stores the result with its moved index entries — all in one
+    /// transaction. `change` may run more than once; it must only touch the session.
+    ///
+    /// # Errors
+    /// Outer: storage failures. Inner: [`SessionError`] from the checks or from `change`.
+    pub fn update_session<T>(
+        &self,
+        id: Uuid,
+        clock: &dyn Clock,
+        change: impl Fn(&mut Session, Timestamp) -> Result<T, SessionError>,
+    ) -> Result<Result<(Session, T), SessionError>> {
+        let trees = (&self.sessions, &self.expirations, &self.warnings);
+        settle(trees.transaction(|(sessions, expirations, warnings)| {
+            let tx = SessionTx {
+                sessions,
+                expirations,
+                warnings,
+            };
+            let old = tx.get(id)?;
+            let now = clock.now();
+            if let Err(refused) = old.check_active(now) {
+                return refuse(refused);
+            }
+            let mut new = old.clone();
+            let outcome = match change(&mut new, now) {
+                Ok(outcome) => outcome,
+                Err(refused) => return refuse(refused),
+            };
+            if new != old {
+                tx.put(Some(&old), &new)?;
+            }
+            Ok((new, outcome))
+        }))
+    }
+
+    /// Deletes a session: the record, its index entries and counts go in one transaction,
+    /// so no client sees it half-deleted; its messages are then removed in batches.
+    /// Returns the session as it was, or `None` if there was none.
+    ///
+    /// # Errors
+    /// Storage failures.
+    pub fn delete_session(&self, id: Uuid) -> Result<Option<Session>> {
+        self.delete_session_if(id, |_| true)
+    }
+
+    /// Deletes the session only if `condition` holds for it inside the transaction.
+    pub(crate) fn delete_session_if(
+        &self,
+        id: Uuid,
+        condition: impl Fn(&Session) -> bool,
+    ) -> Result<Option<Session>> {
+        let trees = (
+            &self.sessions,
+            &self.expirations,
+            &self.warnings,
+            &self.user_sessions,
+            &self.agent_sessions,
+            &self.counters,
+            &self.purges,
+        );
+        let result = trees.transaction(
+            |(sessions, expirations, warnings, users, agents, counters, purges)| {
+                let tx = SessionTx {
+                    sessions,
+                    expirations,
+                    warnings,
+                };
+                let Some(bytes) = sessions.get(keys::session(id))? else {
+                    return Ok(None);
+                };
+                let session: Session = decode_tx(&bytes)?;
+                if !condition(&session) {
+                    return Ok(None);
+                }
+                tx.remove(&session)?;
+                users.remove(&keys::owned_session(session.user_id, id))?;
+                agents.remove(&keys::owned_session(session.agent_id, id))?;
+                add_to_counters(counters, &session, -1)?;
+                // The marker makes the message removal below resumable after a crash.
+                purges.insert(&keys::session(id), &[])?;
+                Ok(Some(session))
+            },
+        );
+        let deleted =
+            settle(result)?.map_err(|refused| crate::Error::corrupt(refused.to_string()))?;
+        if deleted.is_some() {
+            self.purge_messages(id)?;
+        }
+        Ok(deleted)
+    }
+
+    /// Sessions deleted whose messages are not all removed yet (after a crash).
+    ///
+    /// # Errors
+    /// Storage failures.
+    pub fn pending_purges(&self) -> Result<Vec<Uuid>> {
+        self.purges
+            .iter()
+            .keys()
+            .map(|key| keys::parse_session(&key?))
+            .collect()
+    }
+
+    /// Ids of sessions whose `expiresAt` is at or before `cutoff`, soonest first.
+    ///
+    /// # Errors
+    /// Storage failures.
+    pub fn sessions_expired_by(
+        &self,
+        cutoff: Timestamp,
+        limit: usize,
+    ) -> Result<Vec<(Timestamp, Uuid)>> {
+        self.expirations
+            .range(..keys::deadline_upper_bound(cutoff))
+            .keys()
+            .take(limit)
+            .map(|key| keys::parse_deadline(&key?))
+            .collect()
+    }
+
+    /// Whole-store counts at `now`.
+    ///
+    /// # Errors
+    /// Storage failures.
+    pub fn counts(&self, now: Timestamp) -> Result<SessionCounts> {
+        let total = self.counter(Counter::Sessions)?;
+        let expired = count_keys(&self.expirations, now)?;
+        let warned = count_keys(&self.warnings, now)?;
+        Ok(SessionCounts {
+            total,
+            active: total.saturating_sub(expired),
+            expired,
+            // Every expired session also warns (warnsAt <= expiresAt), so the difference
+            // is exactly the sessions inside their warning window.
+            expiring_soon: warned.saturating_sub(expired),
+        })
+    }
+
+    /// One page of sessions matching `query` at `now`, newest first.
+    ///
+    /// # Errors
+    /// Storage failures.
+    pub fn list_sessions(&self, query: &SessionQuery, now: Timestamp) -> Result<SessionPage> {
+        let matches_owner = |session: &Session| {
+            query.agent_id.is_none_or(|agent| agent == session.agent_id)
+                && query.user_id.is_none_or(|user| user == session.user_id)
+        };
+        let expired_matching = || -> Result<Vec<Session>> {
+            let mut expired = Vec::new();
+            for (_, id) in self.sessions_expired_by(now, usize::MAX)? {
+                if let Some(session) = self.session(id)? {
+                    if matches_owner(&session) {
+                        expired.push(session);
+                    }
+                }
+            }
+            Ok(expired)
+        };
+        let stored_matching = self.counter(match (query.agent_id, query.user_id) {
+            (None, None) => Counter::Sessions,
+            (Some(agent), None) => Counter::Agent(agent),
+            (None, Some(user)) => Counter::User(user),
+            (Some(agent), Some(user)) => Counter::Pair(agent, user),
+        })?;
+
+        if query.status == StatusFilter::Expired {
+            // The expired set is small (the sweeper bounds it), so sort it in memory.
+            let mut expired = expired_matching()?;
+            expired.sort_unstable_by(|a, b| b.id.cmp(&a.id));
+            let total = expired.len() as u64;
+            let rest = expired
+                .into_iter()
+                .filter(|s| query.after.is_none_or(|after| s.id < after));
+            return Ok(paginate(rest, query.limit, total));
+        }
+
+        let total = match query.status {
+            StatusFilter::All => stored_matching,
+            _ => stored_matching.saturating_sub(expired_matching()?.len() as u64),
+        };
+        let wanted = |session: &Session| {
+            matches_owner(session)
+                && (query.status == StatusFilter::All || !session.is_expired(now))
+        };
+        let candidates: Box<dyn Iterator<Item = Result<Session>>> =
+            match (query.user_id, query.agent_id) {
+                (None, None) => {
+                    let upper = query.after.map_or(std::ops::Bound::Unbounded, |after| {
+                        std::ops::Bound::Excluded(keys::session(after).to_vec())
+                    });
+                    Box::new(
+                        self.sessions
+                            .range::<Vec<u8>, _>((std::ops::Bound::Unbounded, upper))
+                            .values()
+                            .rev()
+                            .map(|value| codec::decode::<Session>(&value?)),
+                    )
+                }
+                // A user usually has fewer sessions than an agent: walk the user's index.
+                (Some(owner), _) => {
+                    Box::new(self.owned_sessions(&self.user_sessions, owner, query.after))
+                }
+                (None, Some(owner)) => {
+                    Box::new(self.owned_sessions(&self.agent_sessions, owner, query.after))
+                }
+            };
+        let mut selected = Vec::new();
+        for candidate in candidates {
+            let session = candidate?;
+            if wanted(&session) {
+                selected.push(session);
+                if selected.len() > query.limit {
+                    break;
+                }
+            }
+        }
+        Ok(paginate(selected.into_iter(), query.limit, total))
+    }
+
+    /// The sessions in an owner index, newest first, strictly older than `after`.
+    fn owned_sessions<'a>(
+        &'a self,
+        index: &sled::Tree,
+        owner: Uuid,
+        after: Option<Uuid>,
+    ) -> impl Iterator<Item = Result<Session>> + 'a {
+        let start = keys::owned_session(owner, Uuid::nil());
+        let end = keys::owned_session(owner, after.unwrap_or(Uuid::max()));
+        let end_bound = if after.is_some() {
+            std::ops::Bound::Excluded(end)
+        } else {
+            std::ops::Bound::Included(end)
+        };
+        index
+            .range((std::ops::Bound::Included(start), end_bound))
+            .keys()
+            .rev()
+            .filter_map(move |key| {
+                let loaded = key
+                    .map_err(crate::Error::from)
+                    .and_then(|key| keys::parse_owned_session(&key))
+                    .and_then(|id| self.session(id));
+                // An index entry without a record would be corruption; skip rather than fail
+                // the listing, `sessiond check` reports it.
+                loaded.transpose()
+            })
+    }
+
+    fn counter(&self, counter: Counter) -> Result<u64> {
+        match self.counters.get(keys::counter(counter))? {
+            Some(bytes) => keys::parse_count(&bytes),
+            None => Ok(0),
+        }
+    }
+}
+
+fn count_keys(deadlines: &sled::Tree, now: Timestamp) -> Result<u64> {
+    let mut n = 0;
+    for key in deadlines.range(..keys::deadline_upper_bound(now)).keys() {
+        key?;
+        n += 1;
+    }
+    Ok(n)
+}
+
+fn paginate(sessions: impl Iterator<Item = Session>, limit: usize, total: u64) -> SessionPage {
+    let mut sessions: Vec<Session> = sessions.take(limit + 1).collect();
+    let next = if sessions.len() > limit {
+        sessions.truncate(limit);
+        sessions.last().map(|s| s.id)
+    } else {
+        None
+    };
+    SessionPage {
+        sessions,
+        total,
+        next,
+    }
+}
