@@ -39,6 +39,20 @@ pub struct AppState {
     pub started: Instant,
 }
 
+impl AppState {
+    /// The state for a store and a configuration.
+    pub fn new(store: Store, config: &crate::config::ServeConfig, clock: Arc<dyn Clock>) -> Self {
+        AppState {
+            store,
+            clock,
+            policy: config.timeout_policy(),
+            max_body_bytes: config.max_body_bytes,
+            api_key: config.api_key.as_deref().map(Arc::from),
+            started: Instant::now(),
+        }
+    }
+}
+
 /// Hands a clone of the state to a handler.
 fn with_state(
     state: &AppState,
@@ -121,19 +135,5 @@ mod tests {
         assert!(!constant_time_eq(b"secret!", b"secret"));
         assert!(!constant_time_eq(b"", b"secret"));
         assert!(!constant_time_eq(b"sec", b"secret"));
-    }
-}
-
-impl AppState {
-    /// The state for a store and a configuration.
-    pub fn new(store: Store, config: &crate::config::ServeConfig, clock: Arc<dyn Clock>) -> Self {
-        AppState {
-            store,
-            clock,
-            policy: config.timeout_policy(),
-            max_body_bytes: config.max_body_bytes,
-            api_key: config.api_key.as_deref().map(Arc::from),
-            started: Instant::now(),
-        }
     }
 }

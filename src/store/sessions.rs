@@ -346,7 +346,7 @@ impl Store {
         if query.status == StatusFilter::Expired {
             // The expired set is small (the sweeper bounds it), so sort it in memory.
             let mut expired = expired_matching()?;
-            expired.sort_unstable_by(|a, b| b.id.cmp(&a.id));
+            expired.sort_unstable_by_key(|s| std::cmp::Reverse(s.id));
             let total = expired.len() as u64;
             let rest = expired
                 .into_iter()
