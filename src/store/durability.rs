@@ -42,6 +42,8 @@ impl Committer {
         // sled keeps its whole log in the file `db`. Values stay far below sled's blob
         // threshold (a quarter segment, 128 KiB), so no separate blob files hold data.
         let log = std::sync::Arc::new(File::open(path.join("db"))?);
+        // A new store's files must also be findable after power loss: sync their directory.
+        File::open(path)?.sync_all()?;
         let (requests, pending) = mpsc::channel::<Waiter>();
         let (thread_db, thread_log) = (db.clone(), log.clone());
         let thread = thread::Builder::new()
@@ -89,7 +91,10 @@ impl Committer {
 }
 
 fn sync(db: &sled::Db, log: &File) -> Result<()> {
+    let started = std::time::Instant::now();
     db.flush()?;
+    let flushed = started.elapsed();
     log.sync_data()?;
+    tracing::trace!(?flushed, synced = ?started.elapsed() - flushed, "group commit");
     Ok(())
 }
