@@ -86,3 +86,126 @@ pub async fn run_until_stopped(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use uuid::Uuid;
+
+    use super::*;
+    use crate::domain::{ManualClock, NewMessage, Session, TimeoutConfig};
+    use crate::store::test_support::temp_store;
+
+    const T0: Timestamp = Timestamp::from_millis(1_795_255_200_000);
+    const MINUTE: Duration = Duration::from_secs(60);
+
+    fn session(timeout_minutes: u32, now: Timestamp) -> Session {
+        let timeout = TimeoutConfig {
+            timeout_minutes,
+            auto_renew: true,
+            max_duration_minutes: 720,
+            warning_threshold_minutes: 0,
+        };
+        Session::new(
+            Uuid::now_v7(),
+            Uuid::new_v4(),
+            Uuid::new_v4(),
+            timeout,
+            "{}".into(),
+            now,
+        )
+    }
+
+    fn message(content: &str) -> NewMessage {
+        NewMessage {
+            content: content.into(),
+            parent_id: None,
+            author_id: None,
+            metadata_json: "{}".into(),
+            attachments: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn sweep_removes_only_sessions_expired_longer_than_the_retention() {
+        let (store, _dir) = temp_store();
+        let clock = ManualClock::new(T0);
+        let short = session(10, T0);
+        let long = session(100, T0);
+        store.create_session(&short).unwrap();
+        store.create_session(&long).unwrap();
+        store
+            .append_message(short.id, &message("hi"), &clock)
+            .unwrap()
+            .unwrap();
+        let short_message = store
+            .append_message(short.id, &message("there"), &clock)
+            .unwrap()
+            .unwrap()
+            .message;
+        // `short` expires at T0 + 10 min; with 60 min retention it goes at T0 + 70 min.
+        let retention = 60 * MINUTE;
+
+        let early = sweep_once(
+            &store,
+            T0 + 70 * MINUTE - Duration::from_millis(1),
+            retention,
+        )
+        .unwrap();
+        assert_eq!(early.removed_sessions, 0);
+        assert!(store.session(short.id).unwrap().is_some());
+
+        let due = sweep_once(&store, T0 + 70 * MINUTE, retention).unwrap();
+        assert_eq!(due.removed_sessions, 1);
+        assert!(store.session(short.id).unwrap().is_none());
+        assert!(store.message(short.id, short_message.id).unwrap().is_none());
+        assert!(store.session(long.id).unwrap().is_some());
+        let counts = store.counts(T0 + 70 * MINUTE).unwrap();
+        assert_eq!((counts.total, counts.active), (1, 1));
+    }
+
+    #[test]
+    fn sweep_works_through_more_than_one_batch() {
+        let (store, _dir) = temp_store();
+        for _ in 0..BATCH + 10 {
+            store.create_session(&session(5, T0)).unwrap();
+        }
+        let outcome = sweep_once(&store, T0 + 10 * MINUTE, Duration::ZERO).unwrap();
+        assert_eq!(outcome.removed_sessions, BATCH + 10);
+        assert_eq!(store.counts(T0 + 10 * MINUTE).unwrap().total, 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_loop_sweeps_on_its_interval_and_stops_when_told() {
+        let (store, _dir) = temp_store();
+        let clock = Arc::new(ManualClock::new(T0));
+        let doomed = session(5, T0);
+        store.create_session(&doomed).unwrap();
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(run_until_stopped(
+            store.clone(),
+            clock.clone(),
+            Duration::from_secs(60),
+            Duration::ZERO,
+            shutdown.clone(),
+        ));
+        clock.set(T0 + 6 * MINUTE);
+        // The first tick fires at once; the sweep itself runs on a blocking thread, which
+        // paused time does not wait for, so poll until it has landed.
+        for _ in 0..200 {
+            if store.session(doomed.id).unwrap().is_none() {
+                break;
+            }
+            tokio::time::advance(Duration::from_secs(60)).await;
+            tokio::task::yield_now().await;
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert!(store.session(doomed.id).unwrap().is_none());
+        shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .unwrap()
+            .unwrap();
+    }
+}

@@ -9,4 +9,4 @@ pub use session::{
     Renewal, Session, SessionError, TimeoutConfig, TimeoutConfigError, TimeoutConfigPatch,
     TimeoutPolicy,
 };
-pub use time::{Clock, SystemClock, Timestamp};
+pub use time::{Clock, ManualClock, SystemClock, Timestamp};

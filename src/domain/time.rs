@@ -108,6 +108,34 @@ impl Clock for SystemClock {
     }
 }
 
+/// A clock that only moves when told to: for tests and simulations.
+#[derive(Debug, Default)]
+pub struct ManualClock(std::sync::atomic::AtomicU64);
+
+impl ManualClock {
+    /// A clock reading `start`.
+    pub fn new(start: Timestamp) -> Self {
+        ManualClock(std::sync::atomic::AtomicU64::new(start.as_micros()))
+    }
+
+    /// Sets the reading.
+    pub fn set(&self, now: Timestamp) {
+        self.0
+            .store(now.as_micros(), std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Moves the reading forward.
+    pub fn advance(&self, by: Duration) {
+        self.set(self.now() + by);
+    }
+}
+
+impl Clock for ManualClock {
+    fn now(&self) -> Timestamp {
+        Timestamp::from_micros(self.0.load(std::sync::atomic::Ordering::SeqCst))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

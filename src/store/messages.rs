@@ -358,3 +358,265 @@ impl Store {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::domain::{ManualClock, Session, TimeoutConfig, Timestamp};
+    use crate::store::test_support::temp_store;
+
+    const T0: Timestamp = Timestamp::from_millis(1_795_255_200_000);
+
+    fn new_session(store: &Store) -> Session {
+        let timeout = TimeoutConfig {
+            timeout_minutes: 30,
+            auto_renew: true,
+            max_duration_minutes: 720,
+            warning_threshold_minutes: 5,
+        };
+        let session = Session::new(
+            Uuid::now_v7(),
+            Uuid::new_v4(),
+            Uuid::new_v4(),
+            timeout,
+            "{}".into(),
+            T0,
+        );
+        store.create_session(&session).unwrap();
+        session
+    }
+
+    fn text(content: &str, parent_id: Option<Uuid>) -> NewMessage {
+        NewMessage {
+            content: content.into(),
+            parent_id,
+            author_id: None,
+            metadata_json: "{}".into(),
+            attachments: Vec::new(),
+        }
+    }
+
+    fn seqs(page: &MessagePage) -> Vec<u64> {
+        page.messages.iter().map(|m| m.seq).collect()
+    }
+
+    fn page(store: &Store, session_id: Uuid, query: MessageQuery) -> MessagePage {
+        let session = store.session(session_id).unwrap().unwrap();
+        store.page_messages(&session, &query).unwrap().unwrap()
+    }
+
+    #[test]
+    fn seq_paging_visits_every_message_once_when_all_share_a_millisecond() {
+        let (store, _dir) = temp_store();
+        let session = new_session(&store);
+        let clock = ManualClock::new(T0 + Duration::from_millis(1));
+        for i in 0..25 {
+            store
+                .append_message(session.id, &text(&format!("m{i}"), None), &clock)
+                .unwrap()
+                .unwrap();
+        }
+        let mut seen = Vec::new();
+        let mut before_seq = None;
+        loop {
+            let page = page(
+                &store,
+                session.id,
+                MessageQuery {
+                    limit: 7,
+                    before_seq,
+                    ..Default::default()
+                },
+            );
+            seen.extend(seqs(&page));
+            match page.messages.last() {
+                Some(oldest) if page.has_more => before_seq = Some(oldest.seq as i64),
+                _ => break,
+            }
+        }
+        assert_eq!(seen, (1..=25).rev().collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn after_only_paging_takes_the_oldest_newer_messages_listed_newest_first() {
+        let (store, _dir) = temp_store();
+        let session = new_session(&store);
+        let clock = ManualClock::new(T0);
+        for _ in 0..10 {
+            clock.advance(Duration::from_millis(10));
+            store
+                .append_message(session.id, &text("m", None), &clock)
+                .unwrap()
+                .unwrap();
+        }
+        let by_seq = page(
+            &store,
+            session.id,
+            MessageQuery {
+                limit: 3,
+                after_seq: Some(4),
+                ..Default::default()
+            },
+        );
+        assert_eq!(seqs(&by_seq), vec![7, 6, 5]);
+        assert!(by_seq.has_more);
+        // Message n was stored at T0 + 10n ms; `after` is exclusive.
+        let after_ms = (T0 + Duration::from_millis(40)).as_millis() as i64;
+        let by_time = page(
+            &store,
+            session.id,
+            MessageQuery {
+                limit: 3,
+                after_ms: Some(after_ms),
+                ..Default::default()
+            },
+        );
+        assert_eq!(seqs(&by_time), vec![7, 6, 5]);
+        let last = page(
+            &store,
+            session.id,
+            MessageQuery {
+                limit: 3,
+                after_seq: Some(7),
+                ..Default::default()
+            },
+        );
+        assert_eq!(seqs(&last), vec![10, 9, 8]);
+        assert!(!last.has_more);
+    }
+
+    #[test]
+    fn both_bounds_take_the_newest_inside_the_interval() {
+        let (store, _dir) = temp_store();
+        let session = new_session(&store);
+        let clock = ManualClock::new(T0);
+        for _ in 0..10 {
+            clock.advance(Duration::from_millis(10));
+            store
+                .append_message(session.id, &text("m", None), &clock)
+                .unwrap()
+                .unwrap();
+        }
+        let before_ms = (T0 + Duration::from_millis(80)).as_millis() as i64;
+        let inside = page(
+            &store,
+            session.id,
+            MessageQuery {
+                limit: 2,
+                after_seq: Some(2),
+                before_ms: Some(before_ms),
+                ..Default::default()
+            },
+        );
+        assert_eq!(seqs(&inside), vec![7, 6]);
+        assert!(inside.has_more);
+        let empty = page(
+            &store,
+            session.id,
+            MessageQuery {
+                limit: 2,
+                after_seq: Some(5),
+                before_seq: Some(6),
+                ..Default::default()
+            },
+        );
+        assert!(empty.messages.is_empty());
+        assert!(!empty.has_more);
+    }
+
+    #[test]
+    fn branches_and_threads_follow_parents() {
+        let (store, _dir) = temp_store();
+        let session = new_session(&store);
+        let clock = ManualClock::new(T0);
+        let root = store
+            .append_message(session.id, &text("root", None), &clock)
+            .unwrap()
+            .unwrap()
+            .message;
+        let first = store
+            .append_message(session.id, &text("a", None), &clock)
+            .unwrap()
+            .unwrap()
+            .message;
+        let edit = store
+            .append_message(session.id, &text("a'", Some(root.id)), &clock)
+            .unwrap()
+            .unwrap()
+            .message;
+        let after_edit = store
+            .append_message(session.id, &text("b", None), &clock)
+            .unwrap()
+            .unwrap()
+            .message;
+        assert_eq!(first.parent_id, Some(root.id));
+        assert_eq!(edit.parent_id, Some(root.id));
+        assert_eq!(after_edit.parent_id, Some(edit.id));
+
+        let replies = page(
+            &store,
+            session.id,
+            MessageQuery {
+                limit: 10,
+                parent_id: Some(root.id),
+                ..Default::default()
+            },
+        );
+        assert_eq!(seqs(&replies), vec![edit.seq, first.seq]);
+        let thread = store.thread(session.id, after_edit.id).unwrap().unwrap();
+        assert_eq!(
+            thread.iter().map(|m| m.id).collect::<Vec<_>>(),
+            vec![root.id, edit.id, after_edit.id]
+        );
+    }
+
+    #[test]
+    fn a_parent_from_another_session_is_refused_and_nothing_is_written() {
+        let (store, _dir) = temp_store();
+        let (one, other) = (new_session(&store), new_session(&store));
+        let clock = ManualClock::new(T0);
+        let foreign = store
+            .append_message(other.id, &text("x", None), &clock)
+            .unwrap()
+            .unwrap()
+            .message;
+        let refused = store
+            .append_message(one.id, &text("y", Some(foreign.id)), &clock)
+            .unwrap();
+        assert!(matches!(refused, Err(SessionError::InvalidParent { .. })));
+        assert_eq!(store.session(one.id).unwrap().unwrap().message_count, 0);
+    }
+
+    #[test]
+    fn deleting_a_session_removes_its_messages_and_their_index_entries() {
+        let (store, _dir) = temp_store();
+        let session = new_session(&store);
+        let clock = ManualClock::new(T0);
+        let mut ids = Vec::new();
+        for _ in 0..600 {
+            ids.push(
+                store
+                    .append_message(session.id, &text("m", None), &clock)
+                    .unwrap()
+                    .unwrap()
+                    .message
+                    .id,
+            );
+        }
+        store.delete_session(session.id).unwrap().unwrap();
+        assert!(store
+            .messages
+            .scan_prefix(keys::session(session.id))
+            .next()
+            .is_none());
+        assert!(ids.iter().all(|id| store
+            .message_locations
+            .get(keys::session(*id))
+            .unwrap()
+            .is_none()));
+        assert_eq!(store.children.iter().count(), 0);
+        assert!(store.pending_purges().unwrap().is_empty());
+    }
+}
