@@ -20,7 +20,7 @@ pub struct SweepOutcome {
     pub resumed_purges: usize,
 }
 
-/// Removes every session whose `expiresAt` is at or before `now - retention`, in batches.
+/// Removes every session that expired more than `retention` before `now` (strictly), in batches.
 /// Work is found through the expiry index, so the cost follows the number of expired
 /// sessions, not the size of the store. Blocking: call it off the async runtime.
 ///
@@ -32,14 +32,16 @@ pub fn sweep_once(store: &Store, now: Timestamp, retention: Duration) -> Result<
         store.purge_messages(session_id)?;
         outcome.resumed_purges += 1;
     }
+    // Expired "more than `retention` ago": expiresAt < now - retention.
     let cutoff = now - retention;
+    let last_due = cutoff - Duration::from_micros(1);
     loop {
-        let due = store.sessions_expired_by(cutoff, BATCH)?;
+        let due = store.sessions_expired_by(last_due, BATCH)?;
         let mut removed = 0;
         for &(_, session_id) in &due {
             // Re-checked inside the delete transaction, in case the entry moved meanwhile.
             if store
-                .delete_session_if(session_id, |s| s.expires_at() <= cutoff)?
+                .delete_session_if(session_id, |s| s.expires_at() < cutoff)?
                 .is_some()
             {
                 removed += 1;
@@ -147,16 +149,17 @@ mod tests {
         // `short` expires at T0 + 10 min; with 60 min retention it goes at T0 + 70 min.
         let retention = 60 * MINUTE;
 
-        let early = sweep_once(
+        // Exactly `retention` after expiry is not yet "more than" it.
+        let exactly = sweep_once(&store, T0 + 70 * MINUTE, retention).unwrap();
+        assert_eq!(exactly.removed_sessions, 0);
+        assert!(store.session(short.id).unwrap().is_some());
+
+        let due = sweep_once(
             &store,
-            T0 + 70 * MINUTE - Duration::from_millis(1),
+            T0 + 70 * MINUTE + Duration::from_micros(1),
             retention,
         )
         .unwrap();
-        assert_eq!(early.removed_sessions, 0);
-        assert!(store.session(short.id).unwrap().is_some());
-
-        let due = sweep_once(&store, T0 + 70 * MINUTE, retention).unwrap();
         assert_eq!(due.removed_sessions, 1);
         assert!(store.session(short.id).unwrap().is_none());
         assert!(store.message(short.id, short_message.id).unwrap().is_none());

@@ -20,6 +20,9 @@ pub struct ApiError {
     pub message: String,
     /// More detail, e.g. which id or field.
     pub details: String,
+    /// Whether to close the connection after answering: set when the request body was
+    /// left unread, so a keep-alive client does not write its next request into it.
+    pub close_connection: bool,
 }
 
 impl warp::reject::Reject for ApiError {}
@@ -60,7 +63,14 @@ impl ApiError {
             code,
             message: message.into(),
             details: details.into(),
+            close_connection: false,
         }
+    }
+
+    /// Marks the request body as unread, so the connection is closed after the answer.
+    pub fn closing(mut self) -> Self {
+        self.close_connection = true;
+        self
     }
 
     /// The response: the envelope with this error's status.
@@ -73,7 +83,15 @@ impl ApiError {
                 details: &self.details,
             },
         };
-        warp::reply::with_status(warp::reply::json(&envelope), self.status).into_response()
+        let mut response =
+            warp::reply::with_status(warp::reply::json(&envelope), self.status).into_response();
+        if self.close_connection {
+            response.headers_mut().insert(
+                warp::http::header::CONNECTION,
+                warp::http::HeaderValue::from_static("close"),
+            );
+        }
+        response
     }
 
     /// 400 INVALID_JSON.
@@ -204,7 +222,7 @@ impl ApiError {
         )
     }
 
-    /// 413 PAYLOAD_TOO_LARGE.
+    /// 413 PAYLOAD_TOO_LARGE. The rest of the body is never read, so the connection closes.
     pub fn payload_too_large(limit: u64) -> Self {
         Self::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -212,6 +230,7 @@ impl ApiError {
             "Request body too large",
             format!("the body limit is {limit} bytes"),
         )
+        .closing()
     }
 
     /// 415 UNSUPPORTED_MEDIA_TYPE.

@@ -105,6 +105,8 @@ fn authorize(key: Option<Arc<str>>) -> BoxedFilter<()> {
                         .unwrap_or_default();
                     if constant_time_eq(given, key.as_bytes()) {
                         Ok(())
+                    } else if request::declares_body(&headers) {
+                        Err(warp::reject::custom(ApiError::unauthorized().closing()))
                     } else {
                         Err(warp::reject::custom(ApiError::unauthorized()))
                     }

@@ -16,6 +16,15 @@ use crate::domain::{Attachment, TimeoutConfigPatch, TimeoutPolicy};
 /// A JSON request body: always an object.
 pub type JsonObject = Map<String, Value>;
 
+/// Whether the request declares a body (a length above zero, or chunked).
+pub fn declares_body(headers: &HeaderMap) -> bool {
+    let length = headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    length.is_some_and(|n| n > 0) || headers.contains_key(warp::http::header::TRANSFER_ENCODING)
+}
+
 fn is_json_content_type(headers: &HeaderMap) -> bool {
     let Some(value) = headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()) else {
         return false;
@@ -46,7 +55,12 @@ where
     B: Buf,
 {
     if !is_json_content_type(headers) {
-        return Err(ApiError::unsupported_media_type());
+        let error = ApiError::unsupported_media_type();
+        return Err(if declares_body(headers) {
+            error.closing()
+        } else {
+            error
+        });
     }
     let declared = headers
         .get(CONTENT_LENGTH)

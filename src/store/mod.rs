@@ -92,10 +92,7 @@ impl Store {
     /// [`Error::NewerFormat`] for a store written by a newer sessiond; storage and I/O
     /// errors as sled reports them (including another process holding the lock).
     pub fn open(path: &Path, options: &StoreOptions) -> Result<Store> {
-        let db = sled::Config::new()
-            .path(path)
-            .cache_capacity(options.cache_capacity_bytes)
-            .open()?;
+        let db = open_db(path, options)?;
         let meta = db.open_tree("meta")?;
         check_format_version(&meta, path)?;
         let committer = Committer::start(db.clone(), path)?;
@@ -145,6 +142,28 @@ impl Store {
     /// I/O errors reading the directory.
     pub fn size_on_disk(&self) -> Result<u64> {
         Ok(self.db.size_on_disk()?)
+    }
+}
+
+/// How long to wait for a previous handle's file lock: sled 0.34's background threads can
+/// hold it for a moment after the last `Db` handle is dropped.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+
+fn open_db(path: &Path, options: &StoreOptions) -> Result<sled::Db> {
+    let started = std::time::Instant::now();
+    loop {
+        let opened = sled::Config::new()
+            .path(path)
+            .cache_capacity(options.cache_capacity_bytes)
+            .open();
+        match opened {
+            Err(sled::Error::Io(e))
+                if e.kind() == std::io::ErrorKind::WouldBlock && started.elapsed() < LOCK_WAIT =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            other => return Ok(other?),
+        }
     }
 }
 
