@@ -1,0 +1,10 @@
+//! End-to-end tests of the HTTP API (the contract in API.md), one integration binary with a
+//! module per area. Each test starts its own server on `127.0.0.1:0` with a temporary data
+//! directory, so tests are independent and run in parallel.
+
+mod durability;
+mod errors;
+mod helpers;
+mod lifecycle;
+mod messages;
+mod sessions;
