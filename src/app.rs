@@ -97,10 +97,11 @@ impl RunningServer {
         &self.store
     }
 
-    /// Stops the server and waits until it has stopped.
+    /// Stops the server and waits until it has stopped and the store is closed, so the data
+    /// directory can be reopened at once.
     ///
     /// # Errors
-    /// The final flush failed.
+    /// The final flush failed, or the store could not be closed.
     pub async fn shutdown(self) -> Result<()> {
         // Order: stop accepting and let in-flight requests finish (warp's graceful
         // shutdown), stop the sweeper, then flush so everything is on disk before exit.
@@ -112,7 +113,7 @@ impl RunningServer {
             tracing::error!(%error, "sweeper task failed");
         }
         let store = self.store;
-        tokio::task::spawn_blocking(move || store.flush())
+        tokio::task::spawn_blocking(move || store.flush().and_then(|()| store.close()))
             .await
             .map_err(|e| Error::Io(std::io::Error::other(e)))??;
         tracing::info!("sessiond stopped");

@@ -136,6 +136,37 @@ impl Store {
         self.committer.flush_now()
     }
 
+    /// Closes the store: waits (up to a few seconds) until this is the last handle, drops it,
+    /// and waits until sled has released its file lock, so the directory can be reopened at
+    /// once — by this process or another.
+    ///
+    /// # Errors
+    /// [`Error::Io`] when the lock is still held after the wait.
+    pub fn close(self) -> Result<()> {
+        let deadline = std::time::Instant::now() + CLOSE_WAIT;
+        while Arc::strong_count(&self.committer) > 1 && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        let log_path = self.path.join("db");
+        drop(self);
+        // sled's background threads keep the lock a moment after the last handle drops.
+        let log = std::fs::File::open(&log_path)?;
+        loop {
+            match log.try_lock() {
+                Ok(()) => return Ok(log.unlock()?),
+                Err(std::fs::TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                }
+                Err(std::fs::TryLockError::WouldBlock) => {
+                    return Err(Error::Io(std::io::Error::other(
+                        "the store is still locked after closing",
+                    )))
+                }
+                Err(std::fs::TryLockError::Error(e)) => return Err(e.into()),
+            }
+        }
+    }
+
     /// Bytes the store occupies on disk, as sled counts them.
     ///
     /// # Errors
@@ -148,6 +179,9 @@ impl Store {
 /// How long to wait for a previous handle's file lock: sled 0.34's background threads can
 /// hold it for a moment after the last `Db` handle is dropped.
 const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// How long [`Store::close`] waits for other handles and for the file lock.
+const CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 fn open_db(path: &Path, options: &StoreOptions) -> Result<sled::Db> {
     let started = std::time::Instant::now();
