@@ -41,7 +41,7 @@ pub fn sweep_once(store: &Store, now: Timestamp, retention: Duration) -> Result<
         for &(_, session_id) in &due {
             // Re-checked inside the delete transaction, in case the entry moved meanwhile.
             if store
-                .delete_session_if(session_id, |s| s.expires_at() < cutoff)?
+                .delete_session_if(session_id, None, |s| s.expires_at() < cutoff)?
                 .is_some()
             {
                 removed += 1;

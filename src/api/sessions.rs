@@ -14,7 +14,7 @@ use super::request::{
 };
 use super::views::{json, SessionCreated, SessionInfo};
 use super::{sessions_prefix, with_state, AppState};
-use crate::domain::{Renewal, Session, SessionError, Timestamp};
+use crate::domain::{EventKind, Renewal, Session, SessionError, Timestamp};
 use crate::store::{SessionQuery, StatusFilter};
 
 /// Default and largest page size of the session list.
@@ -281,7 +281,8 @@ async fn delete_session(id: String, state: AppState) -> Result<Response, ApiErro
     let id = path_uuid("sessionId", &id)?;
     let store = state.store.clone();
     // Deleting a long conversation removes many messages: keep it off the async workers.
-    let deleted = tokio::task::spawn_blocking(move || store.delete_session(id))
+    let now = state.clock.now();
+    let deleted = tokio::task::spawn_blocking(move || store.delete_session(id, now))
         .await
         .map_err(|e| ApiError::internal(&e))??;
     if deleted.is_none() {
@@ -294,19 +295,16 @@ async fn delete_session(id: String, state: AppState) -> Result<Response, ApiErro
     ))
 }
 
-/// Applies `change` to an active session in one transaction, makes it durable, and answers
-/// SessionInfo as of the transaction's instant.
+/// Applies `change` to an active session in one transaction (with the event it names),
+/// makes it durable, and answers SessionInfo as of the transaction's instant.
 async fn update_and_reply(
     state: &AppState,
     id: Uuid,
-    change: impl Fn(&mut Session, Timestamp) -> Result<(), SessionError>,
+    change: impl Fn(&mut Session, Timestamp) -> Result<Option<EventKind>, SessionError>,
 ) -> Result<Response, ApiError> {
-    let (session, now) =
-        state
-            .store
-            .update_session(id, state.clock.as_ref(), |session, now| {
-                change(session, now).map(|()| now)
-            })??;
+    let (session, now) = state
+        .store
+        .update_session(id, state.clock.as_ref(), change)??;
     state.store.durable().await?;
     Ok(json(StatusCode::OK, &SessionInfo::new(&session, now)))
 }
@@ -314,7 +312,7 @@ async fn update_and_reply(
 async fn renew_session(id: String, state: AppState) -> Result<Response, ApiError> {
     let id = path_uuid("sessionId", &id)?;
     update_and_reply(&state, id, |session, now| match session.renew(now) {
-        Renewal::Renewed => Ok(()),
+        Renewal::Renewed => Ok(Some(EventKind::SessionRenewed)),
         Renewal::Unchanged => Err(SessionError::MaxDurationReached {
             id,
             expires_at: session.expires_at(),
@@ -326,8 +324,10 @@ async fn renew_session(id: String, state: AppState) -> Result<Response, ApiError
 async fn heartbeat_session(id: String, state: AppState) -> Result<Response, ApiError> {
     let id = path_uuid("sessionId", &id)?;
     update_and_reply(&state, id, |session, now| {
-        session.record_activity(now);
-        Ok(())
+        match session.record_activity(now) {
+            Renewal::Renewed => Ok(Some(EventKind::SessionRenewed)),
+            Renewal::Unchanged => Ok(None),
+        }
     })
     .await
 }
@@ -342,7 +342,7 @@ async fn update_session_timeout(
     let policy = state.policy;
     update_and_reply(&state, id, |session, _| {
         session.timeout = policy.resolve_update(session.timeout, patch)?;
-        Ok(())
+        Ok(Some(EventKind::SessionTimeoutUpdated))
     })
     .await
 }

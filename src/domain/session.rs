@@ -235,6 +235,10 @@ pub struct Session {
     pub last_message_id: Option<Uuid>,
     /// When the newest message was stored; message times never go backwards.
     pub last_message_at: Timestamp,
+    /// The `warnsAt` a `session.expiring` event was sent for, if any.
+    pub expiring_noticed_for: Option<Timestamp>,
+    /// Whether `session.expired` was sent.
+    pub expired_noticed: bool,
 }
 
 /// What a renewal attempt did.
@@ -269,6 +273,8 @@ impl Session {
             message_count: 0,
             last_message_id: None,
             last_message_at: now,
+            expiring_noticed_for: None,
+            expired_noticed: false,
         }
     }
 

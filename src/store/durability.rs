@@ -13,6 +13,7 @@ use std::thread;
 
 use tokio::sync::oneshot;
 
+use super::events::EventBus;
 use crate::error::{Error, Result};
 
 type Waiter = oneshot::Sender<Result<(), String>>;
@@ -25,6 +26,7 @@ pub(super) struct Committer {
     thread: Option<thread::JoinHandle<()>>,
     db: sled::Db,
     log: std::sync::Arc<File>,
+    bus: std::sync::Arc<EventBus>,
 }
 
 impl Drop for Committer {
@@ -38,14 +40,18 @@ impl Drop for Committer {
 
 impl Committer {
     /// Starts the commit thread for the store in `path`.
-    pub(super) fn start(db: sled::Db, path: &Path) -> Result<Committer> {
+    pub(super) fn start(
+        db: sled::Db,
+        path: &Path,
+        bus: std::sync::Arc<EventBus>,
+    ) -> Result<Committer> {
         // sled keeps its whole log in the file `db`. Values stay far below sled's blob
         // threshold (a quarter segment, 128 KiB), so no separate blob files hold data.
         let log = std::sync::Arc::new(File::open(path.join("db"))?);
         // A new store's files must also be findable after power loss: sync their directory.
         File::open(path)?.sync_all()?;
         let (requests, pending) = mpsc::channel::<Waiter>();
-        let (thread_db, thread_log) = (db.clone(), log.clone());
+        let (thread_db, thread_log, thread_bus) = (db.clone(), log.clone(), bus.clone());
         let thread = thread::Builder::new()
             .name("sessiond-commit".into())
             .spawn(move || {
@@ -53,7 +59,8 @@ impl Committer {
                     // Everyone waiting now wrote before this flush starts, so it covers them.
                     let waiters: Vec<Waiter> =
                         std::iter::once(first).chain(pending.try_iter()).collect();
-                    let outcome = sync(&thread_db, &thread_log).map_err(|e| e.to_string());
+                    let outcome =
+                        sync(&thread_db, &thread_log, &thread_bus).map_err(|e| e.to_string());
                     if let Err(error) = &outcome {
                         tracing::error!(%error, "flush to disk failed");
                     }
@@ -67,6 +74,7 @@ impl Committer {
             thread: Some(thread),
             db,
             log,
+            bus,
         })
     }
 
@@ -86,15 +94,19 @@ impl Committer {
 
     /// Flushes on the calling thread.
     pub(super) fn flush_now(&self) -> Result<()> {
-        sync(&self.db, &self.log).map_err(|e| Error::Flush(e.to_string()))
+        sync(&self.db, &self.log, &self.bus).map_err(|e| Error::Flush(e.to_string()))
     }
 }
 
-fn sync(db: &sled::Db, log: &File) -> Result<()> {
+/// Flushes, syncs, then publishes the events the flush made durable.
+fn sync(db: &sled::Db, log: &File, bus: &EventBus) -> Result<()> {
+    // Read before flushing: every event committed by now is covered by this flush.
+    let durable_through = bus.committed_through();
     let started = std::time::Instant::now();
     db.flush()?;
     let flushed = started.elapsed();
     log.sync_data()?;
     tracing::trace!(?flushed, synced = ?started.elapsed() - flushed, "group commit");
+    bus.publish_through(durable_through);
     Ok(())
 }

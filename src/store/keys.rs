@@ -141,6 +141,47 @@ pub(crate) fn parse_count(value: &[u8]) -> Result<u64> {
     u64_at(value, 0)
 }
 
+/// `eventid_event` key: the event id, big-endian, so the log iterates in id order.
+pub(crate) fn event(id: u64) -> [u8; U64_LEN] {
+    id.to_be_bytes()
+}
+
+/// Parses an `eventid_event` key.
+pub(crate) fn parse_event(key: &[u8]) -> Result<u64> {
+    u64_at(key, 0)
+}
+
+/// Whose events an `ownerideventid` entry lists.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum EventOwner {
+    /// One session.
+    Session(Uuid),
+    /// One agent.
+    Agent(Uuid),
+    /// One user.
+    User(Uuid),
+}
+
+/// `ownerideventid` key: owner kind byte ++ owner id ++ event id (BE). One tree indexes the
+/// log three ways, so writes stay within sled's ten trees per transaction.
+pub(crate) fn owner_event(owner: EventOwner, id: u64) -> [u8; 1 + ID_LEN + U64_LEN] {
+    let (tag, owner_id) = match owner {
+        EventOwner::Session(id) => (b's', id),
+        EventOwner::Agent(id) => (b'a', id),
+        EventOwner::User(id) => (b'u', id),
+    };
+    let mut key = [0; 1 + ID_LEN + U64_LEN];
+    key[0] = tag;
+    key[1..=ID_LEN].copy_from_slice(owner_id.as_bytes());
+    key[1 + ID_LEN..].copy_from_slice(&id.to_be_bytes());
+    key
+}
+
+/// Parses the event id of an `ownerideventid` key.
+pub(crate) fn parse_owner_event(key: &[u8]) -> Result<u64> {
+    u64_at(key, 1 + ID_LEN)
+}
+
 /// `meta` key of the store format version.
 pub(crate) const FORMAT_VERSION: &[u8] = b"format_version";
 
@@ -181,6 +222,14 @@ mod tests {
             let (k1, k2) = (owned_session(o1, s1), owned_session(o2, s2));
             prop_assert_eq!(k1.cmp(&k2), (o1, s1).cmp(&(o2, s2)));
             prop_assert_eq!(parse_owned_session(&k1).unwrap(), s1);
+        }
+
+        #[test]
+        fn owner_event_key_order_is_owner_then_event_order(a in uuid(), b in uuid(), x: u64, y: u64) {
+            let (ka, kb) = (owner_event(EventOwner::Agent(a), x), owner_event(EventOwner::Agent(b), y));
+            prop_assert_eq!(ka.cmp(&kb), (a, x).cmp(&(b, y)));
+            prop_assert_eq!(parse_owner_event(&ka).unwrap(), x);
+            prop_assert_eq!(event(x).cmp(&event(y)), x.cmp(&y));
         }
 
         #[test]

@@ -3,10 +3,11 @@
 use sled::Transactional;
 use uuid::Uuid;
 
+use super::events::EventLog;
 use super::keys;
 use super::sessions::SessionTx;
 use super::{codec, encode_tx, refuse, settle, Store};
-use crate::domain::{Clock, Message, NewMessage, Renewal, Session, SessionError};
+use crate::domain::{Clock, EventKind, Message, NewMessage, Renewal, Session, SessionError};
 use crate::error::{Error, Result};
 
 /// What an append stored.
@@ -66,85 +67,107 @@ impl Store {
             &self.messages,
             &self.message_locations,
             &self.children,
+            &self.events,
+            &self.event_index,
         );
-        settle(trees.transaction(
-            |(sessions, expirations, warnings, messages, locations, children)| {
-                let tx = SessionTx {
+        self.sequenced(|first_event_id| {
+            settle(trees.transaction(
+                |(
                     sessions,
                     expirations,
                     warnings,
-                };
-                let old = tx.get(session_id)?;
-                let now = clock.now();
-                if let Err(refused) = old.check_active(now) {
-                    return refuse(refused);
-                }
-                let author_id = new.author_id.unwrap_or(old.user_id);
-                if author_id != old.user_id && author_id != old.agent_id {
-                    return refuse(SessionError::ForbiddenAuthor {
-                        session_id,
-                        author_id,
-                    });
-                }
-                let parent_id = match new.parent_id {
-                    Some(parent_id) => {
-                        let belongs = match locations.get(keys::session(parent_id))? {
-                            Some(location) => {
-                                keys::parse_message(&location).map_err(super::broken)?.0
-                                    == session_id
-                            }
-                            None => false,
-                        };
-                        if !belongs {
-                            return refuse(SessionError::InvalidParent {
-                                session_id,
-                                parent_id,
-                            });
-                        }
-                        Some(parent_id)
+                    messages,
+                    locations,
+                    children,
+                    events,
+                    index,
+                )| {
+                    let tx = SessionTx {
+                        sessions,
+                        expirations,
+                        warnings,
+                    };
+                    let mut log = EventLog::new(events, index, first_event_id);
+                    let old = tx.get(session_id)?;
+                    let now = clock.now();
+                    if let Err(refused) = old.check_active(now) {
+                        return refuse(refused);
                     }
-                    None => old.last_message_id,
-                };
+                    let author_id = new.author_id.unwrap_or(old.user_id);
+                    if author_id != old.user_id && author_id != old.agent_id {
+                        return refuse(SessionError::ForbiddenAuthor {
+                            session_id,
+                            author_id,
+                        });
+                    }
+                    let parent_id = match new.parent_id {
+                        Some(parent_id) => {
+                            let belongs = match locations.get(keys::session(parent_id))? {
+                                Some(location) => {
+                                    keys::parse_message(&location).map_err(super::broken)?.0
+                                        == session_id
+                                }
+                                None => false,
+                            };
+                            if !belongs {
+                                return refuse(SessionError::InvalidParent {
+                                    session_id,
+                                    parent_id,
+                                });
+                            }
+                            Some(parent_id)
+                        }
+                        None => old.last_message_id,
+                    };
 
-                let seq = old.message_count + 1;
-                let message = Message {
-                    id: Uuid::now_v7(),
-                    session_id,
-                    seq,
-                    parent_id,
-                    content: new.content.clone(),
-                    author_id,
-                    is_agent: author_id == old.agent_id,
-                    // Message times never go backwards, so seq order is time order and the
-                    // epoch-ms bounds of a page can be found by binary search over seq.
-                    created_at: now.max(old.last_message_at),
-                    metadata_json: new.metadata_json.clone(),
-                    attachments: new.attachments.clone(),
-                };
-                let key = keys::message(session_id, seq);
-                if messages.insert(&key, encode_tx(&message)?)?.is_some() {
-                    return Err(super::broken(Error::corrupt(format!(
-                        "message {seq} of session {session_id} already existed"
-                    ))));
-                }
-                locations.insert(&keys::session(message.id), &key)?;
-                if let Some(parent_id) = parent_id {
-                    children.insert(&keys::child(parent_id, seq), &[])?;
-                }
+                    let seq = old.message_count + 1;
+                    let message = Message {
+                        id: Uuid::now_v7(),
+                        session_id,
+                        seq,
+                        parent_id,
+                        content: new.content.clone(),
+                        author_id,
+                        is_agent: author_id == old.agent_id,
+                        // Message times never go backwards, so seq order is time order and the
+                        // epoch-ms bounds of a page can be found by binary search over seq.
+                        created_at: now.max(old.last_message_at),
+                        metadata_json: new.metadata_json.clone(),
+                        attachments: new.attachments.clone(),
+                    };
+                    let key = keys::message(session_id, seq);
+                    if messages.insert(&key, encode_tx(&message)?)?.is_some() {
+                        return Err(super::broken(Error::corrupt(format!(
+                            "message {seq} of session {session_id} already existed"
+                        ))));
+                    }
+                    locations.insert(&keys::session(message.id), &key)?;
+                    if let Some(parent_id) = parent_id {
+                        children.insert(&keys::child(parent_id, seq), &[])?;
+                    }
 
-                let mut session = old.clone();
-                session.message_count = seq;
-                session.last_message_id = Some(message.id);
-                session.last_message_at = message.created_at;
-                let renewal = session.record_activity(now);
-                tx.put(Some(&old), &session)?;
-                Ok(Appended {
-                    message,
-                    session,
-                    renewal,
-                })
-            },
-        ))
+                    let mut session = old.clone();
+                    session.message_count = seq;
+                    session.last_message_id = Some(message.id);
+                    session.last_message_at = message.created_at;
+                    let renewal = session.record_activity(now);
+                    let due = session.due_notices(now);
+                    session.mark_noticed(due);
+                    tx.put(Some(&old), &session)?;
+                    log.message(now, &session, &message)?;
+                    if renewal == Renewal::Renewed {
+                        log.session(now, EventKind::SessionRenewed, &session)?;
+                    }
+                    log.notices(now, &session, due)?;
+                    let appended = Appended {
+                        message,
+                        session,
+                        renewal,
+                    };
+                    Ok((appended, log.finish()))
+                },
+            ))
+        })
     }
 
     /// A message of this session, by id.
@@ -162,7 +185,7 @@ impl Store {
         self.message_at(session_id, seq)
     }
 
-    fn message_at(&self, session_id: Uuid, seq: u64) -> Result<Option<Message>> {
+    pub(super) fn message_at(&self, session_id: Uuid, seq: u64) -> Result<Option<Message>> {
         self.messages
             .get(keys::message(session_id, seq))?
             .map(|bytes| codec::decode(&bytes))
@@ -605,7 +628,7 @@ mod tests {
                     .id,
             );
         }
-        store.delete_session(session.id).unwrap().unwrap();
+        store.delete_session(session.id, T0).unwrap().unwrap();
         assert!(store
             .messages
             .scan_prefix(keys::session(session.id))

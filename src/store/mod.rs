@@ -7,6 +7,7 @@
 
 mod codec;
 mod durability;
+mod events;
 mod keys;
 mod messages;
 mod sessions;
@@ -23,6 +24,7 @@ use sled::Tree;
 use crate::domain::SessionError;
 use crate::error::{Error, Result};
 
+pub use events::{Subscription, STREAM_BUFFER};
 pub use messages::{Appended, MessagePage, MessageQuery};
 pub use sessions::{SessionCounts, SessionPage, SessionQuery, StatusFilter};
 
@@ -73,6 +75,14 @@ pub struct Store {
     counters: Tree,
     /// session id -> (). Deleted sessions whose messages are still being removed.
     purges: Tree,
+    /// event id (BE) -> event. The durable event log.
+    events: Tree,
+    /// owner kind ++ owner id ++ event id (BE) -> (). The log by session, agent and user.
+    event_index: Tree,
+    /// The next event id; held across every transaction that writes events.
+    next_event_id: Arc<std::sync::Mutex<u64>>,
+    /// Hands durable events to live subscribers.
+    bus: Arc<events::EventBus>,
     /// Group commit: makes acknowledged writes durable.
     committer: Arc<Committer>,
 }
@@ -95,7 +105,10 @@ impl Store {
         let db = open_db(path, options)?;
         let meta = db.open_tree("meta")?;
         check_format_version(&meta, path)?;
-        let committer = Committer::start(db.clone(), path)?;
+        let events = db.open_tree("eventid_event")?;
+        let next_event_id = events::next_event_id(&events)?;
+        let bus = Arc::new(events::EventBus::new(next_event_id - 1));
+        let committer = Committer::start(db.clone(), path, bus.clone())?;
         let store = Store {
             path: Arc::new(path.to_path_buf()),
             sessions: db.open_tree("sessionid_session")?,
@@ -108,6 +121,10 @@ impl Store {
             warnings: db.open_tree("warnatsessionid")?,
             counters: db.open_tree("counterkey_count")?,
             purges: db.open_tree("sessionid_purge")?,
+            events,
+            event_index: db.open_tree("ownerideventid")?,
+            next_event_id: Arc::new(std::sync::Mutex::new(next_event_id)),
+            bus,
             committer: Arc::new(committer),
             db,
         };

@@ -4,9 +4,10 @@ use sled::transaction::TransactionalTree;
 use sled::Transactional;
 use uuid::Uuid;
 
+use super::events::EventLog;
 use super::keys::{self, Counter};
 use super::{codec, decode_tx, encode_tx, refuse, settle, Store, TxResult};
-use crate::domain::{Clock, Session, SessionError, Timestamp};
+use crate::domain::{Clock, DueNotices, EventKind, Session, SessionError, Timestamp};
 use crate::error::Result;
 
 /// Which sessions a listing includes.
@@ -137,11 +138,13 @@ fn add_to_counters(counters: &TransactionalTree, session: &Session, delta: i64) 
 }
 
 impl Store {
-    /// Stores a new session with its index entries and counts.
+    /// Stores a new session with its index entries and counts, and records
+    /// `session.created` (plus any lifecycle notice already due).
     ///
     /// # Errors
     /// Storage failures.
     pub fn create_session(&self, session: &Session) -> Result<()> {
+        let now = session.created_at;
         let trees = (
             &self.sessions,
             &self.expirations,
@@ -149,21 +152,32 @@ impl Store {
             &self.user_sessions,
             &self.agent_sessions,
             &self.counters,
+            &self.events,
+            &self.event_index,
         );
-        let result = trees.transaction(
-            |(sessions, expirations, warnings, users, agents, counters)| {
-                let tx = SessionTx {
-                    sessions,
-                    expirations,
-                    warnings,
-                };
-                tx.put(None, session)?;
-                users.insert(&keys::owned_session(session.user_id, session.id), &[])?;
-                agents.insert(&keys::owned_session(session.agent_id, session.id), &[])?;
-                add_to_counters(counters, session, 1)
-            },
-        );
-        settle(result)?.map_err(|refused| crate::Error::corrupt(refused.to_string()))
+        let created = self.sequenced(|first_event_id| {
+            settle(trees.transaction(
+                |(sessions, expirations, warnings, users, agents, counters, events, index)| {
+                    let tx = SessionTx {
+                        sessions,
+                        expirations,
+                        warnings,
+                    };
+                    let mut log = EventLog::new(events, index, first_event_id);
+                    let mut stored = session.clone();
+                    let due = stored.due_notices(now);
+                    stored.mark_noticed(due);
+                    tx.put(None, &stored)?;
+                    users.insert(&keys::owned_session(session.user_id, session.id), &[])?;
+                    agents.insert(&keys::owned_session(session.agent_id, session.id), &[])?;
+                    add_to_counters(counters, session, 1)?;
+                    log.session(now, EventKind::SessionCreated, &stored)?;
+                    log.notices(now, &stored, due)?;
+                    Ok(((), log.finish()))
+                },
+            ))
+        })?;
+        created.map_err(|refused| crate::Error::corrupt(refused.to_string()))
     }
 
     /// The session, if stored (expired or not).
@@ -178,55 +192,140 @@ impl Store {
     }
 
     /// Reads the session, refuses if it is missing or expired at the transaction's `now`,
-    /// applies `change`, and stores the result with its moved index entries — all in one
-    /// transaction. `change` may run more than once; it must only touch the session.
+    /// applies `change`, and stores the result with its moved index entries, the event
+    /// `change` names and any lifecycle notice now due — all in one transaction. Returns the
+    /// session after the change and the transaction's `now`. `change` may run more than once;
+    /// it must only touch the session.
     ///
     /// # Errors
     /// Outer: storage failures. Inner: [`SessionError`] from the checks or from `change`.
-    pub fn update_session<T>(
+    pub fn update_session(
         &self,
         id: Uuid,
         clock: &dyn Clock,
-        change: impl Fn(&mut Session, Timestamp) -> Result<T, SessionError>,
-    ) -> Result<Result<(Session, T), SessionError>> {
-        let trees = (&self.sessions, &self.expirations, &self.warnings);
-        settle(trees.transaction(|(sessions, expirations, warnings)| {
-            let tx = SessionTx {
-                sessions,
-                expirations,
-                warnings,
-            };
-            let old = tx.get(id)?;
-            let now = clock.now();
-            if let Err(refused) = old.check_active(now) {
-                return refuse(refused);
-            }
-            let mut new = old.clone();
-            let outcome = match change(&mut new, now) {
-                Ok(outcome) => outcome,
-                Err(refused) => return refuse(refused),
-            };
-            if new != old {
-                tx.put(Some(&old), &new)?;
-            }
-            Ok((new, outcome))
-        }))
+        change: impl Fn(&mut Session, Timestamp) -> Result<Option<EventKind>, SessionError>,
+    ) -> Result<Result<(Session, Timestamp), SessionError>> {
+        let trees = (
+            &self.sessions,
+            &self.expirations,
+            &self.warnings,
+            &self.events,
+            &self.event_index,
+        );
+        self.sequenced(|first_event_id| {
+            settle(
+                trees.transaction(|(sessions, expirations, warnings, events, index)| {
+                    let tx = SessionTx {
+                        sessions,
+                        expirations,
+                        warnings,
+                    };
+                    let mut log = EventLog::new(events, index, first_event_id);
+                    let old = tx.get(id)?;
+                    let now = clock.now();
+                    if let Err(refused) = old.check_active(now) {
+                        return refuse(refused);
+                    }
+                    let mut new = old.clone();
+                    let announced = match change(&mut new, now) {
+                        Ok(announced) => announced,
+                        Err(refused) => return refuse(refused),
+                    };
+                    let due = new.due_notices(now);
+                    new.mark_noticed(due);
+                    if new != old {
+                        tx.put(Some(&old), &new)?;
+                    }
+                    if let Some(kind) = announced {
+                        log.session(now, kind, &new)?;
+                    }
+                    log.notices(now, &new, due)?;
+                    Ok(((new, now), log.finish()))
+                }),
+            )
+        })
     }
 
-    /// Deletes a session: the record, its index entries and counts go in one transaction,
-    /// so no client sees it half-deleted; its messages are then removed in batches.
-    /// Returns the session as it was, or `None` if there was none.
+    /// Records the lifecycle notices (`session.expiring`, `session.expired`) due for a
+    /// session at the transaction's `now`. Returns whether any was due.
     ///
     /// # Errors
     /// Storage failures.
-    pub fn delete_session(&self, id: Uuid) -> Result<Option<Session>> {
-        self.delete_session_if(id, |_| true)
+    pub fn record_due_notices(&self, id: Uuid, clock: &dyn Clock) -> Result<bool> {
+        let trees = (
+            &self.sessions,
+            &self.expirations,
+            &self.warnings,
+            &self.events,
+            &self.event_index,
+        );
+        let recorded = self.sequenced(|first_event_id| {
+            settle(
+                trees.transaction(|(sessions, expirations, warnings, events, index)| {
+                    let tx = SessionTx {
+                        sessions,
+                        expirations,
+                        warnings,
+                    };
+                    let mut log = EventLog::new(events, index, first_event_id);
+                    let Some(bytes) = sessions.get(keys::session(id))? else {
+                        return Ok((false, Vec::new()));
+                    };
+                    let old: Session = decode_tx(&bytes)?;
+                    let now = clock.now();
+                    let due = old.due_notices(now);
+                    if due == DueNotices::default() {
+                        return Ok((false, Vec::new()));
+                    }
+                    let mut new = old.clone();
+                    new.mark_noticed(due);
+                    tx.put(Some(&old), &new)?;
+                    log.notices(now, &new, due)?;
+                    Ok((true, log.finish()))
+                }),
+            )
+        })?;
+        recorded.map_err(|refused| crate::Error::corrupt(refused.to_string()))
     }
 
-    /// Deletes the session only if `condition` holds for it inside the transaction.
+    /// Ids of sessions whose warning window opens or whose expiry falls in `[from, to]`.
+    ///
+    /// # Errors
+    /// Storage failures.
+    pub fn sessions_with_deadlines_between(
+        &self,
+        from: Timestamp,
+        to: Timestamp,
+    ) -> Result<Vec<Uuid>> {
+        let mut ids = Vec::new();
+        for deadlines in [&self.warnings, &self.expirations] {
+            let range =
+                keys::deadline(from, Uuid::nil()).to_vec()..keys::deadline_upper_bound(to).to_vec();
+            for key in deadlines.range(range).keys() {
+                ids.push(keys::parse_deadline(&key?)?.1);
+            }
+        }
+        ids.sort_unstable();
+        ids.dedup();
+        Ok(ids)
+    }
+
+    /// Deletes a session: the record, its index entries and counts go in one transaction
+    /// with a `session.deleted` event, so no client sees it half-deleted; its messages are
+    /// then removed in batches. Returns the session as it was, or `None` if there was none.
+    ///
+    /// # Errors
+    /// Storage failures.
+    pub fn delete_session(&self, id: Uuid, now: Timestamp) -> Result<Option<Session>> {
+        self.delete_session_if(id, Some(now), |_| true)
+    }
+
+    /// Deletes the session only if `condition` holds for it inside the transaction, and
+    /// records `session.deleted` at `announce_at` if given.
     pub(crate) fn delete_session_if(
         &self,
         id: Uuid,
+        announce_at: Option<Timestamp>,
         condition: impl Fn(&Session) -> bool,
     ) -> Result<Option<Session>> {
         let trees = (
@@ -237,32 +336,49 @@ impl Store {
             &self.agent_sessions,
             &self.counters,
             &self.purges,
+            &self.events,
+            &self.event_index,
         );
-        let result = trees.transaction(
-            |(sessions, expirations, warnings, users, agents, counters, purges)| {
-                let tx = SessionTx {
+        let deleted = self.sequenced(|first_event_id| {
+            settle(trees.transaction(
+                |(
                     sessions,
                     expirations,
                     warnings,
-                };
-                let Some(bytes) = sessions.get(keys::session(id))? else {
-                    return Ok(None);
-                };
-                let session: Session = decode_tx(&bytes)?;
-                if !condition(&session) {
-                    return Ok(None);
-                }
-                tx.remove(&session)?;
-                users.remove(&keys::owned_session(session.user_id, id))?;
-                agents.remove(&keys::owned_session(session.agent_id, id))?;
-                add_to_counters(counters, &session, -1)?;
-                // The marker makes the message removal below resumable after a crash.
-                purges.insert(&keys::session(id), &[])?;
-                Ok(Some(session))
-            },
-        );
-        let deleted =
-            settle(result)?.map_err(|refused| crate::Error::corrupt(refused.to_string()))?;
+                    users,
+                    agents,
+                    counters,
+                    purges,
+                    events,
+                    index,
+                )| {
+                    let tx = SessionTx {
+                        sessions,
+                        expirations,
+                        warnings,
+                    };
+                    let mut log = EventLog::new(events, index, first_event_id);
+                    let Some(bytes) = sessions.get(keys::session(id))? else {
+                        return Ok((None, Vec::new()));
+                    };
+                    let session: Session = decode_tx(&bytes)?;
+                    if !condition(&session) {
+                        return Ok((None, Vec::new()));
+                    }
+                    tx.remove(&session)?;
+                    users.remove(&keys::owned_session(session.user_id, id))?;
+                    agents.remove(&keys::owned_session(session.agent_id, id))?;
+                    add_to_counters(counters, &session, -1)?;
+                    // The marker makes the message removal below resumable after a crash.
+                    purges.insert(&keys::session(id), &[])?;
+                    if let Some(at) = announce_at {
+                        log.session(at, EventKind::SessionDeleted, &session)?;
+                    }
+                    Ok((Some(session), log.finish()))
+                },
+            ))
+        })?;
+        let deleted = deleted.map_err(|refused| crate::Error::corrupt(refused.to_string()))?;
         if deleted.is_some() {
             self.purge_messages(id)?;
         }
