@@ -15,17 +15,19 @@ use crate::config::ServeConfig;
 use crate::domain::{Clock, SystemClock};
 use crate::error::{Error, Result};
 use crate::store::{Store, StoreOptions};
-use crate::sweeper;
+use crate::{notifier, sweeper};
 
 /// A server running on the current tokio runtime.
 #[derive(Debug)]
 pub struct RunningServer {
     addr: SocketAddr,
     store: Store,
-    /// Cancelled to begin shutdown; the HTTP server and the sweeper both watch it.
+    /// Cancelled to begin shutdown; the HTTP server, event streams, held requests and the
+    /// background tasks all watch it.
     shutdown: CancellationToken,
     http: JoinHandle<()>,
     sweeper: JoinHandle<()>,
+    notifier: JoinHandle<()>,
 }
 
 /// Checks the settings and the data directory, binds, opens the store and starts serving
@@ -62,17 +64,29 @@ pub async fn start_with_clock(config: ServeConfig, clock: Arc<dyn Clock>) -> Res
         .map_err(|e| Error::Io(std::io::Error::other(e)))??;
 
     let state = AppState::new(store.clone(), &config, clock.clone());
-    let shutdown = CancellationToken::new();
+    let shutdown = state.shutdown.clone();
     let http = tokio::spawn(
         warp::serve(api::routes(&state))
             .incoming(listener)
             .graceful(shutdown.clone().cancelled_owned())
             .run(),
     );
+    let schedule = sweeper::SweepSchedule {
+        interval: config.sweep_interval(),
+        expired_retention: config.expired_retention(),
+        event_retention: config.event_retention(),
+    };
     let sweeper = tokio::spawn(sweeper::run_until_stopped(
         store.clone(),
+        clock.clone(),
+        schedule,
+        shutdown.clone(),
+    ));
+    // Catch up on notices that fell due while the server was down, back to the oldest
+    // expired session still kept.
+    let notifier = tokio::spawn(notifier::run_until_stopped(
+        store.clone(),
         clock,
-        config.sweep_interval(),
         config.expired_retention(),
         shutdown.clone(),
     ));
@@ -83,6 +97,7 @@ pub async fn start_with_clock(config: ServeConfig, clock: Arc<dyn Clock>) -> Res
         shutdown,
         http,
         sweeper,
+        notifier,
     })
 }
 
@@ -103,14 +118,18 @@ impl RunningServer {
     /// # Errors
     /// The final flush failed, or the store could not be closed.
     pub async fn shutdown(self) -> Result<()> {
-        // Order: stop accepting and let in-flight requests finish (warp's graceful
-        // shutdown), stop the sweeper, then flush so everything is on disk before exit.
+        // Order: the token stops accepting, ends event streams and answers held requests
+        // at once; warp's graceful shutdown then lets in-flight requests finish; then the
+        // background tasks stop; then a flush puts everything on disk before exit.
         self.shutdown.cancel();
+        self.store.close_subscriptions();
         if let Err(error) = self.http.await {
             tracing::error!(%error, "HTTP server task failed");
         }
-        if let Err(error) = self.sweeper.await {
-            tracing::error!(%error, "sweeper task failed");
+        for (task, name) in [(self.sweeper, "sweeper"), (self.notifier, "notifier")] {
+            if let Err(error) = task.await {
+                tracing::error!(%error, "{name} task failed");
+            }
         }
         let store = self.store;
         tokio::task::spawn_blocking(move || store.flush().and_then(|()| store.close()))

@@ -186,6 +186,16 @@ impl ServeConfig {
         }
     }
 
+    /// How long events are kept for replay.
+    pub fn event_retention(&self) -> Duration {
+        Duration::from_secs(self.event_retention_minutes.saturating_mul(60))
+    }
+
+    /// How long a held request waits for the agent's reply.
+    pub fn reply_timeout(&self) -> Duration {
+        Duration::from_secs(self.reply_timeout_seconds)
+    }
+
     /// How long expired sessions are kept before sweeping.
     pub fn expired_retention(&self) -> Duration {
         Duration::from_secs(self.expired_retention_minutes.saturating_mul(60))

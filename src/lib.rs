@@ -7,10 +7,11 @@
 //! - [`domain`]: sessions, messages and the lifecycle rules, as pure functions of `now`.
 //! - [`store`]: the sled store: typed trees, key layouts, the codec, group commit.
 //! - [`api`]: the warp routes of the HTTP contract and its JSON error envelope.
-//! - [`sweeper`]: the background task that removes expired sessions.
+//! - [`sweeper`]: the background task that removes expired sessions and old events.
+//! - [`notifier`]: the background task that pushes `session.expiring`/`session.expired`.
 //! - [`app`]: start-up and graceful shutdown.
 //!
-//! Data flows one way: `api -> domain + store`, `sweeper -> domain + store`,
+//! Data flows one way: `api -> domain + store`, `sweeper`/`notifier -> domain + store`,
 //! `store -> domain`.
 //!
 //! # Embedding
@@ -57,6 +58,7 @@ pub mod app;
 pub mod config;
 pub mod domain;
 pub mod error;
+pub mod notifier;
 pub mod store;
 pub mod sweeper;
 

@@ -64,16 +64,38 @@ pub fn sweep_once(store: &Store, now: Timestamp, retention: Duration) -> Result<
     Ok(outcome)
 }
 
-/// Sweeps every `interval` until `shutdown` is cancelled. A failed sweep is logged and the
-/// loop goes on.
+/// Removes events older than `retention` (the newest event always stays). Blocking.
+///
+/// # Errors
+/// Storage failures.
+pub fn trim_events_once(store: &Store, now: Timestamp, retention: Duration) -> Result<usize> {
+    let trimmed = store.trim_events(now - retention)?;
+    if trimmed > 0 {
+        tracing::info!(trimmed_events = trimmed, "trimmed old events");
+    }
+    Ok(trimmed)
+}
+
+/// What the sweeper keeps and how often it runs.
+#[derive(Clone, Copy, Debug)]
+pub struct SweepSchedule {
+    /// Time between sweeps.
+    pub interval: Duration,
+    /// How long expired sessions are kept.
+    pub expired_retention: Duration,
+    /// How long events are kept.
+    pub event_retention: Duration,
+}
+
+/// Sweeps every `schedule.interval` until `shutdown` is cancelled. A failed sweep is logged
+/// and the loop goes on.
 pub async fn run_until_stopped(
     store: Store,
     clock: std::sync::Arc<dyn Clock>,
-    interval: Duration,
-    retention: Duration,
+    schedule: SweepSchedule,
     shutdown: CancellationToken,
 ) {
-    let mut ticks = tokio::time::interval(interval);
+    let mut ticks = tokio::time::interval(schedule.interval);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
@@ -81,7 +103,11 @@ pub async fn run_until_stopped(
             _ = ticks.tick() => {}
         }
         let (store, now) = (store.clone(), clock.now());
-        match tokio::task::spawn_blocking(move || sweep_once(&store, now, retention)).await {
+        let swept = tokio::task::spawn_blocking(move || {
+            sweep_once(&store, now, schedule.expired_retention)?;
+            trim_events_once(&store, now, schedule.event_retention)
+        });
+        match swept.await {
             Ok(Ok(_)) => {}
             Ok(Err(error)) => tracing::error!(%error, "sweep failed; retrying at the next tick"),
             Err(error) => tracing::error!(%error, "sweep task failed; retrying at the next tick"),
@@ -186,11 +212,15 @@ mod tests {
         let doomed = session(5, T0);
         store.create_session(&doomed).unwrap();
         let shutdown = CancellationToken::new();
+        let schedule = SweepSchedule {
+            interval: Duration::from_secs(60),
+            expired_retention: Duration::ZERO,
+            event_retention: Duration::from_secs(3600),
+        };
         let task = tokio::spawn(run_until_stopped(
             store.clone(),
             clock.clone(),
-            Duration::from_secs(60),
-            Duration::ZERO,
+            schedule,
             shutdown.clone(),
         ));
         clock.set(T0 + 6 * MINUTE);

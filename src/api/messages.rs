@@ -14,8 +14,16 @@ use super::request::{
 use super::sessions::{json_body, load_active, query, session_path};
 use super::views::{json, MessageCreated, MessageView};
 use super::{with_state, AppState};
-use crate::domain::{NewMessage, SessionError};
-use crate::store::MessageQuery;
+use std::sync::Arc;
+
+use futures_util::StreamExt;
+use tokio::sync::mpsc;
+use warp::sse;
+use warp::Reply;
+
+use super::events::KEEP_ALIVE;
+use crate::domain::{Event, EventData, EventFilter, Message, NewMessage, SessionError};
+use crate::store::{MessageQuery, STREAM_BUFFER};
 
 /// Default and largest page size of a message page.
 const PAGE_LIMIT: (usize, usize) = (50, 100);
@@ -131,16 +139,124 @@ async fn create_message(
         parent_id: uuid_field(&body, "parentId")?,
         author_id: uuid_field(&body, "authorId")?,
     };
-    let _transport = transport_field(&body)?;
+    let transport = transport_field(&body)?;
+    // Subscribe before appending: the agent may answer before this handler looks.
+    let replies = (transport != Transport::Websocket).then(|| {
+        state
+            .store
+            .subscribe(EventFilter::Session(session_id), STREAM_BUFFER)
+    });
     let appended = state
         .store
         .append_message(session_id, &new, state.clock.as_ref())??;
     state.store.durable().await?;
     let now = state.clock.now();
-    Ok(json(
-        StatusCode::CREATED,
-        &MessageCreated::new(&appended.message, &appended.session, appended.renewal, now),
-    ))
+    let created = MessageCreated::new(&appended.message, &appended.session, appended.renewal, now);
+    match (transport, replies) {
+        (Transport::Http, Some(mut replies)) => {
+            let reply = wait_for_reply(&state, &appended.message, &mut replies.events).await;
+            Ok(json(
+                StatusCode::CREATED,
+                &created.with_agent_response(reply.as_ref()),
+            ))
+        }
+        (Transport::Sse, Some(replies)) => {
+            Ok(reply_stream(state, appended.message, replies.events))
+        }
+        _ => Ok(json(StatusCode::CREATED, &created)),
+    }
+}
+
+/// Waits for the agent's reply to `message`, at most the reply timeout, and not past
+/// shutdown.
+async fn wait_for_reply(
+    state: &AppState,
+    message: &Message,
+    events: &mut mpsc::Receiver<Arc<Event>>,
+) -> Option<Message> {
+    let timeout = tokio::time::sleep(state.reply_timeout);
+    tokio::pin!(timeout);
+    match next_reply(state, message, events, timeout.as_mut()).await {
+        Waited::Reply(reply) => Some(reply),
+        Waited::TimedOut | Waited::ShutDown => None,
+    }
+}
+
+enum Waited {
+    Reply(Message),
+    TimedOut,
+    ShutDown,
+}
+
+/// The next agent reply to `message` among `events`, unless `timeout` or shutdown comes first.
+async fn next_reply(
+    state: &AppState,
+    message: &Message,
+    events: &mut mpsc::Receiver<Arc<Event>>,
+    mut timeout: std::pin::Pin<&mut tokio::time::Sleep>,
+) -> Waited {
+    let replies = EventFilter::RepliesTo {
+        session_id: message.session_id,
+        message_id: message.id,
+    };
+    loop {
+        tokio::select! {
+            () = &mut timeout => return Waited::TimedOut,
+            () = state.shutdown.cancelled() => return Waited::ShutDown,
+            event = events.recv() => match event {
+                Some(event) if replies.matches(&event) => {
+                    if let EventData::Message(reply) = &event.data {
+                        return Waited::Reply(reply.clone());
+                    }
+                }
+                Some(_) => {}
+                // Cut off for falling behind (a very busy session): keep waiting for the
+                // timeout, as no reply can be seen live any more.
+                None => {
+                    timeout.as_mut().await;
+                    return Waited::TimedOut;
+                }
+            },
+        }
+    }
+}
+
+/// `transport: "sse"`: `user_message`, then `agent_message` per reply as it arrives, then
+/// `done` once the reply timeout passes with no new reply (or at shutdown).
+fn reply_stream(state: AppState, message: Message, events: mpsc::Receiver<Arc<Event>>) -> Response {
+    let first = sse::Event::default()
+        .event("user_message")
+        .data(serde_json::to_string(&MessageView::new(&message)).unwrap_or_default());
+    let following =
+        futures_util::stream::unfold(Some((state, message, events)), |waiting| async move {
+            let (state, message, mut events) = waiting?;
+            let timeout = tokio::time::sleep(state.reply_timeout);
+            tokio::pin!(timeout);
+            let (event, next) = match next_reply(&state, &message, &mut events, timeout.as_mut())
+                .await
+            {
+                Waited::Reply(reply) => {
+                    let data = serde_json::to_string(&MessageView::new(&reply)).unwrap_or_default();
+                    (
+                        sse::Event::default().event("agent_message").data(data),
+                        Some((state, message, events)),
+                    )
+                }
+                Waited::TimedOut => (done("timeout"), None),
+                Waited::ShutDown => (done("shutdown"), None),
+            };
+            Some((event, next))
+        });
+    let stream = futures_util::stream::once(async { first })
+        .chain(following)
+        .map(Ok::<_, std::convert::Infallible>);
+    sse::reply(sse::keep_alive().interval(KEEP_ALIVE).stream(stream)).into_response()
+}
+
+fn done(reason: &str) -> sse::Event {
+    sse::Event::default()
+        .event("done")
+        .data(serde_json::json!({ "reason": reason }).to_string())
 }
 
 #[derive(Serialize)]

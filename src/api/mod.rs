@@ -5,6 +5,7 @@
 //! [`handle_rejection`] at the top.
 
 mod error;
+mod events;
 mod health;
 mod messages;
 mod request;
@@ -37,6 +38,10 @@ pub struct AppState {
     pub api_key: Option<Arc<str>>,
     /// When the server started (for `uptime`).
     pub started: Instant,
+    /// How long a request waits for the agent's reply.
+    pub reply_timeout: std::time::Duration,
+    /// Cancelled at shutdown: ends event streams and answers held requests at once.
+    pub shutdown: tokio_util::sync::CancellationToken,
 }
 
 impl AppState {
@@ -49,6 +54,8 @@ impl AppState {
             max_body_bytes: config.max_body_bytes,
             api_key: config.api_key.as_deref().map(Arc::from),
             started: Instant::now(),
+            reply_timeout: config.reply_timeout(),
+            shutdown: tokio_util::sync::CancellationToken::new(),
         }
     }
 }
@@ -75,6 +82,8 @@ pub fn routes(state: &AppState) -> BoxedFilter<(warp::reply::Response,)> {
         .or(sessions::routes(state))
         .unify()
         .or(messages::routes(state))
+        .unify()
+        .or(events::routes(state))
         .unify();
     authorize(state.api_key.clone())
         .and(api)

@@ -111,6 +111,18 @@ impl<'a> SessionInfo<'a> {
     }
 }
 
+impl<'a> SessionInfo<'a> {
+    /// The view of a session that has ended (expired or deleted): as last stored, with no
+    /// time remaining and no warning.
+    pub fn closed(s: &'a Session) -> Self {
+        SessionInfo {
+            time_remaining: 0,
+            is_near_expiration: false,
+            ..SessionInfo::new(s, s.expires_at())
+        }
+    }
+}
+
 #[derive(Serialize)]
 struct AttachmentView<'a> {
     #[serde(rename = "type")]
@@ -181,6 +193,9 @@ pub struct MessageCreated<'a> {
     #[serde(flatten)]
     message: MessageView<'a>,
     session_status: SessionStatus,
+    /// Only for `transport: "http"`: the agent's reply, or null when none came in time.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    agent_response: Option<Option<MessageView<'a>>>,
 }
 
 impl<'a> MessageCreated<'a> {
@@ -194,6 +209,13 @@ impl<'a> MessageCreated<'a> {
                 was_renewed: renewal == Renewal::Renewed,
                 is_near_expiration: session.is_near_expiration(now),
             },
+            agent_response: None,
         }
+    }
+
+    /// Adds the outcome of waiting for the agent's reply.
+    pub fn with_agent_response(mut self, reply: Option<&'a Message>) -> Self {
+        self.agent_response = Some(reply.map(MessageView::new));
+        self
     }
 }

@@ -1,0 +1,203 @@
+//! Server-Sent Events: one session's events, or every event of an agent or a user.
+//!
+//! A stream subscribes first, then replays the store from `Last-Event-ID` up to the id the
+//! subscription says was published before it, then forwards live events: nothing is lost at
+//! the seam and nothing is sent twice.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::{Stream, StreamExt};
+use warp::http::HeaderMap;
+use warp::reply::Response;
+use warp::sse;
+use warp::{Filter, Rejection, Reply};
+
+use super::error::{respond, ApiError};
+use super::request::Query;
+use super::sessions::{load_active, query, session_path};
+use super::views::{MessageView, SessionInfo};
+use super::{with_state, AppState};
+use crate::domain::{Event, EventData, EventFilter};
+use crate::store::{Store, Subscription, STREAM_BUFFER};
+
+/// A comment line at least this often keeps idle streams (and proxies) alive.
+pub(super) const KEEP_ALIVE: Duration = Duration::from_secs(15);
+/// Events read from the store per replay step.
+const REPLAY_BATCH: usize = 256;
+
+/// Both event routes.
+pub(super) fn routes(
+    state: &AppState,
+) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+    session_events(state).or(owner_events(state)).unify()
+}
+
+/// GET /sessions/{sessionId}/events
+fn session_events(
+    state: &AppState,
+) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+    session_path()
+        .and(warp::path("events"))
+        .and(warp::path::end())
+        .and(warp::get())
+        .and(with_state(state))
+        .and(warp::header::headers_cloned())
+        .then(stream_session_events)
+        .map(respond)
+}
+
+/// GET /events?agentId=… or ?userId=…
+fn owner_events(state: &AppState) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+    warp::path("api")
+        .and(warp::path("messaging"))
+        .and(warp::path("events"))
+        .and(warp::path::end())
+        .and(warp::get())
+        .and(with_state(state))
+        .and(query())
+        .and(warp::header::headers_cloned())
+        .then(stream_owner_events)
+        .map(respond)
+}
+
+/// The `Last-Event-ID` header, if it holds an event id.
+fn last_event_id(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get("last-event-id")?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+async fn stream_session_events(
+    id: String,
+    state: AppState,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let id = super::request::path_uuid("sessionId", &id)?;
+    load_active(&state, id)?;
+    Ok(event_stream(
+        &state,
+        EventFilter::Session(id),
+        last_event_id(&headers),
+    ))
+}
+
+async fn stream_owner_events(
+    state: AppState,
+    query: Query,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let filter = match (query.uuid("agentId")?, query.uuid("userId")?) {
+        (Some(agent_id), None) => EventFilter::Agent(agent_id),
+        (None, Some(user_id)) => EventFilter::User(user_id),
+        _ => {
+            return Err(ApiError::invalid_query(
+                "give exactly one of agentId and userId",
+            ))
+        }
+    };
+    Ok(event_stream(&state, filter, last_event_id(&headers)))
+}
+
+/// The SSE response for `filter`, resuming after `last_event_id` when given.
+fn event_stream(state: &AppState, filter: EventFilter, last_event_id: Option<u64>) -> Response {
+    let subscription = state.store.subscribe(filter, STREAM_BUFFER);
+    let events = replay_then_live(state.store.clone(), filter, last_event_id, subscription)
+        .map(|event| Ok::<_, Infallible>(to_sse(&event)))
+        .take_until(state.shutdown.clone().cancelled_owned());
+    sse::reply(sse::keep_alive().interval(KEEP_ALIVE).stream(events)).into_response()
+}
+
+struct Cursor {
+    store: Store,
+    filter: EventFilter,
+    /// The newest id sent (or skipped over).
+    sent_through: u64,
+    replay_through: u64,
+    replayed: VecDeque<Event>,
+    live: tokio::sync::mpsc::Receiver<Arc<Event>>,
+    ended: bool,
+}
+
+/// Events after `after` from the store, then live ones, each once, in id order. A session
+/// stream ends after the session's `session.expired` or `session.deleted`.
+pub(super) fn replay_then_live(
+    store: Store,
+    filter: EventFilter,
+    after: Option<u64>,
+    subscription: Subscription,
+) -> impl Stream<Item = Arc<Event>> + Send {
+    let cursor = Cursor {
+        store,
+        filter,
+        // Without Last-Event-ID the stream starts with what happens next.
+        sent_through: after.unwrap_or(subscription.replay_through),
+        replay_through: subscription.replay_through,
+        replayed: VecDeque::new(),
+        live: subscription.events,
+        ended: false,
+    };
+    futures_util::stream::unfold(cursor, |mut cursor| async move {
+        if cursor.ended {
+            return None;
+        }
+        let event = loop {
+            if let Some(event) = cursor.replayed.pop_front() {
+                break Arc::new(event);
+            }
+            if cursor.sent_through < cursor.replay_through {
+                let batch = cursor.store.events_after(
+                    cursor.filter,
+                    cursor.sent_through,
+                    cursor.replay_through,
+                    REPLAY_BATCH,
+                );
+                match batch {
+                    Ok(batch) if batch.is_empty() => cursor.sent_through = cursor.replay_through,
+                    Ok(batch) => cursor.replayed.extend(batch),
+                    Err(error) => {
+                        tracing::error!(%error, "replaying events failed; ending the stream");
+                        return None;
+                    }
+                }
+                continue;
+            }
+            // Live: `None` when cut off for falling behind or at shutdown; the client
+            // resumes with Last-Event-ID.
+            let event = cursor.live.recv().await?;
+            if event.id > cursor.sent_through {
+                break event;
+            }
+        };
+        cursor.sent_through = event.id;
+        cursor.ended =
+            matches!(cursor.filter, EventFilter::Session(_)) && event.kind.ends_session();
+        Some((event, cursor))
+    })
+}
+
+/// The JSON an event carries.
+pub(super) fn event_data(event: &Event) -> String {
+    let rendered = match &event.data {
+        EventData::Message(message) => serde_json::to_string(&MessageView::new(message)),
+        EventData::Session(session) if event.kind.ends_session() => {
+            serde_json::to_string(&SessionInfo::closed(session))
+        }
+        EventData::Session(session) => serde_json::to_string(&SessionInfo::new(session, event.at)),
+    };
+    // The views hold only strings, numbers and embedded JSON text: serializing cannot fail.
+    rendered.unwrap_or_else(|_| "{}".to_owned())
+}
+
+fn to_sse(event: &Event) -> sse::Event {
+    sse::Event::default()
+        .id(event.id.to_string())
+        .event(event.kind.name())
+        .data(event_data(event))
+}

@@ -1,0 +1,76 @@
+//! Pushes `session.expiring` and `session.expired` on the server's own clock, so they reach
+//! the event streams even when no request touches the session.
+//!
+//! Writes record notices already due in their own transaction (a session created inside its
+//! warning window, a PATCH that leaves it expired); this task handles deadlines that pass
+//! later, found through the warning and expiry indexes.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::domain::{Clock, Timestamp};
+use crate::error::Result;
+use crate::store::Store;
+
+/// How often due deadlines are looked for: the most a notice can be late.
+pub const POLL_INTERVAL: Duration = Duration::from_millis(250);
+/// How far back each look reaches past the previous one, to cover a deadline written by a
+/// transaction that read the clock just before the previous look but committed after it.
+const OVERLAP: Duration = Duration::from_secs(2);
+
+/// Records every notice due for sessions whose warning or expiry deadline lies in
+/// `[from, to]`. Returns how many sessions got a notice. Blocking.
+///
+/// # Errors
+/// Storage failures.
+pub fn notify_due_once(
+    store: &Store,
+    clock: &dyn Clock,
+    from: Timestamp,
+    to: Timestamp,
+) -> Result<usize> {
+    let mut noticed = 0;
+    for session_id in store.sessions_with_deadlines_between(from, to)? {
+        if store.record_due_notices(session_id, clock)? {
+            noticed += 1;
+        }
+    }
+    Ok(noticed)
+}
+
+/// Looks for due deadlines every [`POLL_INTERVAL`] until `shutdown`. The first look reaches
+/// back `catch_up`, for notices that fell due while the server was down.
+pub async fn run_until_stopped(
+    store: Store,
+    clock: Arc<dyn Clock>,
+    catch_up: Duration,
+    shutdown: CancellationToken,
+) {
+    let mut looked_through = clock.now() - catch_up;
+    loop {
+        let (from, to) = (looked_through - OVERLAP, clock.now());
+        let (task_store, task_clock) = (store.clone(), clock.clone());
+        let looked = tokio::task::spawn_blocking(move || {
+            notify_due_once(&task_store, task_clock.as_ref(), from, to)
+        })
+        .await;
+        match looked {
+            Ok(Ok(0)) => looked_through = to,
+            Ok(Ok(_)) => {
+                looked_through = to;
+                // Publishes the notices once they are on disk.
+                if let Err(error) = store.durable().await {
+                    tracing::error!(%error, "could not make lifecycle notices durable");
+                }
+            }
+            Ok(Err(error)) => tracing::error!(%error, "looking for due notices failed; retrying"),
+            Err(error) => tracing::error!(%error, "notice task failed; retrying"),
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => break,
+            () = tokio::time::sleep(POLL_INTERVAL) => {}
+        }
+    }
+}
