@@ -6,6 +6,7 @@
 
 mod error;
 mod events;
+mod feather;
 mod health;
 mod messages;
 mod request;
@@ -84,6 +85,8 @@ pub fn routes(state: &AppState) -> BoxedFilter<(warp::reply::Response,)> {
         .or(messages::routes(state))
         .unify()
         .or(events::routes(state))
+        .unify()
+        .or(feather::routes(state))
         .unify();
     authorize(state.api_key.clone())
         .and(api)

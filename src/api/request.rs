@@ -25,7 +25,8 @@ pub fn declares_body(headers: &HeaderMap) -> bool {
     length.is_some_and(|n| n > 0) || headers.contains_key(warp::http::header::TRANSFER_ENCODING)
 }
 
-fn is_json_content_type(headers: &HeaderMap) -> bool {
+/// Whether the request says its body is JSON (`application/json` or `application/*+json`).
+pub fn is_json_content_type(headers: &HeaderMap) -> bool {
     let Some(value) = headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()) else {
         return false;
     };
@@ -39,8 +40,47 @@ fn is_json_content_type(headers: &HeaderMap) -> bool {
         || (essence.starts_with("application/") && essence.ends_with("+json"))
 }
 
-/// Reads a JSON object body of at most `limit` bytes. The content type is checked first,
-/// then the declared length, then the bytes as they arrive (chunked bodies too).
+/// Reads a body of at most `limit` bytes: the declared length is checked first, then the
+/// bytes as they arrive (chunked bodies too).
+///
+/// # Errors
+/// 413 over the limit; 400 INVALID_JSON when the body cannot be read.
+pub async fn read_body_bytes<S, B>(
+    headers: &HeaderMap,
+    body: S,
+    limit: u64,
+) -> Result<Vec<u8>, ApiError>
+where
+    S: Stream<Item = Result<B, warp::Error>>,
+    B: Buf,
+{
+    let declared = headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|length| length > limit) {
+        return Err(ApiError::payload_too_large(limit));
+    }
+    let mut bytes =
+        Vec::with_capacity(usize::try_from(declared.unwrap_or(0).min(limit)).unwrap_or(0));
+    let mut body = std::pin::pin!(body);
+    while let Some(chunk) = body.next().await {
+        let mut chunk = chunk
+            .map_err(|e| ApiError::invalid_json(format!("the body could not be read: {e}")))?;
+        if (bytes.len() + chunk.remaining()) as u64 > limit {
+            return Err(ApiError::payload_too_large(limit));
+        }
+        while chunk.has_remaining() {
+            let part = chunk.chunk();
+            bytes.extend_from_slice(part);
+            let n = part.len();
+            chunk.advance(n);
+        }
+    }
+    Ok(bytes)
+}
+
+/// Reads a JSON object body of at most `limit` bytes, after checking the content type.
 ///
 /// # Errors
 /// 415 without a JSON content type, 413 over the limit, 400 INVALID_JSON for anything
@@ -62,29 +102,7 @@ where
             error
         });
     }
-    let declared = headers
-        .get(CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|length| length > limit) {
-        return Err(ApiError::payload_too_large(limit));
-    }
-    let mut bytes =
-        Vec::with_capacity(usize::try_from(declared.unwrap_or(0).min(limit)).unwrap_or(0));
-    let mut body = std::pin::pin!(body);
-    while let Some(chunk) = body.next().await {
-        let mut chunk = chunk
-            .map_err(|e| ApiError::invalid_json(format!("the body could not be read: {e}")))?;
-        if (bytes.len() + chunk.remaining()) as u64 > limit {
-            return Err(ApiError::payload_too_large(limit));
-        }
-        while chunk.has_remaining() {
-            let part = chunk.chunk();
-            bytes.extend_from_slice(part);
-            let n = part.len();
-            chunk.advance(n);
-        }
-    }
+    let bytes = read_body_bytes(headers, body, limit).await?;
     match serde_json::from_slice::<Value>(&bytes) {
         Ok(Value::Object(object)) => Ok(object),
         Ok(_) => Err(ApiError::invalid_json("the body must be a JSON object")),
