@@ -47,7 +47,8 @@ pub async fn start(config: ServeConfig) -> Result<RunningServer> {
 pub async fn start_with_clock(config: ServeConfig, clock: Arc<dyn Clock>) -> Result<RunningServer> {
     config.validate().map_err(Error::Config)?;
     check_data_dir(&config.data_dir)?;
-    // Bind ourselves: warp's `run(addr)` panics when the bind fails.
+    // Bind ourselves: warp's `run(addr)` panics when the bind fails (and our own loop adds
+    // the connection limits).
     let listener = TcpListener::bind(config.addr)
         .await
         .map_err(|e| Error::Config(format!("cannot listen on {}: {e}", config.addr)))?;
@@ -65,12 +66,12 @@ pub async fn start_with_clock(config: ServeConfig, clock: Arc<dyn Clock>) -> Res
 
     let state = AppState::new(store.clone(), &config, clock.clone());
     let shutdown = state.shutdown.clone();
-    let http = tokio::spawn(
-        warp::serve(api::routes(&state))
-            .incoming(listener)
-            .graceful(shutdown.clone().cancelled_owned())
-            .run(),
-    );
+    let http = tokio::spawn(crate::http::serve(
+        listener,
+        api::routes(&state),
+        config.connection_limits(),
+        shutdown.clone(),
+    ));
     let schedule = sweeper::SweepSchedule {
         interval: config.sweep_interval(),
         expired_retention: config.expired_retention(),

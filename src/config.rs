@@ -14,6 +14,8 @@ pub const DEFAULT_ADDR: &str = "127.0.0.1:3000";
 pub const DEFAULT_DATA_DIR: &str = "./data";
 /// Default request body limit (64 KiB).
 pub const DEFAULT_MAX_BODY_BYTES: u64 = 64 * 1024;
+/// How long shutdown waits for in-flight requests.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 /// Default sweep interval.
 pub const DEFAULT_SWEEP_INTERVAL_SECONDS: u64 = 60;
 
@@ -104,6 +106,37 @@ pub struct ServeConfig {
     /// sled's page cache budget in MiB; bounds resident memory.
     #[arg(long, env = "SESSIOND_CACHE_MB", default_value_t = 64)]
     pub cache_mb: u64,
+
+    /// Listen on a non-loopback address without an API key (anyone who can reach the port
+    /// can then read and write every conversation).
+    #[arg(long, env = "SESSIOND_ALLOW_UNAUTHENTICATED")]
+    pub allow_unauthenticated: bool,
+
+    /// A browser origin allowed to call the API (CORS); repeat for more. None by default.
+    #[arg(
+        long = "cors-origin",
+        env = "SESSIOND_CORS_ORIGINS",
+        value_delimiter = ','
+    )]
+    pub cors_origins: Vec<String>,
+
+    /// Most connections served at once; more wait in the listen backlog.
+    #[arg(long, env = "SESSIOND_MAX_CONNECTIONS", default_value_t = 1024)]
+    pub max_connections: usize,
+
+    /// Seconds a client has to send a request's headers, after connecting or after its
+    /// previous response (so also the keep-alive idle limit).
+    #[arg(
+        long,
+        env = "SESSIOND_HEADER_READ_TIMEOUT_SECONDS",
+        default_value_t = 10
+    )]
+    pub header_read_timeout_seconds: u64,
+
+    /// Seconds a connection may pass with no byte read or written before it is closed
+    /// (event streams send a keep-alive every 15 s, so keep this above that).
+    #[arg(long, env = "SESSIOND_IDLE_TIMEOUT_SECONDS", default_value_t = 60)]
+    pub idle_timeout_seconds: u64,
 }
 
 impl Default for ServeConfig {
@@ -162,6 +195,36 @@ impl ServeConfig {
         if self.cache_mb == 0 {
             return Err("--cache-mb must be at least 1".into());
         }
+        match &self.api_key {
+            Some(key) if key.trim().is_empty() => {
+                return Err(
+                    "--api-key (SESSIOND_API_KEY) is set but empty; give a key or unset it".into(),
+                );
+            }
+            None if !self.addr.ip().is_loopback() && !self.allow_unauthenticated => {
+                return Err(format!(
+                    "refusing to listen on {} without an API key: anyone who can reach it could read and write every conversation; set --api-key (SESSIOND_API_KEY), or pass --allow-unauthenticated",
+                    self.addr
+                ));
+            }
+            _ => {}
+        }
+        if self.max_connections == 0 {
+            return Err("--max-connections must be at least 1".into());
+        }
+        if self.header_read_timeout_seconds == 0 || self.idle_timeout_seconds == 0 {
+            return Err(
+                "--header-read-timeout-seconds and --idle-timeout-seconds must be at least 1"
+                    .into(),
+            );
+        }
+        for origin in &self.cors_origins {
+            if origin.parse::<warp::http::HeaderValue>().is_err() || !origin.contains("://") {
+                return Err(format!(
+                    "--cors-origin {origin:?} is not an origin like https://app.example.com"
+                ));
+            }
+        }
         Ok(())
     }
 
@@ -194,6 +257,16 @@ impl ServeConfig {
     /// How long a held request waits for the agent's reply.
     pub fn reply_timeout(&self) -> Duration {
         Duration::from_secs(self.reply_timeout_seconds)
+    }
+
+    /// The connection limits of the HTTP server.
+    pub fn connection_limits(&self) -> crate::http::ConnectionLimits {
+        crate::http::ConnectionLimits {
+            max_connections: self.max_connections,
+            header_read_timeout: Duration::from_secs(self.header_read_timeout_seconds),
+            idle_timeout: Duration::from_secs(self.idle_timeout_seconds),
+            drain_timeout: DRAIN_TIMEOUT,
+        }
     }
 
     /// How long expired sessions are kept before sweeping.
@@ -257,6 +330,37 @@ mod tests {
             .validate()
             .unwrap_err()
             .contains("--warning-threshold-minutes"));
+    }
+
+    #[test]
+    fn non_loopback_needs_a_key_or_an_explicit_opt_out() {
+        let open = ServeConfig {
+            addr: "0.0.0.0:3000".parse().unwrap(),
+            ..ServeConfig::default()
+        };
+        assert!(open
+            .validate()
+            .unwrap_err()
+            .contains("--allow-unauthenticated"));
+        let keyed = ServeConfig {
+            api_key: Some("k".into()),
+            ..open.clone()
+        };
+        assert_eq!(keyed.validate(), Ok(()));
+        let opted_out = ServeConfig {
+            allow_unauthenticated: true,
+            ..open
+        };
+        assert_eq!(opted_out.validate(), Ok(()));
+    }
+
+    #[test]
+    fn an_empty_key_is_refused_rather_than_matching_a_missing_header() {
+        let config = ServeConfig {
+            api_key: Some(" ".into()),
+            ..ServeConfig::default()
+        };
+        assert!(config.validate().unwrap_err().contains("empty"));
     }
 
     #[test]

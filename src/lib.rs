@@ -9,6 +9,7 @@
 //! - [`api`]: the warp routes of the HTTP contract and its JSON error envelope.
 //! - [`sweeper`]: the background task that removes expired sessions and old events.
 //! - [`notifier`]: the background task that pushes `session.expiring`/`session.expired`.
+//! - [`http`]: the connection loop: connection cap, header-read and idle timeouts.
 //! - [`app`]: start-up and graceful shutdown.
 //!
 //! Data flows one way: `api -> domain + store`, `sweeper`/`notifier -> domain + store`,
@@ -58,6 +59,7 @@ pub mod app;
 pub mod config;
 pub mod domain;
 pub mod error;
+pub mod http;
 pub mod notifier;
 pub mod store;
 pub mod sweeper;

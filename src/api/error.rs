@@ -359,6 +359,13 @@ pub async fn handle_rejection(rejection: Rejection) -> Result<Response, Infallib
         .is_some()
     {
         ApiError::invalid_json("the body could not be parsed")
+    } else if let Some(refused) = rejection.find::<warp::filters::cors::CorsForbidden>() {
+        ApiError::new(
+            StatusCode::FORBIDDEN,
+            "CORS_FORBIDDEN",
+            "Origin not allowed",
+            refused.to_string(),
+        )
     } else if rejection.find::<warp::reject::InvalidQuery>().is_some() {
         ApiError::invalid_query("the query string could not be parsed")
     } else {

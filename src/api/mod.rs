@@ -43,6 +43,8 @@ pub struct AppState {
     pub reply_timeout: std::time::Duration,
     /// Cancelled at shutdown: ends event streams and answers held requests at once.
     pub shutdown: tokio_util::sync::CancellationToken,
+    /// Browser origins allowed by CORS; empty: no CORS headers at all.
+    pub cors_origins: Arc<[String]>,
 }
 
 impl AppState {
@@ -57,6 +59,7 @@ impl AppState {
             started: Instant::now(),
             reply_timeout: config.reply_timeout(),
             shutdown: tokio_util::sync::CancellationToken::new(),
+            cors_origins: config.cors_origins.clone().into(),
         }
     }
 }
@@ -88,11 +91,25 @@ pub fn routes(state: &AppState) -> BoxedFilter<(warp::reply::Response,)> {
         .unify()
         .or(feather::routes(state))
         .unify();
-    authorize(state.api_key.clone())
+    let app = authorize(state.api_key.clone())
         .and(api)
         .recover(handle_rejection)
         .unify()
+        .map(Reply::into_response);
+    if state.cors_origins.is_empty() {
+        return app.boxed();
+    }
+    // Outside the first recover, so error responses carry CORS headers too; the second
+    // recover renders CORS's own refusals (a preflight from another origin).
+    let cors = warp::cors()
+        .allow_origins(state.cors_origins.iter().map(String::as_str))
+        .allow_methods(["GET", "POST", "PATCH", "DELETE"])
+        .allow_headers(["content-type", "x-api-key", "last-event-id"])
+        .max_age(std::time::Duration::from_secs(600));
+    app.with(cors)
         .map(Reply::into_response)
+        .recover(handle_rejection)
+        .unify()
         .boxed()
 }
 
