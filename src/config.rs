@@ -33,6 +33,19 @@ pub struct Cli {
 pub enum Command {
     /// Run the HTTP server.
     Serve(ServeConfig),
+    /// Verify a store offline: indexes, counters, message sequences, encodings. Exit 0 when
+    /// clean, 1 with a report otherwise. The server must not be running on it.
+    Check(StoreArgs),
+    /// Print a store's counts and sizes. The server must not be running on it.
+    Stats(StoreArgs),
+}
+
+/// Which store an offline command reads.
+#[derive(Clone, Debug, Args)]
+pub struct StoreArgs {
+    /// Directory of the store.
+    #[arg(long, env = "SESSIOND_DATA_DIR", default_value = DEFAULT_DATA_DIR)]
+    pub data_dir: PathBuf,
 }
 
 /// Everything `sessiond serve` can be told. Every flag also reads an environment variable.

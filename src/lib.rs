@@ -11,6 +11,7 @@
 //! - [`notifier`]: the background task that pushes `session.expiring`/`session.expired`.
 //! - [`http`]: the connection loop: connection cap, header-read and idle timeouts.
 //! - [`app`]: start-up and graceful shutdown.
+//! - [`admin`]: the offline commands `check` and `stats`.
 //!
 //! Data flows one way: `api -> domain + store`, `sweeper`/`notifier -> domain + store`,
 //! `store -> domain`.
@@ -54,6 +55,7 @@
 
 #![deny(missing_docs)]
 
+pub mod admin;
 pub mod api;
 pub mod app;
 pub mod config;

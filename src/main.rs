@@ -13,7 +13,31 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    let Command::Serve(config) = cli.command;
+    let config = match cli.command {
+        Command::Serve(config) => config,
+        Command::Check(args) => {
+            return match sessiond::admin::check(&args.data_dir) {
+                Ok(report) => {
+                    print!("{}", sessiond::admin::render_check(&args.data_dir, &report));
+                    if report.is_clean() {
+                        ExitCode::SUCCESS
+                    } else {
+                        ExitCode::FAILURE
+                    }
+                }
+                Err(error) => exit_with(&error),
+            };
+        }
+        Command::Stats(args) => {
+            return match sessiond::admin::stats(&args.data_dir) {
+                Ok(text) => {
+                    print!("{text}");
+                    ExitCode::SUCCESS
+                }
+                Err(error) => exit_with(&error),
+            };
+        }
+    };
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(error) => {
@@ -23,13 +47,15 @@ fn main() -> ExitCode {
     };
     match runtime.block_on(sessiond::app::run(config, sessiond::app::shutdown_signal())) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(sessiond::Error::Config(message)) => {
-            eprintln!("sessiond: {message}");
-            ExitCode::from(2)
-        }
-        Err(error) => {
-            eprintln!("sessiond: {error}");
-            ExitCode::FAILURE
-        }
+        Err(error) => exit_with(&error),
+    }
+}
+
+/// One line on stderr; exit 2 for a usage or configuration problem, 1 otherwise.
+fn exit_with(error: &sessiond::Error) -> ExitCode {
+    eprintln!("sessiond: {error}");
+    match error {
+        sessiond::Error::Config(_) => ExitCode::from(2),
+        _ => ExitCode::FAILURE,
     }
 }

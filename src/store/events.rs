@@ -25,12 +25,12 @@ use crate::error::Result;
 
 /// How an event is stored: a message event refers to its message instead of copying it.
 #[derive(Serialize, Deserialize)]
-struct StoredEvent {
-    at: Timestamp,
-    kind: EventKind,
-    session_id: Uuid,
-    agent_id: Uuid,
-    user_id: Uuid,
+pub(super) struct StoredEvent {
+    pub(super) at: Timestamp,
+    pub(super) kind: EventKind,
+    pub(super) session_id: Uuid,
+    pub(super) agent_id: Uuid,
+    pub(super) user_id: Uuid,
     data: StoredData,
 }
 

@@ -5,6 +5,7 @@
 //! global write lock, so they are serialized: a read-modify-write of a session never loses
 //! an update, and a clock read inside a transaction is ordered with the commit.
 
+mod check;
 mod codec;
 mod durability;
 mod events;
@@ -24,6 +25,7 @@ use sled::Tree;
 use crate::domain::SessionError;
 use crate::error::{Error, Result};
 
+pub use check::{CheckReport, TreeStats};
 pub use events::{Subscription, STREAM_BUFFER};
 pub use messages::{Appended, MessagePage, MessageQuery};
 pub use sessions::{SessionCounts, SessionPage, SessionQuery, StatusFilter};

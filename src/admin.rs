@@ -1,0 +1,95 @@
+//! The offline commands: `sessiond check` and `sessiond stats`.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use crate::domain::Timestamp;
+use crate::error::{Error, Result};
+use crate::store::{CheckReport, Store, StoreOptions};
+
+/// Opens an existing store; refuses to create one.
+fn open_existing(data_dir: &Path) -> Result<Store> {
+    if !data_dir.join("db").is_file() {
+        return Err(Error::Config(format!("no store in {}", data_dir.display())));
+    }
+    Store::open(data_dir, &StoreOptions::default()).map_err(|error| match error {
+        Error::Storage(sled::Error::Io(e)) if e.kind() == std::io::ErrorKind::WouldBlock => {
+            Error::Config(format!(
+                "the store in {} is in use (is sessiond running on it?)",
+                data_dir.display()
+            ))
+        }
+        other => other,
+    })
+}
+
+/// Verifies the store in `data_dir`.
+///
+/// # Errors
+/// The store cannot be opened or read.
+pub fn check(data_dir: &Path) -> Result<CheckReport> {
+    let store = open_existing(data_dir)?;
+    let report = store.check()?;
+    store.close()?;
+    Ok(report)
+}
+
+/// A readable rendering of a check report.
+pub fn render_check(data_dir: &Path, report: &CheckReport) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{}: {} sessions, {} messages, {} events, {} deletions pending",
+        data_dir.display(),
+        report.sessions,
+        report.messages,
+        report.events,
+        report.pending_purges
+    );
+    if report.is_clean() {
+        let _ = writeln!(out, "clean");
+    } else {
+        let _ = writeln!(out, "{} problems:", report.problem_count);
+        for problem in &report.problems {
+            let _ = writeln!(out, "  - {problem}");
+        }
+        let unlisted = report.problem_count - report.problems.len() as u64;
+        if unlisted > 0 {
+            let _ = writeln!(out, "  … and {unlisted} more");
+        }
+    }
+    out
+}
+
+/// Counts and sizes of the store in `data_dir`, readable.
+///
+/// # Errors
+/// The store cannot be opened or read.
+pub fn stats(data_dir: &Path) -> Result<String> {
+    let store = open_existing(data_dir)?;
+    let counts = store.counts(Timestamp::now())?;
+    let trees = store.tree_stats()?;
+    let on_disk = store.size_on_disk()?;
+    store.close()?;
+    let mut out = String::new();
+    let _ = writeln!(out, "store: {}", data_dir.display());
+    let _ = writeln!(
+        out,
+        "sessions: {} ({} active, {} expired, {} expiring soon)",
+        counts.total, counts.active, counts.expired, counts.expiring_soon
+    );
+    let _ = writeln!(out, "{:<24} {:>12} {:>14}", "tree", "entries", "bytes");
+    for tree in &trees {
+        let _ = writeln!(
+            out,
+            "{:<24} {:>12} {:>14}",
+            tree.name, tree.entries, tree.bytes
+        );
+    }
+    let logical: u64 = trees.iter().map(|t| t.bytes).sum();
+    let _ = writeln!(
+        out,
+        "keys and values: {logical} bytes; on disk: {on_disk} bytes"
+    );
+    Ok(out)
+}

@@ -1,0 +1,459 @@
+//! Offline verification and statistics of a store (`sessiond check`, `sessiond stats`).
+//!
+//! `check` walks every tree once and looks up the other side of each link, so it needs no
+//! memory proportional to the store except the recounted counters.
+
+use std::collections::HashMap;
+
+use uuid::Uuid;
+
+use super::events::StoredEvent;
+use super::keys::{self, Counter, EventOwner};
+use super::{codec, Store};
+use crate::domain::{Message, Session};
+use crate::error::Result;
+
+/// Most problems listed in a report; the rest are only counted.
+const MAX_LISTED: usize = 100;
+
+/// What `check` found.
+#[derive(Debug, Default)]
+pub struct CheckReport {
+    /// Sessions, messages and events seen.
+    pub sessions: u64,
+    /// Messages seen.
+    pub messages: u64,
+    /// Events seen.
+    pub events: u64,
+    /// Deletions whose messages are still being removed (finished at the next start).
+    pub pending_purges: u64,
+    /// The first problems found, readable.
+    pub problems: Vec<String>,
+    /// How many problems in all.
+    pub problem_count: u64,
+}
+
+impl CheckReport {
+    fn problem(&mut self, text: String) {
+        self.problem_count += 1;
+        if self.problems.len() < MAX_LISTED {
+            self.problems.push(text);
+        }
+    }
+
+    /// Whether the store is consistent.
+    pub fn is_clean(&self) -> bool {
+        self.problem_count == 0
+    }
+}
+
+/// One tree's size.
+#[derive(Debug, Clone)]
+pub struct TreeStats {
+    /// The tree's name.
+    pub name: &'static str,
+    /// Entries.
+    pub entries: u64,
+    /// Bytes of keys and values.
+    pub bytes: u64,
+}
+
+impl Store {
+    fn named_trees(&self) -> [(&'static str, &sled::Tree); 12] {
+        [
+            ("sessionid_session", &self.sessions),
+            ("sessionidseq_message", &self.messages),
+            ("messageid_sessionidseq", &self.message_locations),
+            ("parentidseq", &self.children),
+            ("useridsessionid", &self.user_sessions),
+            ("agentidsessionid", &self.agent_sessions),
+            ("expiresatsessionid", &self.expirations),
+            ("warnatsessionid", &self.warnings),
+            ("counterkey_count", &self.counters),
+            ("sessionid_purge", &self.purges),
+            ("eventid_event", &self.events),
+            ("ownerideventid", &self.event_index),
+        ]
+    }
+
+    /// Entries and bytes per tree (a full scan).
+    ///
+    /// # Errors
+    /// Storage failures.
+    pub fn tree_stats(&self) -> Result<Vec<TreeStats>> {
+        let mut stats = Vec::new();
+        for (name, tree) in self.named_trees() {
+            let (mut entries, mut bytes) = (0, 0);
+            for entry in tree.iter() {
+                let (key, value) = entry?;
+                entries += 1;
+                bytes += (key.len() + value.len()) as u64;
+            }
+            stats.push(TreeStats {
+                name,
+                entries,
+                bytes,
+            });
+        }
+        Ok(stats)
+    }
+
+    /// Verifies every record against its index entries and counters, and that every value
+    /// decodes. Read-only.
+    ///
+    /// # Errors
+    /// Storage failures (problems in the data go into the report).
+    pub fn check(&self) -> Result<CheckReport> {
+        let mut report = CheckReport::default();
+        let pending: std::collections::HashSet<Uuid> = self.pending_purges()?.into_iter().collect();
+        report.pending_purges = pending.len() as u64;
+        self.check_sessions(&mut report)?;
+        self.check_session_indexes(&mut report)?;
+        self.check_messages(&mut report, &pending)?;
+        self.check_events(&mut report)?;
+        Ok(report)
+    }
+
+    fn check_sessions(&self, report: &mut CheckReport) -> Result<()> {
+        let mut counts: HashMap<Vec<u8>, u64> = HashMap::new();
+        for entry in self.sessions.iter() {
+            let (key, value) = entry?;
+            report.sessions += 1;
+            let session: Session = match codec::decode(&value) {
+                Ok(session) => session,
+                Err(error) => {
+                    report.problem(format!(
+                        "session record {:?} does not decode: {error}",
+                        hex(&key)
+                    ));
+                    continue;
+                }
+            };
+            let id = session.id;
+            if key.as_ref() != keys::session(id) {
+                report.problem(format!("session {id} is stored under another key"));
+            }
+            let expected = [
+                (
+                    &self.user_sessions,
+                    keys::owned_session(session.user_id, id).to_vec(),
+                    "user index",
+                ),
+                (
+                    &self.agent_sessions,
+                    keys::owned_session(session.agent_id, id).to_vec(),
+                    "agent index",
+                ),
+                (
+                    &self.expirations,
+                    keys::deadline(session.expires_at(), id).to_vec(),
+                    "expiry index",
+                ),
+                (
+                    &self.warnings,
+                    keys::deadline(session.warns_at(), id).to_vec(),
+                    "warning index",
+                ),
+            ];
+            for (tree, key, what) in expected {
+                if !tree.contains_key(key)? {
+                    report.problem(format!("session {id} has no {what} entry"));
+                }
+            }
+            // Seqs must run 1..=messageCount with nothing beyond.
+            let mut expected_seq = 1;
+            for message_key in self.messages.scan_prefix(keys::session(id)).keys() {
+                let (_, seq) = keys::parse_message(&message_key?)?;
+                if seq != expected_seq {
+                    report.problem(format!(
+                        "session {id}: expected message {expected_seq}, found {seq}"
+                    ));
+                }
+                expected_seq = seq + 1;
+            }
+            if expected_seq - 1 != session.message_count {
+                report.problem(format!(
+                    "session {id}: messageCount is {} but messages run to {}",
+                    session.message_count,
+                    expected_seq - 1
+                ));
+            }
+            for counter in [
+                Counter::Sessions,
+                Counter::Agent(session.agent_id),
+                Counter::User(session.user_id),
+                Counter::Pair(session.agent_id, session.user_id),
+            ] {
+                *counts.entry(keys::counter(counter)).or_default() += 1;
+            }
+        }
+        for entry in self.counters.iter() {
+            let (key, value) = entry?;
+            let stored = keys::parse_count(&value)?;
+            let actual = counts.remove(key.as_ref()).unwrap_or(0);
+            if stored != actual {
+                report.problem(format!(
+                    "counter {} says {stored}, the data has {actual}",
+                    hex(&key)
+                ));
+            }
+        }
+        for (key, actual) in counts {
+            report.problem(format!(
+                "counter {} is missing; the data has {actual}",
+                hex(&key)
+            ));
+        }
+        Ok(())
+    }
+
+    /// Every index entry must point to a session whose values put it there.
+    fn check_session_indexes(&self, report: &mut CheckReport) -> Result<()> {
+        for (tree, what) in [
+            (&self.user_sessions, "user"),
+            (&self.agent_sessions, "agent"),
+        ] {
+            for key in tree.iter().keys() {
+                let key = key?;
+                let id = keys::parse_owned_session(&key)?;
+                let owner = Uuid::from_slice(&key[..keys::ID_LEN]).unwrap_or_default();
+                match self.session(id) {
+                    Ok(Some(s))
+                        if (if what == "user" {
+                            s.user_id
+                        } else {
+                            s.agent_id
+                        }) == owner => {}
+                    Ok(_) => report.problem(format!(
+                        "{what} index entry for session {id} points to no matching session"
+                    )),
+                    Err(error) => {
+                        report.problem(format!("{what} index entry for session {id}: {error}"))
+                    }
+                }
+            }
+        }
+        for (tree, what) in [(&self.expirations, "expiry"), (&self.warnings, "warning")] {
+            for key in tree.iter().keys() {
+                let (at, id) = keys::parse_deadline(&key?)?;
+                let matches = |s: &Session| {
+                    if what == "expiry" {
+                        s.expires_at() == at
+                    } else {
+                        s.warns_at() == at
+                    }
+                };
+                match self.session(id) {
+                    Ok(Some(s)) if matches(&s) => {}
+                    Ok(_) => report.problem(format!(
+                        "{what} index entry for session {id} at {at} is stale"
+                    )),
+                    Err(error) => {
+                        report.problem(format!("{what} index entry for session {id}: {error}"))
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn check_messages(
+        &self,
+        report: &mut CheckReport,
+        pending: &std::collections::HashSet<Uuid>,
+    ) -> Result<()> {
+        for entry in self.messages.iter() {
+            let (key, value) = entry?;
+            report.messages += 1;
+            let (session_id, seq) = keys::parse_message(&key)?;
+            if pending.contains(&session_id) {
+                continue;
+            }
+            if !self.sessions.contains_key(keys::session(session_id))? {
+                report.problem(format!(
+                    "message {seq} of session {session_id} has no session"
+                ));
+                continue;
+            }
+            let message: Message = match codec::decode(&value) {
+                Ok(message) => message,
+                Err(error) => {
+                    report.problem(format!(
+                        "message {seq} of session {session_id} does not decode: {error}"
+                    ));
+                    continue;
+                }
+            };
+            if message.session_id != session_id || message.seq != seq {
+                report.problem(format!(
+                    "message {} is stored under session {session_id} seq {seq}",
+                    message.id
+                ));
+            }
+            match self.message_locations.get(keys::session(message.id))? {
+                Some(location) if location.as_ref() == key.as_ref() => {}
+                _ => report.problem(format!("message {} has no id index entry", message.id)),
+            }
+            if let Some(parent_id) = message.parent_id {
+                if !self.children.contains_key(keys::child(parent_id, seq))? {
+                    report.problem(format!("message {} has no reply index entry", message.id));
+                }
+                match self.message_locations.get(keys::session(parent_id))? {
+                    Some(location) if keys::parse_message(&location)?.0 == session_id => {}
+                    _ => report.problem(format!(
+                        "message {}'s parent {parent_id} is not in its session",
+                        message.id
+                    )),
+                }
+            }
+        }
+        for entry in self.message_locations.iter() {
+            let (id_key, location) = entry?;
+            let (session_id, seq) = keys::parse_message(&location)?;
+            if pending.contains(&session_id) {
+                continue;
+            }
+            let found = self.message_at(session_id, seq)?;
+            if found.is_none_or(|m| m.id.as_bytes() != id_key.as_ref()) {
+                report.problem(format!(
+                    "id index entry {} points to no such message",
+                    hex(&id_key)
+                ));
+            }
+        }
+        for key in self.children.iter().keys() {
+            let (parent_id, seq) = keys::parse_child(&key?)?;
+            let Some(location) = self.message_locations.get(keys::session(parent_id))? else {
+                report.problem(format!(
+                    "reply index entry under unknown message {parent_id}"
+                ));
+                continue;
+            };
+            let (session_id, _) = keys::parse_message(&location)?;
+            if pending.contains(&session_id) {
+                continue;
+            }
+            if self
+                .message_at(session_id, seq)?
+                .is_none_or(|m| m.parent_id != Some(parent_id))
+            {
+                report.problem(format!(
+                    "reply index entry ({parent_id}, {seq}) points to no reply"
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn check_events(&self, report: &mut CheckReport) -> Result<()> {
+        for entry in self.events.iter() {
+            let (key, value) = entry?;
+            report.events += 1;
+            let id = keys::parse_event(&key)?;
+            let stored: StoredEvent = match codec::decode(&value) {
+                Ok(stored) => stored,
+                Err(error) => {
+                    report.problem(format!("event {id} does not decode: {error}"));
+                    continue;
+                }
+            };
+            for owner in [
+                EventOwner::Session(stored.session_id),
+                EventOwner::Agent(stored.agent_id),
+                EventOwner::User(stored.user_id),
+            ] {
+                if !self
+                    .event_index
+                    .contains_key(keys::owner_event(owner, id))?
+                {
+                    report.problem(format!(
+                        "event {id} is missing an index entry for {owner:?}"
+                    ));
+                }
+            }
+        }
+        for key in self.event_index.iter().keys() {
+            let id = keys::parse_owner_event(&key?)?;
+            if !self.events.contains_key(keys::event(id))? {
+                report.problem(format!("event index entry points to missing event {id}"));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{ManualClock, NewMessage, TimeoutConfig, Timestamp};
+    use crate::store::test_support::temp_store;
+
+    const T0: Timestamp = Timestamp::from_millis(1_795_255_200_000);
+
+    fn populated() -> (Store, tempfile::TempDir, Session) {
+        let (store, dir) = temp_store();
+        let timeout = TimeoutConfig {
+            timeout_minutes: 30,
+            auto_renew: true,
+            max_duration_minutes: 720,
+            warning_threshold_minutes: 5,
+        };
+        let session = Session::new(
+            Uuid::now_v7(),
+            Uuid::new_v4(),
+            Uuid::new_v4(),
+            timeout,
+            "{}".into(),
+            T0,
+        );
+        store.create_session(&session).unwrap();
+        let clock = ManualClock::new(T0);
+        for i in 0..5 {
+            let new = NewMessage {
+                content: format!("m{i}"),
+                parent_id: None,
+                author_id: None,
+                metadata_json: "{}".into(),
+                attachments: Vec::new(),
+            };
+            store
+                .append_message(session.id, &new, &clock)
+                .unwrap()
+                .unwrap();
+        }
+        (store, dir, session)
+    }
+
+    #[test]
+    fn a_consistent_store_is_clean() {
+        let (store, _dir, _) = populated();
+        let report = store.check().unwrap();
+        assert!(report.is_clean(), "{:?}", report.problems);
+        assert_eq!((report.sessions, report.messages), (1, 5));
+        assert!(report.events >= 6);
+    }
+
+    #[test]
+    fn a_missing_message_a_stale_index_and_a_wrong_counter_are_reported() {
+        let (store, _dir, session) = populated();
+        store.messages.remove(keys::message(session.id, 3)).unwrap();
+        store
+            .user_sessions
+            .insert(keys::owned_session(Uuid::new_v4(), Uuid::now_v7()), &[])
+            .unwrap();
+        store
+            .counters
+            .insert(keys::counter(Counter::Sessions), &keys::count_value(7))
+            .unwrap();
+        let report = store.check().unwrap();
+        let all = report.problems.join("\n");
+        assert!(all.contains("expected message 3, found 4"), "{all}");
+        assert!(all.contains("id index entry"), "{all}");
+        assert!(all.contains("user index entry"), "{all}");
+        assert!(all.contains("says 7, the data has 1"), "{all}");
+    }
+}
