@@ -32,7 +32,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the HTTP server.
-    Serve(ServeConfig),
+    Serve(Box<ServeConfig>),
     /// Verify a store offline: indexes, counters, message sequences, encodings. Exit 0 when
     /// clean, 1 with a report otherwise. The server must not be running on it.
     Check(StoreArgs),
@@ -386,7 +386,9 @@ mod tests {
             "--min-timeout-minutes",
             "0",
         ]);
-        let Command::Serve(config) = cli.command;
+        let Command::Serve(config) = cli.command else {
+            panic!("serve parses as Serve")
+        };
         assert_eq!(config.min_timeout_minutes, 0);
         assert_eq!(config.addr.port(), 0);
     }

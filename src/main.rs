@@ -14,7 +14,7 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let config = match cli.command {
-        Command::Serve(config) => config,
+        Command::Serve(config) => *config,
         Command::Check(args) => {
             return match sessiond::admin::check(&args.data_dir) {
                 Ok(report) => {
