@@ -1,7 +1,7 @@
 # The two commands: `make run` and `make test`.
 CARGO ?= cargo
 
-.PHONY: run test lint bench build
+.PHONY: run test lint bench build crash
 
 run:
 	$(CARGO) run --release -- serve --addr 127.0.0.1:3000 --data-dir ./data
@@ -16,3 +16,7 @@ lint:
 
 build:
 	$(CARGO) build --release
+
+# 200 SIGKILLs under concurrent writes; `make test` runs 20 of them.
+crash:
+	SESSIOND_CRASH_ROUNDS=200 $(CARGO) test --release --test crash -- --nocapture
