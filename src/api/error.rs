@@ -27,17 +27,37 @@ pub struct ApiError {
 
 impl warp::reject::Reject for ApiError {}
 
-#[derive(Serialize)]
-struct Envelope<'a> {
+/// The error envelope every error answer carries (except the Feather route's 422).
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = ErrorEnvelope)]
+pub(super) struct Envelope<'a> {
+    /// Always `false`.
+    #[schema(schema_with = always_false)]
     success: bool,
     error: Body<'a>,
 }
 
-#[derive(Serialize)]
+/// What went wrong.
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = ErrorBody)]
 struct Body<'a> {
+    /// The stable machine-readable code, e.g. `SESSION_NOT_FOUND`.
+    #[schema(example = "SESSION_NOT_FOUND")]
     code: &'a str,
+    /// A short human-readable message.
+    #[schema(example = "Session not found")]
     message: &'a str,
+    /// More detail, e.g. which id or field.
+    #[schema(example = "session 3c90c3cc-0d44-4b50-8888-8dd25736052a does not exist")]
     details: &'a str,
+}
+
+/// The schema of `success` in the envelope: the boolean `false`.
+fn always_false() -> utoipa::openapi::Object {
+    utoipa::openapi::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::Type::Boolean)
+        .enum_values(Some([false]))
+        .build()
 }
 
 /// Longest client-supplied value echoed back in `details`.

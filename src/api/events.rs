@@ -63,6 +63,38 @@ fn owner_events(state: &AppState) -> impl Filter<Extract = (Response,), Error = 
         .map(respond)
 }
 
+/// One event of the event streams, as its `id:`, `event:` and `data:` lines (doc-only).
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code, reason = "a schema for the OpenAPI document only")]
+struct StreamEvent {
+    /// A global, increasing integer.
+    #[schema(pattern = "^[0-9]+$")]
+    id: String,
+    event: StreamEventName,
+    /// JSON text: the Message for `message`, the SessionInfo for every `session.*` event.
+    data: String,
+}
+
+/// The name of an event.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code, reason = "a schema for the OpenAPI document only")]
+enum StreamEventName {
+    #[schema(rename = "session.created")]
+    SessionCreated,
+    #[schema(rename = "message")]
+    Message,
+    #[schema(rename = "session.renewed")]
+    SessionRenewed,
+    #[schema(rename = "session.timeout_updated")]
+    SessionTimeoutUpdated,
+    #[schema(rename = "session.expiring")]
+    SessionExpiring,
+    #[schema(rename = "session.expired")]
+    SessionExpired,
+    #[schema(rename = "session.deleted")]
+    SessionDeleted,
+}
+
 /// The `Last-Event-ID` header, if it holds an event id.
 fn last_event_id(headers: &HeaderMap) -> Option<u64> {
     headers
@@ -74,6 +106,25 @@ fn last_event_id(headers: &HeaderMap) -> Option<u64> {
         .ok()
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/messaging/sessions/{sessionId}/events",
+    tag = "events",
+    summary = "Follow one session's events",
+    params(
+        ("sessionId" = Uuid, Path, description = "The session id (any standard textual UUID form)."),
+        ("Last-Event-ID" = Option<String>, Header, description = "Resume after this event id (a decimal integer; 0 replays everything kept). Without it the stream starts with the next event."),
+    ),
+    responses(
+        (status = 200, description = "Server-Sent Events: `id:` (a global, increasing integer), `event:` (the name) and `data:` (the Message or the SessionInfo); a comment line at least every 15 s. The schema is that of each event.", content_type = "text/event-stream", body = StreamEvent),
+        (status = 400, description = "INVALID_UUID.", body = super::error::Envelope),
+        (status = 401, description = "UNAUTHORIZED: an API key is configured and X-API-Key is missing or wrong.", body = super::error::Envelope),
+        (status = 404, description = "SESSION_NOT_FOUND: no such session.", body = super::error::Envelope),
+        (status = 410, description = "SESSION_EXPIRED: the session has expired.", body = super::error::Envelope),
+        (status = 500, description = "INTERNAL_ERROR: never leaks internals; logged with a request id.", body = super::error::Envelope),
+        (status = 503, description = "STORAGE_UNAVAILABLE: the store cannot write or read.", body = super::error::Envelope),
+    ),
+)]
 async fn stream_session_events(
     id: String,
     state: AppState,
@@ -88,6 +139,22 @@ async fn stream_session_events(
     ))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/messaging/events",
+    tag = "events",
+    summary = "Follow every event of one agent's or one user's sessions",
+    params(
+        ("agentId" = Option<Uuid>, Query, description = "The agent whose sessions to follow."),
+        ("userId" = Option<Uuid>, Query, description = "The user whose sessions to follow."),
+        ("Last-Event-ID" = Option<String>, Header, description = "Resume after this event id (a decimal integer; 0 replays everything kept). Without it the stream starts with the next event."),
+    ),
+    responses(
+        (status = 200, description = "Server-Sent Events: `id:` (a global, increasing integer), `event:` (the name) and `data:` (the Message or the SessionInfo); a comment line at least every 15 s. The schema is that of each event.", content_type = "text/event-stream", body = StreamEvent),
+        (status = 400, description = "INVALID_UUID, or INVALID_QUERY unless exactly one of agentId and userId is given.", body = super::error::Envelope),
+        (status = 401, description = "UNAUTHORIZED: an API key is configured and X-API-Key is missing or wrong.", body = super::error::Envelope),
+    ),
+)]
 async fn stream_owner_events(
     state: AppState,
     query: Query,

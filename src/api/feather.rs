@@ -47,6 +47,53 @@ fn feather_message_create(
         .map(respond)
 }
 
+/// The body of the Feather route (read by `read_body` and `check_fields`).
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code, reason = "a schema for the OpenAPI document only")]
+struct FeatherMessageRequest {
+    /// The text: 1..=4000 Unicode characters.
+    #[schema(min_length = 1, max_length = 4000)]
+    content: String,
+    /// Stored as `metadata.workflow` when not null.
+    workflow: Option<String>,
+}
+
+/// A 422 in FastAPI's shape (built with `json!` in `unprocessable`).
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code, reason = "a schema for the OpenAPI document only")]
+struct FeatherValidationError {
+    detail: Vec<FeatherProblem>,
+}
+
+/// One FastAPI validation problem (built with `json!` in `problem`).
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code, reason = "a schema for the OpenAPI document only")]
+struct FeatherProblem {
+    /// `missing`, `string_type`, `string_too_short`, `string_too_long`, `json_invalid`,
+    /// `uuid_parsing` or `model_attributes_type`.
+    #[schema(rename = "type", example = "missing")]
+    kind: String,
+    /// Where: `["body"]`, `["body", "content"]`, `["path", "session_id"]`, or `["body", column]`.
+    loc: Vec<FeatherLocItem>,
+    /// A readable message.
+    msg: String,
+    /// The input that was refused (any JSON).
+    #[schema(value_type = Value)]
+    input: Value,
+    /// Context, e.g. `{"max_length": 4000}`.
+    #[schema(value_type = Object, required = false)]
+    ctx: Option<Value>,
+}
+
+/// A `loc` step: a name, or a position.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code, reason = "a schema for the OpenAPI document only")]
+#[serde(untagged)]
+enum FeatherLocItem {
+    Name(String),
+    Index(u64),
+}
+
 /// One FastAPI validation error.
 fn problem(kind: &str, loc: Value, msg: &str, input: Value, ctx: Option<Value>) -> Value {
     let mut entry = json!({ "type": kind, "loc": loc, "msg": msg, "input": input });
@@ -183,6 +230,27 @@ fn check_fields(object: &Map<String, Value>) -> (Option<String>, Option<String>,
     (content, workflow, problems)
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/ask-feather/sessions/{session_id}/messages",
+    tag = "feather",
+    summary = "Append a user message (Feather-compatible)",
+    params(
+        ("session_id" = Uuid, Path, description = "The session id."),
+    ),
+    request_body(content = FeatherMessageRequest, content_type = "application/json"),
+    responses(
+        (status = 200, description = "The stored message.", body = MessageView),
+        (status = 400, description = "INVALID_JSON: the body could not be read.", body = super::error::Envelope),
+        (status = 401, description = "UNAUTHORIZED: an API key is configured and X-API-Key is missing or wrong.", body = super::error::Envelope),
+        (status = 404, description = "SESSION_NOT_FOUND: no such session.", body = super::error::Envelope),
+        (status = 410, description = "SESSION_EXPIRED: the session has expired.", body = super::error::Envelope),
+        (status = 413, description = "PAYLOAD_TOO_LARGE: the body is over the limit (default 64 KiB).", body = super::error::Envelope),
+        (status = 422, description = "Validation errors in FastAPI's shape (every body problem, and a session_id that is not a UUID).", body = FeatherValidationError),
+        (status = 500, description = "INTERNAL_ERROR: never leaks internals; logged with a request id.", body = super::error::Envelope),
+        (status = 503, description = "STORAGE_UNAVAILABLE: the store cannot write or read.", body = super::error::Envelope),
+    ),
+)]
 async fn create_feather_message<S, B>(
     session_id: String,
     state: AppState,

@@ -30,16 +30,36 @@ fn health_check(state: &AppState) -> impl Filter<Extract = (Response,), Error = 
         .map(respond)
 }
 
-#[derive(Serialize)]
+/// The health report.
+#[derive(Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 struct Health {
+    /// Always `healthy`.
+    #[schema(example = "healthy")]
     status: &'static str,
+    /// Sessions that have not expired.
     active_sessions: u64,
+    /// Active sessions inside their warning window.
     expiring_soon: u64,
+    /// The server's time.
+    #[schema(format = DateTime)]
     timestamp: String,
+    /// Seconds since the server started, with a fraction.
     uptime: f64,
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/messaging/sessions/health",
+    tag = "health",
+    summary = "Health",
+    responses(
+        (status = 200, description = "The server is up; counts are served from counters.", body = Health),
+        (status = 500, description = "INTERNAL_ERROR: never leaks internals; logged with a request id.", body = super::error::Envelope),
+        (status = 503, description = "STORAGE_UNAVAILABLE: the store cannot write or read.", body = super::error::Envelope),
+    ),
+    security(()),
+)]
 async fn check_health(state: AppState) -> Result<Response, ApiError> {
     let now = state.clock.now();
     let counts = state.store.counts(now)?;

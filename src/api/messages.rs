@@ -125,6 +125,33 @@ fn transport_field(body: &JsonObject) -> Result<Transport, ApiError> {
     }
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/messaging/sessions/{sessionId}/messages",
+    tag = "messages",
+    summary = "Append a message",
+    params(
+        ("sessionId" = Uuid, Path, description = "The session id (any standard textual UUID form)."),
+    ),
+    request_body(content = super::request::CreateMessageRequest, content_type = "application/json"),
+    responses(
+        (status = 201, description = "The stored message and the session's status (with `agentResponse` for transport `http`).", body = MessageCreated,
+            links(
+                ("get_message" = (operation_id = "get_message", parameters(("sessionId" = "$response.body#/sessionId"), ("messageId" = "$response.body#/id")))),
+                ("get_thread" = (operation_id = "get_thread", parameters(("sessionId" = "$response.body#/sessionId"), ("messageId" = "$response.body#/id"))))
+            )),
+        (status = 200, description = "Transport `sse`: events `user_message` (the Message), then `agent_message` per reply, then `done` (`{\"reason\":\"timeout\"}` or `shutdown`). The schema is that of each event.", content_type = "text/event-stream", body = ReplyStreamEvent),
+        (status = 400, description = "INVALID_UUID, INVALID_JSON, MISSING_FIELDS, INVALID_CONTENT, INVALID_METADATA, INVALID_ATTACHMENTS, INVALID_TRANSPORT or INVALID_PARENT.", body = super::error::Envelope),
+        (status = 401, description = "UNAUTHORIZED: an API key is configured and X-API-Key is missing or wrong.", body = super::error::Envelope),
+        (status = 403, description = "FORBIDDEN_AUTHOR: authorId is neither the session's userId nor its agentId.", body = super::error::Envelope),
+        (status = 404, description = "SESSION_NOT_FOUND: no such session.", body = super::error::Envelope),
+        (status = 410, description = "SESSION_EXPIRED: the session has expired.", body = super::error::Envelope),
+        (status = 413, description = "PAYLOAD_TOO_LARGE: the body is over the limit (default 64 KiB).", body = super::error::Envelope),
+        (status = 415, description = "UNSUPPORTED_MEDIA_TYPE: the body is not sent with a JSON content type.", body = super::error::Envelope),
+        (status = 500, description = "INTERNAL_ERROR: never leaks internals; logged with a request id.", body = super::error::Envelope),
+        (status = 503, description = "STORAGE_UNAVAILABLE: the store cannot write or read.", body = super::error::Envelope),
+    ),
+)]
 async fn create_message(
     id: String,
     state: AppState,
@@ -259,15 +286,21 @@ fn done(reason: &str) -> sse::Event {
         .data(serde_json::json!({ "reason": reason }).to_string())
 }
 
-#[derive(Serialize)]
+/// One page of messages.
+#[derive(Serialize, utoipa::ToSchema)]
 struct MessageList<'a> {
+    /// Newest first.
     messages: Vec<MessageView<'a>>,
+    /// Whether at least one more message lies beyond the page in the paging direction.
     #[serde(rename = "hasMore")]
     has_more: bool,
+    /// Where the page ends; null on an empty page.
+    #[schema(required = true)]
     cursors: Option<Cursors>,
 }
 
-#[derive(Serialize)]
+/// The bounds of a page: `before*` name its oldest message, `after*` its newest.
+#[derive(Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 struct Cursors {
     before: u64,
@@ -276,6 +309,57 @@ struct Cursors {
     after_seq: u64,
 }
 
+/// One event of a `transport: "sse"` answer, as its `event:` and `data:` lines (doc-only).
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code, reason = "a schema for the OpenAPI document only")]
+struct ReplyStreamEvent {
+    event: ReplyEventName,
+    /// JSON text: the Message (`user_message`, `agent_message`) or `{"reason": …}` (`done`).
+    data: String,
+}
+
+/// The name of a reply-stream event.
+#[derive(utoipa::ToSchema)]
+#[schema(rename_all = "snake_case")]
+#[allow(dead_code, reason = "a schema for the OpenAPI document only")]
+enum ReplyEventName {
+    UserMessage,
+    AgentMessage,
+    Done,
+}
+
+/// The body of `GET …/messages/{messageId}/thread` (built with `json!` in `get_thread`).
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code, reason = "a schema for the OpenAPI document only")]
+struct MessageThread {
+    /// The branch from the root down to the message, oldest first.
+    messages: Vec<MessageView<'static>>,
+}
+
+#[utoipa::path(
+    get,
+    path = "/api/messaging/sessions/{sessionId}/messages",
+    tag = "messages",
+    summary = "Page through a session's messages, newest first",
+    params(
+        ("sessionId" = Uuid, Path, description = "The session id (any standard textual UUID form)."),
+        ("limit" = Option<i64>, Query, minimum = 1, maximum = 100, description = "Page size: 1..=100, default 50; a plain decimal integer, clamped into range."),
+        ("before" = Option<i64>, Query, description = "Only messages created before this epoch-millisecond time (exclusive)."),
+        ("after" = Option<i64>, Query, description = "Only messages created after this epoch-millisecond time (exclusive)."),
+        ("beforeSeq" = Option<i64>, Query, description = "Only messages with a lower seq (exclusive)."),
+        ("afterSeq" = Option<i64>, Query, description = "Only messages with a higher seq (exclusive)."),
+        ("parentId" = Option<Uuid>, Query, description = "Only the direct replies to this message of the session."),
+    ),
+    responses(
+        (status = 200, description = "One page of messages.", body = MessageList),
+        (status = 400, description = "INVALID_UUID, INVALID_PAGINATION or INVALID_PARENT.", body = super::error::Envelope),
+        (status = 401, description = "UNAUTHORIZED: an API key is configured and X-API-Key is missing or wrong.", body = super::error::Envelope),
+        (status = 404, description = "SESSION_NOT_FOUND: no such session.", body = super::error::Envelope),
+        (status = 410, description = "SESSION_EXPIRED: the session has expired.", body = super::error::Envelope),
+        (status = 500, description = "INTERNAL_ERROR: never leaks internals; logged with a request id.", body = super::error::Envelope),
+        (status = 503, description = "STORAGE_UNAVAILABLE: the store cannot write or read.", body = super::error::Envelope),
+    ),
+)]
 async fn list_messages(id: String, state: AppState, query: Query) -> Result<Response, ApiError> {
     let session_id = path_uuid("sessionId", &id)?;
     let message_query = MessageQuery {
@@ -307,6 +391,25 @@ async fn list_messages(id: String, state: AppState, query: Query) -> Result<Resp
     ))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/messaging/sessions/{sessionId}/messages/{messageId}",
+    tag = "messages",
+    summary = "Get a message",
+    params(
+        ("sessionId" = Uuid, Path, description = "The session id (any standard textual UUID form)."),
+        ("messageId" = Uuid, Path, description = "The message id (any standard textual UUID form)."),
+    ),
+    responses(
+        (status = 200, description = "The message.", body = MessageView),
+        (status = 400, description = "INVALID_UUID.", body = super::error::Envelope),
+        (status = 401, description = "UNAUTHORIZED: an API key is configured and X-API-Key is missing or wrong.", body = super::error::Envelope),
+        (status = 404, description = "SESSION_NOT_FOUND or MESSAGE_NOT_FOUND.", body = super::error::Envelope),
+        (status = 410, description = "SESSION_EXPIRED: the session has expired.", body = super::error::Envelope),
+        (status = 500, description = "INTERNAL_ERROR: never leaks internals; logged with a request id.", body = super::error::Envelope),
+        (status = 503, description = "STORAGE_UNAVAILABLE: the store cannot write or read.", body = super::error::Envelope),
+    ),
+)]
 async fn get_message(
     id: String,
     message_id: String,
@@ -326,6 +429,25 @@ async fn get_message(
     Ok(json(StatusCode::OK, &MessageView::new(&message)))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/messaging/sessions/{sessionId}/messages/{messageId}/thread",
+    tag = "messages",
+    summary = "Get the branch from the root to a message",
+    params(
+        ("sessionId" = Uuid, Path, description = "The session id (any standard textual UUID form)."),
+        ("messageId" = Uuid, Path, description = "The message id (any standard textual UUID form)."),
+    ),
+    responses(
+        (status = 200, description = "The branch, oldest first.", body = MessageThread),
+        (status = 400, description = "INVALID_UUID.", body = super::error::Envelope),
+        (status = 401, description = "UNAUTHORIZED: an API key is configured and X-API-Key is missing or wrong.", body = super::error::Envelope),
+        (status = 404, description = "SESSION_NOT_FOUND or MESSAGE_NOT_FOUND.", body = super::error::Envelope),
+        (status = 410, description = "SESSION_EXPIRED: the session has expired.", body = super::error::Envelope),
+        (status = 500, description = "INTERNAL_ERROR: never leaks internals; logged with a request id.", body = super::error::Envelope),
+        (status = 503, description = "STORAGE_UNAVAILABLE: the store cannot write or read.", body = super::error::Envelope),
+    ),
+)]
 async fn get_thread(id: String, message_id: String, state: AppState) -> Result<Response, ApiError> {
     let session_id = path_uuid("sessionId", &id)?;
     let message_id = path_uuid("messageId", &message_id)?;

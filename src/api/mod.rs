@@ -9,6 +9,7 @@ mod events;
 mod feather;
 mod health;
 mod messages;
+pub mod openapi;
 mod request;
 mod sessions;
 mod views;
@@ -90,6 +91,8 @@ pub fn routes(state: &AppState) -> BoxedFilter<(warp::reply::Response,)> {
         .or(events::routes(state))
         .unify()
         .or(feather::routes(state))
+        .unify()
+        .or(openapi::routes())
         .unify();
     let app = authorize(state.api_key.clone())
         .and(api)

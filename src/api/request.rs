@@ -389,9 +389,105 @@ impl Query {
     }
 }
 
+// Doc-only schemas for the OpenAPI document. The parsers above read bodies by hand (so each
+// problem gets the contract's own error code); these structs describe exactly what they
+// accept and are never built. Unknown fields are ignored, so no schema closes its object,
+// and `null` for an optional field means absent, so every optional field is nullable.
+
+/// The body of `POST /sessions` (read by `create_session` with [`require_fields`],
+/// [`uuid_field`], [`metadata_field`] and [`timeout_config_field`]).
+#[derive(utoipa::ToSchema)]
+#[schema(rename_all = "camelCase")]
+#[allow(dead_code, reason = "a schema for the OpenAPI document only")]
+pub(super) struct CreateSessionRequest {
+    /// The agent's id.
+    agent_id: Uuid,
+    /// The user's id.
+    user_id: Uuid,
+    /// Any JSON object, at most 10240 bytes of compact JSON.
+    #[schema(value_type = Option<Object>)]
+    metadata: Option<Value>,
+    /// The timeout configuration; missing fields get defaults.
+    timeout_config: Option<TimeoutConfigPatchBody>,
+}
+
+/// A partial timeout configuration: `timeoutConfig` at creation, or the body of
+/// `PATCH …/timeout` (read by [`timeout_patch`]). Integer fields take JSON integers only.
+/// The bounds depend on the server's flags (defaults: timeout 5..=1440, maximum duration
+/// timeoutMinutes..=2880, warning 0..=timeoutMinutes); a value out of range is 400
+/// INVALID_TIMEOUT_CONFIG.
+#[derive(utoipa::ToSchema)]
+#[schema(rename_all = "camelCase", as = TimeoutConfigPatch)]
+#[allow(dead_code, reason = "a schema for the OpenAPI document only")]
+pub(super) struct TimeoutConfigPatchBody {
+    /// Minutes of inactivity before the session expires.
+    #[schema(minimum = 0, maximum = 4294967295_i64)]
+    timeout_minutes: Option<i64>,
+    /// Whether activity (a message, a heartbeat) renews the session.
+    auto_renew: Option<bool>,
+    /// Minutes after creation the session can never outlive.
+    #[schema(minimum = 0, maximum = 4294967295_i64)]
+    max_duration_minutes: Option<i64>,
+    /// Minutes before expiry at which the session counts as near expiration (0: never).
+    #[schema(minimum = 0, maximum = 4294967295_i64)]
+    warning_threshold_minutes: Option<i64>,
+}
+
+/// How the client wants the agent's reply: `http` (= `sync`) holds the request,
+/// `sse` (= `stream`) streams it, `websocket` answers at once.
+#[derive(utoipa::ToSchema)]
+#[schema(rename_all = "lowercase")]
+#[allow(dead_code, reason = "a schema for the OpenAPI document only")]
+pub(super) enum TransportName {
+    Http,
+    Sse,
+    Websocket,
+    Sync,
+    Stream,
+}
+
+/// The body of `POST /sessions/{sessionId}/messages` (read by `create_message` with
+/// [`content_field`], [`metadata_field`], [`attachments_field`] and [`uuid_field`]).
+#[derive(utoipa::ToSchema)]
+#[schema(rename_all = "camelCase")]
+#[allow(dead_code, reason = "a schema for the OpenAPI document only")]
+pub(super) struct CreateMessageRequest {
+    /// The text: 1..=4000 Unicode characters (whitespace is allowed).
+    #[schema(min_length = 1, max_length = 4000)]
+    content: String,
+    /// Any JSON object, at most 10240 bytes of compact JSON.
+    #[schema(value_type = Option<Object>)]
+    metadata: Option<Value>,
+    /// At most 16 attachments.
+    #[schema(max_items = 16)]
+    attachments: Option<Vec<AttachmentRequest>>,
+    /// The message this one answers (default: the session's newest message).
+    parent_id: Option<Uuid>,
+    /// The session's userId (the default) or its agentId.
+    author_id: Option<Uuid>,
+    /// How to deliver the agent's reply (default `websocket`: at once).
+    transport: Option<TransportName>,
+    /// The legacy name of `transport`, read only when `transport` is absent.
+    mode: Option<TransportName>,
+}
+
+/// An attachment in a request; other keys are dropped.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code, reason = "a schema for the OpenAPI document only")]
+pub(super) struct AttachmentRequest {
+    /// The attachment's kind, e.g. `image`.
+    #[schema(rename = "type")]
+    kind: String,
+    /// Where it is.
+    url: String,
+    /// Its name.
+    name: Option<String>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
     use serde_json::json;
 
     fn object(value: Value) -> JsonObject {
@@ -409,6 +505,185 @@ mod tests {
             default_max_duration_minutes: 720,
             max_duration_limit_minutes: 2880,
             default_warning_threshold_minutes: 5,
+        }
+    }
+
+    /// Any JSON value, nested a few levels.
+    fn json_value() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(|n| json!(n)),
+            any::<u64>().prop_map(|n| json!(n)),
+            any::<f64>().prop_map(|x| json!(x)),
+            ".{0,12}".prop_map(Value::String),
+        ];
+        leaf.prop_recursive(3, 24, 6, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+                proptest::collection::btree_map(".{0,8}", inner, 0..6)
+                    .prop_map(|map| Value::Object(map.into_iter().collect())),
+            ]
+        })
+    }
+
+    /// An object whose keys are mostly the timeout fields, with any values.
+    fn timeout_object() -> impl Strategy<Value = JsonObject> {
+        let key = prop_oneof![
+            Just("timeoutMinutes".to_owned()),
+            Just("autoRenew".to_owned()),
+            Just("maxDurationMinutes".to_owned()),
+            Just("warningThresholdMinutes".to_owned()),
+            ".{0,8}",
+        ];
+        let value = prop_oneof![
+            3 => any::<i64>().prop_map(|n| json!(n)),
+            1 => (0u64..3000).prop_map(|n| json!(n)),
+            1 => any::<bool>().prop_map(Value::Bool),
+            2 => json_value(),
+        ];
+        proptest::collection::btree_map(key, value, 0..6).prop_map(|map| map.into_iter().collect())
+    }
+
+    /// A query string carrying `text` as the value of `n`, whatever it holds.
+    fn query_with(text: &str) -> Query {
+        let raw = form_urlencoded::Serializer::new(String::new())
+            .append_pair("n", text)
+            .finish();
+        Query::parse(&raw)
+    }
+
+    proptest! {
+        #[test]
+        fn integer_accepts_exactly_plain_decimals_that_fit_i64(
+            text in prop_oneof![
+                "-?[0-9]{1,20}",
+                "[-+]?[0-9]{0,3}[.eE_ +-]?[0-9]{0,3}",
+                ".{0,8}",
+            ]
+        ) {
+            // i64's own parser accepts `-?[0-9]+` and a leading `+`; the contract refuses `+`.
+            let expected = if text.starts_with('+') { None } else { text.parse::<i64>().ok() };
+            match query_with(&text).integer("n") {
+                Ok(value) => prop_assert_eq!(value, expected),
+                Err(error) => {
+                    prop_assert_eq!(expected, None);
+                    prop_assert_eq!(error.code, "INVALID_PAGINATION");
+                }
+            }
+        }
+
+        #[test]
+        fn integer_round_trips_every_i64(n: i64) {
+            prop_assert_eq!(query_with(&n.to_string()).integer("n").unwrap(), Some(n));
+        }
+
+        #[test]
+        fn content_accepts_exactly_1_to_4000_characters(
+            text in proptest::collection::vec(any::<char>(), 0..=MAX_CONTENT_CHARS + 60)
+                .prop_map(|chars| chars.into_iter().collect::<String>())
+        ) {
+            let chars = text.chars().count();
+            match content_field(&object(json!({ "content": text.clone() }))) {
+                Ok(content) => {
+                    prop_assert!((1..=MAX_CONTENT_CHARS).contains(&chars));
+                    prop_assert_eq!(content, text);
+                }
+                Err(error) => {
+                    prop_assert!(chars == 0 || chars > MAX_CONTENT_CHARS);
+                    prop_assert_eq!(error.code, "INVALID_CONTENT");
+                }
+            }
+        }
+
+        #[test]
+        fn content_refuses_every_non_string(value in json_value()) {
+            let result = content_field(&object(json!({ "content": value.clone() })));
+            match value {
+                Value::String(_) => {}
+                Value::Null => prop_assert_eq!(result.unwrap_err().code, "MISSING_FIELDS"),
+                _ => prop_assert_eq!(result.unwrap_err().code, "INVALID_CONTENT"),
+            }
+        }
+
+        #[test]
+        fn timeout_patch_yields_a_patch_exactly_for_well_typed_fields(
+            body in timeout_object()
+        ) {
+            let well_typed = body.iter().all(|(name, value)| match name.as_str() {
+                "autoRenew" => value.is_null() || value.is_boolean(),
+                "timeoutMinutes" | "maxDurationMinutes" | "warningThresholdMinutes" => {
+                    value.is_null() || value.is_i64() || value.is_u64()
+                }
+                _ => true,
+            });
+            match timeout_patch(&body, &policy()) {
+                Ok(patch) => {
+                    prop_assert!(well_typed, "accepted {:?}", body);
+                    let given = |name: &str| field(&body, name).map(|v| v.as_i64().unwrap_or(i64::MAX));
+                    prop_assert_eq!(patch.timeout_minutes, given("timeoutMinutes"));
+                    prop_assert_eq!(patch.max_duration_minutes, given("maxDurationMinutes"));
+                    prop_assert_eq!(
+                        patch.warning_threshold_minutes,
+                        given("warningThresholdMinutes")
+                    );
+                    prop_assert_eq!(patch.auto_renew, field(&body, "autoRenew").and_then(Value::as_bool));
+                }
+                Err(error) => {
+                    prop_assert!(!well_typed, "refused {:?}: {}", body, error.message);
+                    prop_assert_eq!(error.code, "INVALID_TIMEOUT_CONFIG");
+                }
+            }
+        }
+
+        #[test]
+        fn timeout_config_field_never_panics(value in json_value()) {
+            if let Err(error) = timeout_config_field(&object(json!({ "timeoutConfig": value })), &policy()) {
+                prop_assert_eq!(error.code, "INVALID_TIMEOUT_CONFIG");
+            }
+        }
+
+        #[test]
+        fn reading_any_bytes_as_a_json_body_never_panics(
+            bytes in prop_oneof![
+                proptest::collection::vec(any::<u8>(), 0..300),
+                json_value().prop_map(|value| value.to_string().into_bytes()),
+            ],
+            split in any::<prop::sample::Index>(),
+            limit in 0u64..400,
+        ) {
+            let mut headers = HeaderMap::new();
+            headers.insert(CONTENT_TYPE, "application/json".parse().unwrap());
+            // Two chunks, as a chunked body would arrive.
+            let cut = split.index(bytes.len() + 1);
+            let chunks = vec![
+                Ok::<_, warp::Error>(bytes::Bytes::copy_from_slice(&bytes[..cut])),
+                Ok(bytes::Bytes::copy_from_slice(&bytes[cut..])),
+            ];
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .build()
+                .expect("a current-thread runtime builds");
+            let result = runtime.block_on(read_json_object(
+                &headers,
+                futures_util::stream::iter(chunks),
+                limit,
+            ));
+            let expected_object = serde_json::from_slice::<Value>(&bytes)
+                .ok()
+                .and_then(|value| value.as_object().cloned());
+            match result {
+                Ok(object) => {
+                    prop_assert!(bytes.len() as u64 <= limit);
+                    prop_assert_eq!(Some(object), expected_object);
+                }
+                Err(error) if bytes.len() as u64 > limit => {
+                    prop_assert_eq!(error.code, "PAYLOAD_TOO_LARGE");
+                }
+                Err(error) => {
+                    prop_assert_eq!(expected_object, None);
+                    prop_assert_eq!(error.code, "INVALID_JSON");
+                }
+            }
         }
     }
 

@@ -162,6 +162,32 @@ pub(super) fn load_active(state: &AppState, id: Uuid) -> Result<(Session, Timest
     Ok((session, now))
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/messaging/sessions",
+    tag = "sessions",
+    summary = "Create a session",
+    request_body(content = super::request::CreateSessionRequest, content_type = "application/json"),
+    responses(
+        (status = 201, description = "The session, with its full, merged timeoutConfig.", body = SessionCreated,
+            links(
+                ("get_session" = (operation_id = "get_session", parameters(("sessionId" = "$response.body#/sessionId")))),
+                ("delete_session" = (operation_id = "delete_session", parameters(("sessionId" = "$response.body#/sessionId")))),
+                ("renew_session" = (operation_id = "renew_session", parameters(("sessionId" = "$response.body#/sessionId")))),
+                ("heartbeat_session" = (operation_id = "heartbeat_session", parameters(("sessionId" = "$response.body#/sessionId")))),
+                ("update_session_timeout" = (operation_id = "update_session_timeout", parameters(("sessionId" = "$response.body#/sessionId")))),
+                ("create_message" = (operation_id = "create_message", parameters(("sessionId" = "$response.body#/sessionId")))),
+                ("list_messages" = (operation_id = "list_messages", parameters(("sessionId" = "$response.body#/sessionId")))),
+                ("stream_session_events" = (operation_id = "stream_session_events", parameters(("sessionId" = "$response.body#/sessionId"))))
+            )),
+        (status = 400, description = "INVALID_JSON, MISSING_FIELDS, INVALID_UUID, INVALID_METADATA or INVALID_TIMEOUT_CONFIG.", body = super::error::Envelope),
+        (status = 401, description = "UNAUTHORIZED: an API key is configured and X-API-Key is missing or wrong.", body = super::error::Envelope),
+        (status = 413, description = "PAYLOAD_TOO_LARGE: the body is over the limit (default 64 KiB).", body = super::error::Envelope),
+        (status = 415, description = "UNSUPPORTED_MEDIA_TYPE: the body is not sent with a JSON content type.", body = super::error::Envelope),
+        (status = 500, description = "INTERNAL_ERROR: never leaks internals; logged with a request id.", body = super::error::Envelope),
+        (status = 503, description = "STORAGE_UNAVAILABLE: the store cannot write or read.", body = super::error::Envelope),
+    ),
+)]
 async fn create_session(
     state: AppState,
     body: Result<JsonObject, ApiError>,
@@ -190,21 +216,48 @@ async fn create_session(
     Ok(json(StatusCode::CREATED, &SessionCreated::new(&session)))
 }
 
-#[derive(Serialize)]
+/// One page of the session list.
+#[derive(Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 struct SessionList<'a> {
+    /// Newest first.
     sessions: Vec<SessionInfo<'a>>,
+    /// Sessions matching the filters, across all pages.
     total: u64,
+    /// The `cursor` of the next page; null on the last page.
+    #[schema(required = true)]
     next_cursor: Option<String>,
     stats: ListStats,
 }
 
-#[derive(Serialize)]
+/// Counts for the whole store.
+#[derive(Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 struct ListStats {
     total_sessions: u64,
     active_sessions: u64,
     expired_sessions: u64,
+}
+
+/// The `status` filter of the session list.
+#[derive(utoipa::ToSchema)]
+#[schema(rename_all = "lowercase")]
+#[allow(dead_code, reason = "a schema for the OpenAPI document only")]
+enum ListStatus {
+    Active,
+    Expired,
+    All,
+}
+
+/// The body of `DELETE /sessions/{sessionId}` (built with `json!` in `delete_session`).
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code, reason = "a schema for the OpenAPI document only")]
+struct SessionDeleted {
+    /// Always `true`.
+    success: bool,
+    /// `Session <id> deleted successfully`.
+    #[schema(example = "Session 3c90c3cc-0d44-4b50-8888-8dd25736052a deleted successfully")]
+    message: String,
 }
 
 fn parse_cursor(token: &str) -> Result<Uuid, ApiError> {
@@ -224,6 +277,26 @@ fn cursor_for(id: Uuid) -> String {
     format!("{CURSOR_PREFIX}{}", id.simple())
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/messaging/sessions",
+    tag = "sessions",
+    summary = "List sessions, newest first",
+    params(
+        ("agentId" = Option<Uuid>, Query, description = "Only this agent's sessions."),
+        ("userId" = Option<Uuid>, Query, description = "Only this user's sessions."),
+        ("status" = inline(Option<ListStatus>), Query, description = "Which sessions (default `active`)."),
+        ("limit" = Option<i64>, Query, minimum = 1, maximum = 1000, description = "Page size: 1..=1000, default 100; a plain decimal integer, clamped into range."),
+        ("cursor" = Option<String>, Query, description = "The `nextCursor` of the previous page."),
+    ),
+    responses(
+        (status = 200, description = "One page of sessions.", body = SessionList),
+        (status = 400, description = "INVALID_UUID, INVALID_QUERY (status) or INVALID_PAGINATION (limit, cursor).", body = super::error::Envelope),
+        (status = 401, description = "UNAUTHORIZED: an API key is configured and X-API-Key is missing or wrong.", body = super::error::Envelope),
+        (status = 500, description = "INTERNAL_ERROR: never leaks internals; logged with a request id.", body = super::error::Envelope),
+        (status = 503, description = "STORAGE_UNAVAILABLE: the store cannot write or read.", body = super::error::Envelope),
+    ),
+)]
 async fn list_sessions(state: AppState, query: Query) -> Result<Response, ApiError> {
     let status = match query.get("status") {
         None | Some("active") => StatusFilter::Active,
@@ -271,12 +344,47 @@ async fn list_sessions(state: AppState, query: Query) -> Result<Response, ApiErr
     ))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/messaging/sessions/{sessionId}",
+    tag = "sessions",
+    summary = "Get a session",
+    params(
+        ("sessionId" = Uuid, Path, description = "The session id (any standard textual UUID form)."),
+    ),
+    responses(
+        (status = 200, description = "The session.", body = SessionInfo),
+        (status = 400, description = "INVALID_UUID.", body = super::error::Envelope),
+        (status = 401, description = "UNAUTHORIZED: an API key is configured and X-API-Key is missing or wrong.", body = super::error::Envelope),
+        (status = 404, description = "SESSION_NOT_FOUND: no such session.", body = super::error::Envelope),
+        (status = 410, description = "SESSION_EXPIRED: the session has expired.", body = super::error::Envelope),
+        (status = 500, description = "INTERNAL_ERROR: never leaks internals; logged with a request id.", body = super::error::Envelope),
+        (status = 503, description = "STORAGE_UNAVAILABLE: the store cannot write or read.", body = super::error::Envelope),
+    ),
+)]
 async fn get_session(id: String, state: AppState) -> Result<Response, ApiError> {
     let id = path_uuid("sessionId", &id)?;
     let (session, now) = load_active(&state, id)?;
     Ok(json(StatusCode::OK, &SessionInfo::new(&session, now)))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/api/messaging/sessions/{sessionId}",
+    tag = "sessions",
+    summary = "Delete a session and its messages",
+    params(
+        ("sessionId" = Uuid, Path, description = "The session id (any standard textual UUID form)."),
+    ),
+    responses(
+        (status = 200, description = "Deleted (also when the session has expired but is not yet swept).", body = SessionDeleted),
+        (status = 400, description = "INVALID_UUID.", body = super::error::Envelope),
+        (status = 401, description = "UNAUTHORIZED: an API key is configured and X-API-Key is missing or wrong.", body = super::error::Envelope),
+        (status = 404, description = "SESSION_NOT_FOUND: no such session.", body = super::error::Envelope),
+        (status = 500, description = "INTERNAL_ERROR: never leaks internals; logged with a request id.", body = super::error::Envelope),
+        (status = 503, description = "STORAGE_UNAVAILABLE: the store cannot write or read.", body = super::error::Envelope),
+    ),
+)]
 async fn delete_session(id: String, state: AppState) -> Result<Response, ApiError> {
     let id = path_uuid("sessionId", &id)?;
     let store = state.store.clone();
@@ -309,6 +417,25 @@ async fn update_and_reply(
     Ok(json(StatusCode::OK, &SessionInfo::new(&session, now)))
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/messaging/sessions/{sessionId}/renew",
+    tag = "sessions",
+    summary = "Renew a session",
+    params(
+        ("sessionId" = Uuid, Path, description = "The session id (any standard textual UUID form)."),
+    ),
+    responses(
+        (status = 200, description = "The renewed session.", body = SessionInfo),
+        (status = 400, description = "INVALID_UUID.", body = super::error::Envelope),
+        (status = 401, description = "UNAUTHORIZED: an API key is configured and X-API-Key is missing or wrong.", body = super::error::Envelope),
+        (status = 404, description = "SESSION_NOT_FOUND: no such session.", body = super::error::Envelope),
+        (status = 410, description = "SESSION_EXPIRED: the session has expired.", body = super::error::Envelope),
+        (status = 422, description = "MAX_DURATION_REACHED: the renewal cannot move expiresAt later.", body = super::error::Envelope),
+        (status = 500, description = "INTERNAL_ERROR: never leaks internals; logged with a request id.", body = super::error::Envelope),
+        (status = 503, description = "STORAGE_UNAVAILABLE: the store cannot write or read.", body = super::error::Envelope),
+    ),
+)]
 async fn renew_session(id: String, state: AppState) -> Result<Response, ApiError> {
     let id = path_uuid("sessionId", &id)?;
     update_and_reply(&state, id, |session, now| match session.renew(now) {
@@ -321,6 +448,24 @@ async fn renew_session(id: String, state: AppState) -> Result<Response, ApiError
     .await
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/messaging/sessions/{sessionId}/heartbeat",
+    tag = "sessions",
+    summary = "Record activity on a session",
+    params(
+        ("sessionId" = Uuid, Path, description = "The session id (any standard textual UUID form)."),
+    ),
+    responses(
+        (status = 200, description = "The session; renewed when autoRenew is true.", body = SessionInfo),
+        (status = 400, description = "INVALID_UUID.", body = super::error::Envelope),
+        (status = 401, description = "UNAUTHORIZED: an API key is configured and X-API-Key is missing or wrong.", body = super::error::Envelope),
+        (status = 404, description = "SESSION_NOT_FOUND: no such session.", body = super::error::Envelope),
+        (status = 410, description = "SESSION_EXPIRED: the session has expired.", body = super::error::Envelope),
+        (status = 500, description = "INTERNAL_ERROR: never leaks internals; logged with a request id.", body = super::error::Envelope),
+        (status = 503, description = "STORAGE_UNAVAILABLE: the store cannot write or read.", body = super::error::Envelope),
+    ),
+)]
 async fn heartbeat_session(id: String, state: AppState) -> Result<Response, ApiError> {
     let id = path_uuid("sessionId", &id)?;
     update_and_reply(&state, id, |session, now| {
@@ -332,6 +477,27 @@ async fn heartbeat_session(id: String, state: AppState) -> Result<Response, ApiE
     .await
 }
 
+#[utoipa::path(
+    patch,
+    path = "/api/messaging/sessions/{sessionId}/timeout",
+    tag = "sessions",
+    summary = "Change a session's timeout configuration",
+    params(
+        ("sessionId" = Uuid, Path, description = "The session id (any standard textual UUID form)."),
+    ),
+    request_body(content = super::request::TimeoutConfigPatchBody, content_type = "application/json"),
+    responses(
+        (status = 200, description = "The session with the merged configuration and recomputed expiresAt.", body = SessionInfo),
+        (status = 400, description = "INVALID_UUID, INVALID_JSON or INVALID_TIMEOUT_CONFIG.", body = super::error::Envelope),
+        (status = 401, description = "UNAUTHORIZED: an API key is configured and X-API-Key is missing or wrong.", body = super::error::Envelope),
+        (status = 404, description = "SESSION_NOT_FOUND: no such session.", body = super::error::Envelope),
+        (status = 410, description = "SESSION_EXPIRED: the session has expired.", body = super::error::Envelope),
+        (status = 413, description = "PAYLOAD_TOO_LARGE: the body is over the limit (default 64 KiB).", body = super::error::Envelope),
+        (status = 415, description = "UNSUPPORTED_MEDIA_TYPE: the body is not sent with a JSON content type.", body = super::error::Envelope),
+        (status = 500, description = "INTERNAL_ERROR: never leaks internals; logged with a request id.", body = super::error::Envelope),
+        (status = 503, description = "STORAGE_UNAVAILABLE: the store cannot write or read.", body = super::error::Envelope),
+    ),
+)]
 async fn update_session_timeout(
     id: String,
     state: AppState,

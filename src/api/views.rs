@@ -24,8 +24,9 @@ fn raw(text: &str) -> &RawValue {
     })
 }
 
-/// `timeoutConfig`.
-#[derive(Serialize)]
+/// `timeoutConfig`: the session's full, merged timeout configuration.
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = TimeoutConfig)]
 #[serde(rename_all = "camelCase")]
 pub struct TimeoutConfigView {
     timeout_minutes: u32,
@@ -46,14 +47,17 @@ impl From<TimeoutConfig> for TimeoutConfigView {
 }
 
 /// The body of `POST /sessions`.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SessionCreated<'a> {
     session_id: Uuid,
     agent_id: Uuid,
     user_id: Uuid,
+    #[schema(format = DateTime)]
     created_at: String,
+    #[schema(value_type = Object)]
     metadata: &'a RawValue,
+    #[schema(format = DateTime)]
     expires_at: String,
     timeout_config: TimeoutConfigView,
 }
@@ -74,15 +78,19 @@ impl<'a> SessionCreated<'a> {
 }
 
 /// SessionInfo.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SessionInfo<'a> {
     session_id: Uuid,
     agent_id: Uuid,
     user_id: Uuid,
+    #[schema(format = DateTime)]
     created_at: String,
+    #[schema(format = DateTime)]
     last_activity: String,
+    #[schema(value_type = Object)]
     metadata: &'a RawValue,
+    #[schema(format = DateTime)]
     expires_at: String,
     timeout_config: TimeoutConfigView,
     renewal_count: u64,
@@ -123,7 +131,9 @@ impl<'a> SessionInfo<'a> {
     }
 }
 
-#[derive(Serialize)]
+/// An attachment as stored: `type`, `url` and, when given, `name`.
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = Attachment)]
 struct AttachmentView<'a> {
     #[serde(rename = "type")]
     kind: &'a str,
@@ -143,17 +153,21 @@ impl<'a> From<&'a Attachment> for AttachmentView<'a> {
 }
 
 /// Message.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = Message)]
 #[serde(rename_all = "camelCase")]
 pub struct MessageView<'a> {
     id: Uuid,
     session_id: Uuid,
     seq: u64,
+    #[schema(required = true)]
     parent_id: Option<Uuid>,
     content: &'a str,
     author_id: Uuid,
     is_agent: bool,
+    #[schema(format = DateTime)]
     created_at: String,
+    #[schema(value_type = Object)]
     metadata: &'a RawValue,
     attachments: Vec<AttachmentView<'a>>,
 }
@@ -177,9 +191,10 @@ impl<'a> MessageView<'a> {
 }
 
 /// `sessionStatus` of an appended message.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SessionStatus {
+    #[schema(format = DateTime)]
     expires_at: String,
     renewal_count: u64,
     was_renewed: bool,
@@ -187,7 +202,7 @@ pub struct SessionStatus {
 }
 
 /// The body of `POST …/messages`.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct MessageCreated<'a> {
     #[serde(flatten)]
@@ -195,6 +210,7 @@ pub struct MessageCreated<'a> {
     session_status: SessionStatus,
     /// Only for `transport: "http"`: the agent's reply, or null when none came in time.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<MessageView<'static>>)]
     agent_response: Option<Option<MessageView<'a>>>,
 }
 

@@ -7,4 +7,5 @@ mod errors;
 mod helpers;
 mod lifecycle;
 mod messages;
+mod openapi;
 mod sessions;

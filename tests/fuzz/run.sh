@@ -1,0 +1,110 @@
+#!/usr/bin/env bash
+# Fuzzes the live server with schemathesis, driven by the OpenAPI document it serves.
+#
+# Builds the debug binary, starts it on a free loopback port (port 0; the address is read
+# from its log) with a temporary data directory, installs schemathesis into a virtualenv
+# under target/, runs it against http://127.0.0.1:PORT/api/openapi.json and exits non-zero
+# on any failure. The server is stopped (SIGTERM, then waited for) however the run ends.
+#
+# Checks: not_a_server_error (no 5xx), status_code_conformance (only documented statuses),
+# content_type_conformance and response_schema_conformance (every answer matches the
+# document). Phases: examples, coverage (boundary values of every schema), fuzzing (random
+# valid and invalid inputs) and stateful (chains through the document's links: create a
+# session, then use its id in every session route, append messages and read them back).
+#
+# Excluded, and why:
+# - GET /api/messaging/sessions/{sessionId}/events and GET /api/messaging/events
+#   (stream_session_events, stream_owner_events): Server-Sent Events streams stay open
+#   until the session ends or the server stops, so every request would time out. Their
+#   error answers (400/404/410 before a stream opens) are covered by tests/api/events.rs.
+# - Nothing else. POST …/messages with `transport: "http"`/`"sse"` (or legacy `mode`) holds
+#   the request until the agent replies or the reply timeout passes; the server runs with
+#   --reply-timeout-seconds 1, so those requests end within about a second (201 with
+#   agentResponse null, or a 200 event stream ending in `done`).
+#
+# Environment: FUZZ_MAX_EXAMPLES (default 100 per operation and phase), FUZZ_SEED (default
+# fixed, so `make test` is reproducible; set another to explore), FUZZ_WORKERS (default 2).
+set -euo pipefail
+
+cd "$(dirname "$0")/../.."
+ROOT=$PWD
+SCHEMATHESIS_VERSION=4.32.5
+VENV=$ROOT/target/fuzz-venv
+REPORT_DIR=$ROOT/target/fuzz-report
+MAX_EXAMPLES=${FUZZ_MAX_EXAMPLES:-100}
+SEED=${FUZZ_SEED:-20261121}
+WORKERS=${FUZZ_WORKERS:-2}
+CARGO=${CARGO:-cargo}
+
+"$CARGO" build --quiet --bin sessiond
+BIN=$ROOT/target/debug/sessiond
+
+if [[ ! -x $VENV/bin/schemathesis ]] ||
+    [[ $("$VENV/bin/python" -c 'import importlib.metadata as m; print(m.version("schemathesis"))' 2>/dev/null) != "$SCHEMATHESIS_VERSION" ]]; then
+    echo "fuzz: installing schemathesis $SCHEMATHESIS_VERSION into $VENV"
+    python3 -m venv "$VENV"
+    "$VENV/bin/pip" install --quiet --disable-pip-version-check "schemathesis==$SCHEMATHESIS_VERSION"
+fi
+
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/sessiond-fuzz.XXXXXX")
+SERVER_PID=
+stop_server() {
+    if [[ -n $SERVER_PID ]] && kill -0 "$SERVER_PID" 2>/dev/null; then
+        kill -TERM "$SERVER_PID"
+        wait "$SERVER_PID" || true
+    fi
+    rm -rf "$WORK"
+}
+trap stop_server EXIT
+
+RUST_LOG=${RUST_LOG:-warn,sessiond::app=info} "$BIN" serve \
+    --addr 127.0.0.1:0 \
+    --data-dir "$WORK/data" \
+    --min-timeout-minutes 0 \
+    --reply-timeout-seconds 1 \
+    2>"$WORK/server.log" &
+SERVER_PID=$!
+
+ADDR=
+for _ in $(seq 1 100); do
+    ADDR=$(sed -n 's/.*listening addr=\([0-9.:]*\).*/\1/p' "$WORK/server.log" | head -n 1)
+    [[ -n $ADDR ]] && break
+    if ! kill -0 "$SERVER_PID" 2>/dev/null; then
+        echo "fuzz: the server did not start:" >&2
+        cat "$WORK/server.log" >&2
+        exit 1
+    fi
+    sleep 0.1
+done
+if [[ -z $ADDR ]]; then
+    echo "fuzz: the server did not report its address:" >&2
+    cat "$WORK/server.log" >&2
+    exit 1
+fi
+echo "fuzz: sessiond on http://$ADDR"
+
+status=0
+# schemathesis keeps a cache (.schemathesis/) in its working directory: keep it under target/.
+mkdir -p "$REPORT_DIR"
+cd "$REPORT_DIR"
+"$VENV/bin/schemathesis" run "http://$ADDR/api/openapi.json" \
+    --url "http://$ADDR" \
+    --checks not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance \
+    --phases examples,coverage,fuzzing,stateful \
+    --exclude-operation-id stream_session_events \
+    --exclude-operation-id stream_owner_events \
+    --max-examples "$MAX_EXAMPLES" \
+    --seed "$SEED" \
+    --workers "$WORKERS" \
+    --request-timeout 10 \
+    --suppress-health-check all \
+    --report junit \
+    --report-dir "$REPORT_DIR" \
+    || status=$?
+
+if grep -E ' (ERROR|WARN) ' "$WORK/server.log" >/dev/null; then
+    echo "fuzz: the server logged errors or warnings:" >&2
+    grep -E ' (ERROR|WARN) ' "$WORK/server.log" | head -n 50 >&2
+    [[ $status -ne 0 ]] || status=1
+fi
+exit "$status"
