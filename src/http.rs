@@ -40,6 +40,9 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) {
     let slots = Arc::new(Semaphore::new(limits.max_connections));
+    // Kept so that connections still open after the drain deadline (a client that stopped
+    // reading) can be dropped.
+    let mut connections: tokio::task::JoinSet<()> = tokio::task::JoinSet::new();
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
@@ -75,12 +78,13 @@ pub async fn serve(
                 .serve_connection_with_upgrades(io, service)
                 .into_owned(),
         );
-        tokio::spawn(async move {
+        connections.spawn(async move {
             if let Err(error) = connection.await {
                 tracing::debug!(%peer, %error, "connection ended with an error");
             }
             drop(slot);
         });
+        while connections.try_join_next().is_some() {}
     }
     drop(listener);
     if tokio::time::timeout(limits.drain_timeout, graceful.shutdown())
@@ -88,7 +92,9 @@ pub async fn serve(
         .is_err()
     {
         tracing::warn!("in-flight requests did not finish in time; closing their connections");
+        connections.abort_all();
     }
+    while connections.join_next().await.is_some() {}
 }
 
 /// A stream that fails with `TimedOut` once no byte has moved either way for `timeout`.

@@ -227,9 +227,12 @@ async fn next_reply(
         message_id: message.id,
     };
     loop {
+        // Biased, shutdown first: at shutdown the subscription closes too, and the answer
+        // must then say "shutdown", at once.
         tokio::select! {
-            () = &mut timeout => return Waited::TimedOut,
+            biased;
             () = state.shutdown.cancelled() => return Waited::ShutDown,
+            () = &mut timeout => return Waited::TimedOut,
             event = events.recv() => match event {
                 Some(event) if replies.matches(&event) => {
                     if let EventData::Message(reply) = &event.data {
@@ -237,11 +240,14 @@ async fn next_reply(
                     }
                 }
                 Some(_) => {}
-                // Cut off for falling behind (a very busy session): keep waiting for the
-                // timeout, as no reply can be seen live any more.
+                // Cut off for falling behind (a very busy session): no reply can be seen
+                // live any more, so wait out the timeout — or shutdown.
                 None => {
-                    timeout.as_mut().await;
-                    return Waited::TimedOut;
+                    return tokio::select! {
+                        biased;
+                        () = state.shutdown.cancelled() => Waited::ShutDown,
+                        () = timeout.as_mut() => Waited::TimedOut,
+                    };
                 }
             },
         }
