@@ -492,3 +492,26 @@ pub fn sweep_at(app: &TestApp, now_ms: u64, retention: Duration) -> usize {
         .expect("a sweep of a healthy store succeeds");
     outcome.removed_sessions
 }
+
+impl TestApp {
+    /// Like [`TestApp::restart`], but listens on the same address again, for clients that
+    /// reconnect on their own (an agent following its event stream).
+    pub async fn restart_on_same_addr(self) -> TestApp {
+        let TestApp {
+            addr,
+            server,
+            dir,
+            api_key,
+            ..
+        } = self;
+        server
+            .shutdown()
+            .await
+            .expect("the server shuts down cleanly");
+        start_in(dir, move |config| {
+            config.addr = addr;
+            config.api_key = api_key;
+        })
+        .await
+    }
+}

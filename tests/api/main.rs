@@ -4,6 +4,7 @@
 
 mod durability;
 mod errors;
+mod events;
 mod helpers;
 mod lifecycle;
 mod messages;
