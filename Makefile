@@ -17,6 +17,12 @@ lint:
 build:
 	$(CARGO) build --release
 
+# Load benchmark of the release binary (appends to bench/results.md), then the cost of a
+# stuck event-stream reader on appends.
+bench:
+	bench/load.sh
+	$(CARGO) bench --bench stuck_subscriber
+
 # 200 SIGKILLs under concurrent writes; `make test` runs 20 of them.
 crash:
 	SESSIOND_CRASH_ROUNDS=200 $(CARGO) test --release --test crash -- --nocapture
