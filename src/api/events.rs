@@ -118,11 +118,8 @@ fn last_event_id(headers: &HeaderMap) -> Option<u64> {
     responses(
         (status = 200, description = "Server-Sent Events: `id:` (a global, increasing integer), `event:` (the name) and `data:` (the Message or the SessionInfo); a comment line at least every 15 s. The schema is that of each event.", content_type = "text/event-stream", body = StreamEvent),
         (status = 400, description = "INVALID_UUID.", body = super::error::Envelope),
-        (status = 401, description = "UNAUTHORIZED: an API key is configured and X-API-Key is missing or wrong.", body = super::error::Envelope),
-        (status = 404, description = "SESSION_NOT_FOUND: no such session.", body = super::error::Envelope),
-        (status = 410, description = "SESSION_EXPIRED: the session has expired.", body = super::error::Envelope),
-        (status = 500, description = "INTERNAL_ERROR: never leaks internals; logged with a request id.", body = super::error::Envelope),
-        (status = 503, description = "STORAGE_UNAVAILABLE: the store cannot write or read.", body = super::error::Envelope),
+        super::openapi::ServerErrors,
+        super::openapi::MissingOrExpired,
     ),
 )]
 async fn stream_session_events(

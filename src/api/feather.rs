@@ -242,13 +242,10 @@ fn check_fields(object: &Map<String, Value>) -> (Option<String>, Option<String>,
     responses(
         (status = 200, description = "The stored message.", body = MessageView),
         (status = 400, description = "INVALID_JSON: the body could not be read.", body = super::error::Envelope),
-        (status = 401, description = "UNAUTHORIZED: an API key is configured and X-API-Key is missing or wrong.", body = super::error::Envelope),
-        (status = 404, description = "SESSION_NOT_FOUND: no such session.", body = super::error::Envelope),
-        (status = 410, description = "SESSION_EXPIRED: the session has expired.", body = super::error::Envelope),
+        super::openapi::ServerErrors,
+        super::openapi::MissingOrExpired,
         (status = 413, description = "PAYLOAD_TOO_LARGE: the body is over the limit (default 64 KiB).", body = super::error::Envelope),
         (status = 422, description = "Validation errors in FastAPI's shape (every body problem, and a session_id that is not a UUID).", body = FeatherValidationError),
-        (status = 500, description = "INTERNAL_ERROR: never leaks internals; logged with a request id.", body = super::error::Envelope),
-        (status = 503, description = "STORAGE_UNAVAILABLE: the store cannot write or read.", body = super::error::Envelope),
     ),
 )]
 async fn create_feather_message<S, B>(

@@ -142,14 +142,10 @@ fn transport_field(body: &JsonObject) -> Result<Transport, ApiError> {
             )),
         (status = 200, description = "Transport `sse`: events `user_message` (the Message), then `agent_message` per reply, then `done` (`{\"reason\":\"timeout\"}` or `shutdown`). The schema is that of each event.", content_type = "text/event-stream", body = ReplyStreamEvent),
         (status = 400, description = "INVALID_UUID, INVALID_JSON, MISSING_FIELDS, INVALID_CONTENT, INVALID_METADATA, INVALID_ATTACHMENTS, INVALID_TRANSPORT or INVALID_PARENT.", body = super::error::Envelope),
-        (status = 401, description = "UNAUTHORIZED: an API key is configured and X-API-Key is missing or wrong.", body = super::error::Envelope),
+        super::openapi::ServerErrors,
         (status = 403, description = "FORBIDDEN_AUTHOR: authorId is neither the session's userId nor its agentId.", body = super::error::Envelope),
-        (status = 404, description = "SESSION_NOT_FOUND: no such session.", body = super::error::Envelope),
-        (status = 410, description = "SESSION_EXPIRED: the session has expired.", body = super::error::Envelope),
-        (status = 413, description = "PAYLOAD_TOO_LARGE: the body is over the limit (default 64 KiB).", body = super::error::Envelope),
-        (status = 415, description = "UNSUPPORTED_MEDIA_TYPE: the body is not sent with a JSON content type.", body = super::error::Envelope),
-        (status = 500, description = "INTERNAL_ERROR: never leaks internals; logged with a request id.", body = super::error::Envelope),
-        (status = 503, description = "STORAGE_UNAVAILABLE: the store cannot write or read.", body = super::error::Envelope),
+        super::openapi::MissingOrExpired,
+        super::openapi::BodyErrors,
     ),
 )]
 async fn create_message(
@@ -359,11 +355,8 @@ struct MessageThread {
     responses(
         (status = 200, description = "One page of messages.", body = MessageList),
         (status = 400, description = "INVALID_UUID, INVALID_PAGINATION or INVALID_PARENT.", body = super::error::Envelope),
-        (status = 401, description = "UNAUTHORIZED: an API key is configured and X-API-Key is missing or wrong.", body = super::error::Envelope),
-        (status = 404, description = "SESSION_NOT_FOUND: no such session.", body = super::error::Envelope),
-        (status = 410, description = "SESSION_EXPIRED: the session has expired.", body = super::error::Envelope),
-        (status = 500, description = "INTERNAL_ERROR: never leaks internals; logged with a request id.", body = super::error::Envelope),
-        (status = 503, description = "STORAGE_UNAVAILABLE: the store cannot write or read.", body = super::error::Envelope),
+        super::openapi::ServerErrors,
+        super::openapi::MissingOrExpired,
     ),
 )]
 async fn list_messages(id: String, state: AppState, query: Query) -> Result<Response, ApiError> {
@@ -409,11 +402,9 @@ async fn list_messages(id: String, state: AppState, query: Query) -> Result<Resp
     responses(
         (status = 200, description = "The message.", body = MessageView),
         (status = 400, description = "INVALID_UUID.", body = super::error::Envelope),
-        (status = 401, description = "UNAUTHORIZED: an API key is configured and X-API-Key is missing or wrong.", body = super::error::Envelope),
+        super::openapi::ServerErrors,
         (status = 404, description = "SESSION_NOT_FOUND or MESSAGE_NOT_FOUND.", body = super::error::Envelope),
-        (status = 410, description = "SESSION_EXPIRED: the session has expired.", body = super::error::Envelope),
-        (status = 500, description = "INTERNAL_ERROR: never leaks internals; logged with a request id.", body = super::error::Envelope),
-        (status = 503, description = "STORAGE_UNAVAILABLE: the store cannot write or read.", body = super::error::Envelope),
+        super::openapi::Expired,
     ),
 )]
 async fn get_message(
@@ -447,11 +438,9 @@ async fn get_message(
     responses(
         (status = 200, description = "The branch, oldest first.", body = MessageThread),
         (status = 400, description = "INVALID_UUID.", body = super::error::Envelope),
-        (status = 401, description = "UNAUTHORIZED: an API key is configured and X-API-Key is missing or wrong.", body = super::error::Envelope),
+        super::openapi::ServerErrors,
         (status = 404, description = "SESSION_NOT_FOUND or MESSAGE_NOT_FOUND.", body = super::error::Envelope),
-        (status = 410, description = "SESSION_EXPIRED: the session has expired.", body = super::error::Envelope),
-        (status = 500, description = "INTERNAL_ERROR: never leaks internals; logged with a request id.", body = super::error::Envelope),
-        (status = 503, description = "STORAGE_UNAVAILABLE: the store cannot write or read.", body = super::error::Envelope),
+        super::openapi::Expired,
     ),
 )]
 async fn get_thread(id: String, message_id: String, state: AppState) -> Result<Response, ApiError> {

@@ -48,6 +48,51 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", PATH),
 ];
 
+/// The errors any operation can answer: 401, 500, 503.
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code, reason = "a response set for the document; never built")]
+pub(super) enum ServerErrors {
+    /// UNAUTHORIZED: an API key is configured and X-API-Key is missing or wrong.
+    #[response(status = 401)]
+    Unauthorized(super::error::Envelope<'static>),
+    /// INTERNAL_ERROR: never leaks internals; logged with a request id.
+    #[response(status = 500)]
+    Internal(super::error::Envelope<'static>),
+    /// STORAGE_UNAVAILABLE: the store cannot write or read.
+    #[response(status = 503)]
+    StorageUnavailable(super::error::Envelope<'static>),
+}
+
+/// The errors of an operation on one session: 404, 410.
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code, reason = "a response set for the document; never built")]
+pub(super) enum MissingOrExpired {
+    /// SESSION_NOT_FOUND: no such session.
+    #[response(status = 404)]
+    NotFound(super::error::Envelope<'static>),
+    /// SESSION_EXPIRED: the session has expired.
+    #[response(status = 410)]
+    Expired(super::error::Envelope<'static>),
+}
+
+/// SESSION_EXPIRED: the session has expired.
+#[derive(utoipa::IntoResponses)]
+#[response(status = 410)]
+#[allow(dead_code, reason = "a response set for the document; never built")]
+pub(super) struct Expired(super::error::Envelope<'static>);
+
+/// The errors of reading a JSON body: 413, 415.
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code, reason = "a response set for the document; never built")]
+pub(super) enum BodyErrors {
+    /// PAYLOAD_TOO_LARGE: the body is over the limit (default 64 KiB).
+    #[response(status = 413)]
+    PayloadTooLarge(super::error::Envelope<'static>),
+    /// UNSUPPORTED_MEDIA_TYPE: the body is not sent with a JSON content type.
+    #[response(status = 415)]
+    UnsupportedMediaType(super::error::Envelope<'static>),
+}
+
 /// The document's root: every operation, the schemas they name, and the security scheme.
 #[derive(OpenApi)]
 #[openapi(

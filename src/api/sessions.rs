@@ -181,11 +181,8 @@ pub(super) fn load_active(state: &AppState, id: Uuid) -> Result<(Session, Timest
                 ("stream_session_events" = (operation_id = "stream_session_events", parameters(("sessionId" = "$response.body#/sessionId"))))
             )),
         (status = 400, description = "INVALID_JSON, MISSING_FIELDS, INVALID_UUID, INVALID_METADATA or INVALID_TIMEOUT_CONFIG.", body = super::error::Envelope),
-        (status = 401, description = "UNAUTHORIZED: an API key is configured and X-API-Key is missing or wrong.", body = super::error::Envelope),
-        (status = 413, description = "PAYLOAD_TOO_LARGE: the body is over the limit (default 64 KiB).", body = super::error::Envelope),
-        (status = 415, description = "UNSUPPORTED_MEDIA_TYPE: the body is not sent with a JSON content type.", body = super::error::Envelope),
-        (status = 500, description = "INTERNAL_ERROR: never leaks internals; logged with a request id.", body = super::error::Envelope),
-        (status = 503, description = "STORAGE_UNAVAILABLE: the store cannot write or read.", body = super::error::Envelope),
+        super::openapi::ServerErrors,
+        super::openapi::BodyErrors,
     ),
 )]
 async fn create_session(
@@ -292,9 +289,7 @@ fn cursor_for(id: Uuid) -> String {
     responses(
         (status = 200, description = "One page of sessions.", body = SessionList),
         (status = 400, description = "INVALID_UUID, INVALID_QUERY (status) or INVALID_PAGINATION (limit, cursor).", body = super::error::Envelope),
-        (status = 401, description = "UNAUTHORIZED: an API key is configured and X-API-Key is missing or wrong.", body = super::error::Envelope),
-        (status = 500, description = "INTERNAL_ERROR: never leaks internals; logged with a request id.", body = super::error::Envelope),
-        (status = 503, description = "STORAGE_UNAVAILABLE: the store cannot write or read.", body = super::error::Envelope),
+        super::openapi::ServerErrors,
     ),
 )]
 async fn list_sessions(state: AppState, query: Query) -> Result<Response, ApiError> {
@@ -355,11 +350,8 @@ async fn list_sessions(state: AppState, query: Query) -> Result<Response, ApiErr
     responses(
         (status = 200, description = "The session.", body = SessionInfo),
         (status = 400, description = "INVALID_UUID.", body = super::error::Envelope),
-        (status = 401, description = "UNAUTHORIZED: an API key is configured and X-API-Key is missing or wrong.", body = super::error::Envelope),
-        (status = 404, description = "SESSION_NOT_FOUND: no such session.", body = super::error::Envelope),
-        (status = 410, description = "SESSION_EXPIRED: the session has expired.", body = super::error::Envelope),
-        (status = 500, description = "INTERNAL_ERROR: never leaks internals; logged with a request id.", body = super::error::Envelope),
-        (status = 503, description = "STORAGE_UNAVAILABLE: the store cannot write or read.", body = super::error::Envelope),
+        super::openapi::ServerErrors,
+        super::openapi::MissingOrExpired,
     ),
 )]
 async fn get_session(id: String, state: AppState) -> Result<Response, ApiError> {
@@ -379,10 +371,8 @@ async fn get_session(id: String, state: AppState) -> Result<Response, ApiError> 
     responses(
         (status = 200, description = "Deleted (also when the session has expired but is not yet swept).", body = SessionDeleted),
         (status = 400, description = "INVALID_UUID.", body = super::error::Envelope),
-        (status = 401, description = "UNAUTHORIZED: an API key is configured and X-API-Key is missing or wrong.", body = super::error::Envelope),
+        super::openapi::ServerErrors,
         (status = 404, description = "SESSION_NOT_FOUND: no such session.", body = super::error::Envelope),
-        (status = 500, description = "INTERNAL_ERROR: never leaks internals; logged with a request id.", body = super::error::Envelope),
-        (status = 503, description = "STORAGE_UNAVAILABLE: the store cannot write or read.", body = super::error::Envelope),
     ),
 )]
 async fn delete_session(id: String, state: AppState) -> Result<Response, ApiError> {
@@ -428,12 +418,9 @@ async fn update_and_reply(
     responses(
         (status = 200, description = "The renewed session.", body = SessionInfo),
         (status = 400, description = "INVALID_UUID.", body = super::error::Envelope),
-        (status = 401, description = "UNAUTHORIZED: an API key is configured and X-API-Key is missing or wrong.", body = super::error::Envelope),
-        (status = 404, description = "SESSION_NOT_FOUND: no such session.", body = super::error::Envelope),
-        (status = 410, description = "SESSION_EXPIRED: the session has expired.", body = super::error::Envelope),
+        super::openapi::ServerErrors,
+        super::openapi::MissingOrExpired,
         (status = 422, description = "MAX_DURATION_REACHED: the renewal cannot move expiresAt later.", body = super::error::Envelope),
-        (status = 500, description = "INTERNAL_ERROR: never leaks internals; logged with a request id.", body = super::error::Envelope),
-        (status = 503, description = "STORAGE_UNAVAILABLE: the store cannot write or read.", body = super::error::Envelope),
     ),
 )]
 async fn renew_session(id: String, state: AppState) -> Result<Response, ApiError> {
@@ -459,11 +446,8 @@ async fn renew_session(id: String, state: AppState) -> Result<Response, ApiError
     responses(
         (status = 200, description = "The session; renewed when autoRenew is true.", body = SessionInfo),
         (status = 400, description = "INVALID_UUID.", body = super::error::Envelope),
-        (status = 401, description = "UNAUTHORIZED: an API key is configured and X-API-Key is missing or wrong.", body = super::error::Envelope),
-        (status = 404, description = "SESSION_NOT_FOUND: no such session.", body = super::error::Envelope),
-        (status = 410, description = "SESSION_EXPIRED: the session has expired.", body = super::error::Envelope),
-        (status = 500, description = "INTERNAL_ERROR: never leaks internals; logged with a request id.", body = super::error::Envelope),
-        (status = 503, description = "STORAGE_UNAVAILABLE: the store cannot write or read.", body = super::error::Envelope),
+        super::openapi::ServerErrors,
+        super::openapi::MissingOrExpired,
     ),
 )]
 async fn heartbeat_session(id: String, state: AppState) -> Result<Response, ApiError> {
@@ -489,13 +473,9 @@ async fn heartbeat_session(id: String, state: AppState) -> Result<Response, ApiE
     responses(
         (status = 200, description = "The session with the merged configuration and recomputed expiresAt.", body = SessionInfo),
         (status = 400, description = "INVALID_UUID, INVALID_JSON or INVALID_TIMEOUT_CONFIG.", body = super::error::Envelope),
-        (status = 401, description = "UNAUTHORIZED: an API key is configured and X-API-Key is missing or wrong.", body = super::error::Envelope),
-        (status = 404, description = "SESSION_NOT_FOUND: no such session.", body = super::error::Envelope),
-        (status = 410, description = "SESSION_EXPIRED: the session has expired.", body = super::error::Envelope),
-        (status = 413, description = "PAYLOAD_TOO_LARGE: the body is over the limit (default 64 KiB).", body = super::error::Envelope),
-        (status = 415, description = "UNSUPPORTED_MEDIA_TYPE: the body is not sent with a JSON content type.", body = super::error::Envelope),
-        (status = 500, description = "INTERNAL_ERROR: never leaks internals; logged with a request id.", body = super::error::Envelope),
-        (status = 503, description = "STORAGE_UNAVAILABLE: the store cannot write or read.", body = super::error::Envelope),
+        super::openapi::ServerErrors,
+        super::openapi::MissingOrExpired,
+        super::openapi::BodyErrors,
     ),
 )]
 async fn update_session_timeout(
