@@ -321,17 +321,21 @@ impl Store {
                 ));
             }
         }
-        for key in self.children.iter().keys() {
-            let (parent_id, seq) = keys::parse_child(&key?)?;
-            let Some(location) = self.message_locations.get(keys::session(parent_id))? else {
-                report.problem(format!(
-                    "reply index entry under unknown message {parent_id}"
-                ));
-                continue;
-            };
-            let (session_id, _) = keys::parse_message(&location)?;
+        for entry in self.children.iter() {
+            let (key, value) = entry?;
+            let (parent_id, seq) = keys::parse_child(&key)?;
+            let session_id = keys::parse_session(&value)?;
             if pending.contains(&session_id) {
                 continue;
+            }
+            match self.message_locations.get(keys::session(parent_id))? {
+                Some(location) if keys::parse_message(&location)?.0 == session_id => {}
+                _ => {
+                    report.problem(format!(
+                        "reply index entry under unknown message {parent_id}"
+                    ));
+                    continue;
+                }
             }
             if self
                 .message_at(session_id, seq)?

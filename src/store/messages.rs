@@ -143,7 +143,10 @@ impl Store {
                     }
                     locations.insert(&keys::session(message.id), &key)?;
                     if let Some(parent_id) = parent_id {
-                        children.insert(&keys::child(parent_id, seq), &[])?;
+                        // The value names the session, so an entry left by an interrupted
+                        // purge can be traced to its (deleted) session.
+                        children
+                            .insert(&keys::child(parent_id, seq), &keys::session(session_id))?;
                     }
 
                     let mut session = old.clone();

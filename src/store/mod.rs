@@ -63,7 +63,7 @@ pub struct Store {
     messages: Tree,
     /// message id -> session id ++ seq (BE).
     message_locations: Tree,
-    /// parent message id ++ child seq (BE) -> (). The replies of each message.
+    /// parent message id ++ child seq (BE) -> session id. The replies of each message.
     children: Tree,
     /// user id ++ session id -> ().
     user_sessions: Tree,
