@@ -7,6 +7,7 @@ mod errors;
 mod events;
 mod helpers;
 mod lifecycle;
+mod limits;
 mod messages;
 mod openapi;
 mod sessions;

@@ -1,0 +1,169 @@
+//! Connection limits and CORS: a silent or slow client cannot hold a connection, the
+//! connection cap holds, and browser origins get exactly what `--cors-origin` allows.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use reqwest::Method;
+
+use crate::helpers::{spawn_app, spawn_app_with, API};
+
+/// Reads until the server closes the connection (or `limit` passes); returns what it sent
+/// and how long that took.
+fn read_until_closed(stream: &mut TcpStream, limit: Duration) -> (Vec<u8>, Duration) {
+    let started = Instant::now();
+    stream
+        .set_read_timeout(Some(limit))
+        .expect("a read timeout can be set");
+    let mut received = Vec::new();
+    let mut buffer = [0; 4096];
+    loop {
+        match stream.read(&mut buffer) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => received.extend_from_slice(&buffer[..n]),
+        }
+    }
+    (received, started.elapsed())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_that_never_finishes_its_headers_is_disconnected() {
+    // Arrange
+    let app = spawn_app_with(|c| c.header_read_timeout_seconds = 1).await;
+    let addr = app.addr;
+
+    // Act
+    let (received, took) = tokio::task::spawn_blocking(move || {
+        let mut stream = TcpStream::connect(addr).expect("connects");
+        stream
+            .write_all(b"GET /api/messaging/sessions/health HTTP/1.1\r\nHost: x\r\n")
+            .expect("writes half a request head");
+        read_until_closed(&mut stream, Duration::from_secs(10))
+    })
+    .await
+    .expect("the client thread ends");
+
+    // Assert
+    assert!(took < Duration::from_secs(5), "held for {took:?}");
+    assert!(
+        !String::from_utf8_lossy(&received).contains("200 OK"),
+        "the half request was served"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_connection_that_moves_no_bytes_is_closed_after_the_idle_timeout() {
+    // Arrange: a body announced but never sent.
+    let app = spawn_app_with(|c| c.idle_timeout_seconds = 1).await;
+    let addr = app.addr;
+
+    // Act
+    let took = tokio::task::spawn_blocking(move || {
+        let mut stream = TcpStream::connect(addr).expect("connects");
+        stream
+            .write_all(
+                b"POST /api/messaging/sessions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{",
+            )
+            .expect("writes a head and one byte of body");
+        read_until_closed(&mut stream, Duration::from_secs(10)).1
+    })
+    .await
+    .expect("the client thread ends");
+
+    // Assert
+    assert!(took < Duration::from_secs(5), "held for {took:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn connections_over_the_cap_wait_until_one_closes() {
+    // Arrange: one connection at a time; the first one stays open and idle.
+    let app = spawn_app_with(|c| c.max_connections = 1).await;
+    let first = TcpStream::connect(app.addr).expect("the first connection is accepted");
+    let url = app.url(&format!("{API}/sessions/health"));
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_millis(700))
+        .build()
+        .expect("a client");
+
+    // Act
+    let while_held = client.get(&url).send().await;
+    drop(first);
+    let after = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if let Ok(response) = client.get(&url).send().await {
+                return response.status();
+            }
+        }
+    })
+    .await;
+
+    // Assert
+    assert!(
+        while_held.is_err(),
+        "a second connection was served while the cap was taken"
+    );
+    assert_eq!(after.expect("served once the first connection closed"), 200);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_allowed_origin_gets_cors_headers_also_on_errors() {
+    // Arrange
+    let origin = "https://app.example.com";
+    let app = spawn_app_with(|c| c.cors_origins = vec![origin.to_owned()]).await;
+
+    // Act
+    let preflight = app
+        .client
+        .request(Method::OPTIONS, app.url(&format!("{API}/sessions")))
+        .header("Origin", origin)
+        .header("Access-Control-Request-Method", "POST")
+        .header("Access-Control-Request-Headers", "content-type, x-api-key")
+        .send()
+        .await
+        .expect("the preflight is answered");
+    let not_found = app
+        .client
+        .get(app.url(&format!("{API}/sessions/{}", uuid::Uuid::new_v4())))
+        .header("Origin", origin)
+        .send()
+        .await
+        .expect("answered");
+
+    // Assert
+    assert_eq!(preflight.status(), 200);
+    assert_eq!(preflight.headers()["access-control-allow-origin"], origin);
+    assert_eq!(not_found.status(), 404);
+    assert_eq!(not_found.headers()["access-control-allow-origin"], origin);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn another_origin_is_refused_with_the_envelope_and_no_cors_by_default() {
+    // Arrange
+    let configured =
+        spawn_app_with(|c| c.cors_origins = vec!["https://app.example.com".to_owned()]).await;
+    let default = spawn_app().await;
+    let preflight = |app: &crate::helpers::TestApp| {
+        app.client
+            .request(Method::OPTIONS, app.url(&format!("{API}/sessions")))
+            .header("Origin", "https://evil.example.com")
+            .header("Access-Control-Request-Method", "POST")
+            .send()
+    };
+
+    // Act
+    let refused = preflight(&configured).await.expect("answered");
+    let plain = default
+        .client
+        .get(default.url(&format!("{API}/sessions/health")))
+        .header("Origin", "https://app.example.com")
+        .send()
+        .await
+        .expect("answered");
+
+    // Assert
+    assert_eq!(refused.status(), 403);
+    let body: serde_json::Value = refused.json().await.expect("the envelope");
+    assert_eq!(body["error"]["code"], "CORS_FORBIDDEN");
+    assert!(plain.headers().get("access-control-allow-origin").is_none());
+}
