@@ -119,40 +119,19 @@ pub async fn run_until_stopped(
 mod tests {
     use std::sync::Arc;
 
-    use uuid::Uuid;
-
     use super::*;
-    use crate::domain::{ManualClock, NewMessage, Session, TimeoutConfig};
-    use crate::store::test_support::temp_store;
+    use crate::domain::{ManualClock, NewMessage, Session};
+    use crate::store::test_support::{session_at, temp_store, text_message};
 
     const T0: Timestamp = Timestamp::from_millis(1_795_255_200_000);
     const MINUTE: Duration = Duration::from_secs(60);
 
     fn session(timeout_minutes: u32, now: Timestamp) -> Session {
-        let timeout = TimeoutConfig {
-            timeout_minutes,
-            auto_renew: true,
-            max_duration_minutes: 720,
-            warning_threshold_minutes: 0,
-        };
-        Session::new(
-            Uuid::now_v7(),
-            Uuid::new_v4(),
-            Uuid::new_v4(),
-            timeout,
-            "{}".into(),
-            now,
-        )
+        session_at(now, timeout_minutes, 0)
     }
 
     fn message(content: &str) -> NewMessage {
-        NewMessage {
-            content: content.into(),
-            parent_id: None,
-            author_id: None,
-            metadata_json: "{}".into(),
-            attachments: Vec::new(),
-        }
+        text_message(content, None)
     }
 
     #[test]

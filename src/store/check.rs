@@ -393,37 +393,17 @@ fn hex(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::{ManualClock, NewMessage, TimeoutConfig, Timestamp};
-    use crate::store::test_support::temp_store;
+    use crate::domain::{ManualClock, Timestamp};
+    use crate::store::test_support::{created_session, temp_store, text_message};
 
     const T0: Timestamp = Timestamp::from_millis(1_795_255_200_000);
 
     fn populated() -> (Store, tempfile::TempDir, Session) {
         let (store, dir) = temp_store();
-        let timeout = TimeoutConfig {
-            timeout_minutes: 30,
-            auto_renew: true,
-            max_duration_minutes: 720,
-            warning_threshold_minutes: 5,
-        };
-        let session = Session::new(
-            Uuid::now_v7(),
-            Uuid::new_v4(),
-            Uuid::new_v4(),
-            timeout,
-            "{}".into(),
-            T0,
-        );
-        store.create_session(&session).unwrap();
+        let session = created_session(&store, T0);
         let clock = ManualClock::new(T0);
         for i in 0..5 {
-            let new = NewMessage {
-                content: format!("m{i}"),
-                parent_id: None,
-                author_id: None,
-                metadata_json: "{}".into(),
-                attachments: Vec::new(),
-            };
+            let new = text_message(&format!("m{i}"), None);
             store
                 .append_message(session.id, &new, &clock)
                 .unwrap()

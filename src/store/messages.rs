@@ -390,39 +390,10 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::domain::{ManualClock, Session, TimeoutConfig, Timestamp};
-    use crate::store::test_support::temp_store;
+    use crate::domain::{ManualClock, Timestamp};
+    use crate::store::test_support::{created_session, temp_store, text_message};
 
     const T0: Timestamp = Timestamp::from_millis(1_795_255_200_000);
-
-    fn new_session(store: &Store) -> Session {
-        let timeout = TimeoutConfig {
-            timeout_minutes: 30,
-            auto_renew: true,
-            max_duration_minutes: 720,
-            warning_threshold_minutes: 5,
-        };
-        let session = Session::new(
-            Uuid::now_v7(),
-            Uuid::new_v4(),
-            Uuid::new_v4(),
-            timeout,
-            "{}".into(),
-            T0,
-        );
-        store.create_session(&session).unwrap();
-        session
-    }
-
-    fn text(content: &str, parent_id: Option<Uuid>) -> NewMessage {
-        NewMessage {
-            content: content.into(),
-            parent_id,
-            author_id: None,
-            metadata_json: "{}".into(),
-            attachments: Vec::new(),
-        }
-    }
 
     fn seqs(page: &MessagePage) -> Vec<u64> {
         page.messages.iter().map(|m| m.seq).collect()
@@ -436,11 +407,11 @@ mod tests {
     #[test]
     fn seq_paging_visits_every_message_once_when_all_share_a_millisecond() {
         let (store, _dir) = temp_store();
-        let session = new_session(&store);
+        let session = created_session(&store, T0);
         let clock = ManualClock::new(T0 + Duration::from_millis(1));
         for i in 0..25 {
             store
-                .append_message(session.id, &text(&format!("m{i}"), None), &clock)
+                .append_message(session.id, &text_message(&format!("m{i}"), None), &clock)
                 .unwrap()
                 .unwrap();
         }
@@ -468,12 +439,12 @@ mod tests {
     #[test]
     fn after_only_paging_takes_the_oldest_newer_messages_listed_newest_first() {
         let (store, _dir) = temp_store();
-        let session = new_session(&store);
+        let session = created_session(&store, T0);
         let clock = ManualClock::new(T0);
         for _ in 0..10 {
             clock.advance(Duration::from_millis(10));
             store
-                .append_message(session.id, &text("m", None), &clock)
+                .append_message(session.id, &text_message("m", None), &clock)
                 .unwrap()
                 .unwrap();
         }
@@ -516,12 +487,12 @@ mod tests {
     #[test]
     fn both_bounds_take_the_newest_inside_the_interval() {
         let (store, _dir) = temp_store();
-        let session = new_session(&store);
+        let session = created_session(&store, T0);
         let clock = ManualClock::new(T0);
         for _ in 0..10 {
             clock.advance(Duration::from_millis(10));
             store
-                .append_message(session.id, &text("m", None), &clock)
+                .append_message(session.id, &text_message("m", None), &clock)
                 .unwrap()
                 .unwrap();
         }
@@ -555,25 +526,25 @@ mod tests {
     #[test]
     fn branches_and_threads_follow_parents() {
         let (store, _dir) = temp_store();
-        let session = new_session(&store);
+        let session = created_session(&store, T0);
         let clock = ManualClock::new(T0);
         let root = store
-            .append_message(session.id, &text("root", None), &clock)
+            .append_message(session.id, &text_message("root", None), &clock)
             .unwrap()
             .unwrap()
             .message;
         let first = store
-            .append_message(session.id, &text("a", None), &clock)
+            .append_message(session.id, &text_message("a", None), &clock)
             .unwrap()
             .unwrap()
             .message;
         let edit = store
-            .append_message(session.id, &text("a'", Some(root.id)), &clock)
+            .append_message(session.id, &text_message("a'", Some(root.id)), &clock)
             .unwrap()
             .unwrap()
             .message;
         let after_edit = store
-            .append_message(session.id, &text("b", None), &clock)
+            .append_message(session.id, &text_message("b", None), &clock)
             .unwrap()
             .unwrap()
             .message;
@@ -601,15 +572,15 @@ mod tests {
     #[test]
     fn a_parent_from_another_session_is_refused_and_nothing_is_written() {
         let (store, _dir) = temp_store();
-        let (one, other) = (new_session(&store), new_session(&store));
+        let (one, other) = (created_session(&store, T0), created_session(&store, T0));
         let clock = ManualClock::new(T0);
         let foreign = store
-            .append_message(other.id, &text("x", None), &clock)
+            .append_message(other.id, &text_message("x", None), &clock)
             .unwrap()
             .unwrap()
             .message;
         let refused = store
-            .append_message(one.id, &text("y", Some(foreign.id)), &clock)
+            .append_message(one.id, &text_message("y", Some(foreign.id)), &clock)
             .unwrap();
         assert!(matches!(refused, Err(SessionError::InvalidParent { .. })));
         assert_eq!(store.session(one.id).unwrap().unwrap().message_count, 0);
@@ -618,13 +589,13 @@ mod tests {
     #[test]
     fn deleting_a_session_removes_its_messages_and_their_index_entries() {
         let (store, _dir) = temp_store();
-        let session = new_session(&store);
+        let session = created_session(&store, T0);
         let clock = ManualClock::new(T0);
         let mut ids = Vec::new();
         for _ in 0..600 {
             ids.push(
                 store
-                    .append_message(session.id, &text("m", None), &clock)
+                    .append_message(session.id, &text_message("m", None), &clock)
                     .unwrap()
                     .unwrap()
                     .message

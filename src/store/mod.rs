@@ -282,6 +282,50 @@ fn encode_tx<T: serde::Serialize>(value: &T) -> TxResult<Vec<u8>> {
 #[cfg(test)]
 pub(crate) mod test_support {
     use super::*;
+    use crate::domain::{NewMessage, Session, TimeoutConfig, Timestamp};
+    use uuid::Uuid;
+
+    /// A session with a fresh agent and user, created at `now` (not stored).
+    pub(crate) fn session_at(
+        now: Timestamp,
+        timeout_minutes: u32,
+        warning_threshold_minutes: u32,
+    ) -> Session {
+        let timeout = TimeoutConfig {
+            timeout_minutes,
+            auto_renew: true,
+            max_duration_minutes: 720,
+            warning_threshold_minutes,
+        };
+        Session::new(
+            Uuid::now_v7(),
+            Uuid::new_v4(),
+            Uuid::new_v4(),
+            timeout,
+            "{}".into(),
+            now,
+        )
+    }
+
+    /// A 30-minute session created at `now` and stored.
+    pub(crate) fn created_session(store: &Store, now: Timestamp) -> Session {
+        let session = session_at(now, 30, 5);
+        store
+            .create_session(&session)
+            .expect("a session can be stored");
+        session
+    }
+
+    /// A plain user message replying to `parent_id` (or to the newest message).
+    pub(crate) fn text_message(content: &str, parent_id: Option<Uuid>) -> NewMessage {
+        NewMessage {
+            content: content.into(),
+            parent_id,
+            author_id: None,
+            metadata_json: "{}".into(),
+            attachments: Vec::new(),
+        }
+    }
 
     /// A store in a fresh temporary directory (kept alive by the returned guard).
     pub(crate) fn temp_store() -> (Store, tempfile::TempDir) {
