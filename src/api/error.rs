@@ -367,18 +367,6 @@ pub async fn handle_rejection(rejection: Rejection) -> Result<Response, Infallib
         ApiError::route_not_found()
     } else if rejection.find::<warp::reject::MethodNotAllowed>().is_some() {
         ApiError::method_not_allowed()
-    } else if rejection.find::<warp::reject::PayloadTooLarge>().is_some() {
-        ApiError::payload_too_large(crate::config::DEFAULT_MAX_BODY_BYTES)
-    } else if rejection
-        .find::<warp::reject::UnsupportedMediaType>()
-        .is_some()
-    {
-        ApiError::unsupported_media_type()
-    } else if rejection
-        .find::<warp::filters::body::BodyDeserializeError>()
-        .is_some()
-    {
-        ApiError::invalid_json("the body could not be parsed")
     } else if let Some(refused) = rejection.find::<warp::filters::cors::CorsForbidden>() {
         ApiError::new(
             StatusCode::FORBIDDEN,
@@ -386,9 +374,9 @@ pub async fn handle_rejection(rejection: Rejection) -> Result<Response, Infallib
             "Origin not allowed",
             refused.to_string(),
         )
-    } else if rejection.find::<warp::reject::InvalidQuery>().is_some() {
-        ApiError::invalid_query("the query string could not be parsed")
     } else {
+        // Bodies and queries are parsed by our own code, so warp's body and query
+        // rejections cannot arise; anything else unexpected is logged with a request id.
         ApiError::internal(&format_args!("unhandled rejection: {rejection:?}"))
     };
     Ok(error.into_response())

@@ -16,13 +16,21 @@ use crate::domain::{Attachment, TimeoutConfigPatch, TimeoutPolicy};
 /// A JSON request body: always an object.
 pub type JsonObject = Map<String, Value>;
 
+/// The `Content-Length` the request declares, if any.
+fn declared_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
 /// Whether the request declares a body (a length above zero, or chunked).
 pub fn declares_body(headers: &HeaderMap) -> bool {
-    let length = headers
-        .get(CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok());
-    length.is_some_and(|n| n > 0) || headers.contains_key(warp::http::header::TRANSFER_ENCODING)
+    declared_length(headers).is_some_and(|n| n > 0)
+        || headers.contains_key(warp::http::header::TRANSFER_ENCODING)
 }
 
 /// Whether the request says its body is JSON (`application/json` or `application/*+json`).
@@ -54,10 +62,7 @@ where
     S: Stream<Item = Result<B, warp::Error>>,
     B: Buf,
 {
-    let declared = headers
-        .get(CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok());
+    let declared = declared_length(headers);
     if declared.is_some_and(|length| length > limit) {
         return Err(ApiError::payload_too_large(limit));
     }

@@ -88,11 +88,7 @@ impl Store {
                         warnings,
                     };
                     let mut log = EventLog::new(events, index, first_event_id);
-                    let old = tx.get(session_id)?;
-                    let now = clock.now();
-                    if let Err(refused) = old.check_active(now) {
-                        return refuse(refused);
-                    }
+                    let (old, now) = tx.get_active(session_id, clock)?;
                     let author_id = new.author_id.unwrap_or(old.user_id);
                     if author_id != old.user_id && author_id != old.agent_id {
                         return refuse(SessionError::ForbiddenAuthor {

@@ -269,6 +269,15 @@ fn settle<T>(result: TransactionResult<T, Failure>) -> Result<Result<T, SessionE
     }
 }
 
+/// Settles a transaction that refuses nothing: a refusal there would be a broken invariant.
+fn settle_unrefused<T>(outcome: Result<T, SessionError>) -> Result<T> {
+    outcome.map_err(|refused| {
+        Error::corrupt(format!(
+            "a transaction that refuses nothing refused: {refused}"
+        ))
+    })
+}
+
 /// Decodes inside a transaction.
 fn decode_tx<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> TxResult<T> {
     codec::decode(bytes).map_err(broken)

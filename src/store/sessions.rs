@@ -6,7 +6,7 @@ use uuid::Uuid;
 
 use super::events::EventLog;
 use super::keys::{self, Counter};
-use super::{codec, decode_tx, encode_tx, refuse, settle, Store, TxResult};
+use super::{codec, decode_tx, encode_tx, refuse, settle, settle_unrefused, Store, TxResult};
 use crate::domain::{Clock, DueNotices, EventKind, Session, SessionError, Timestamp};
 use crate::error::Result;
 
@@ -73,6 +73,16 @@ impl SessionTx<'_> {
         match self.sessions.get(keys::session(id))? {
             Some(bytes) => decode_tx(&bytes),
             None => refuse(SessionError::NotFound(id)),
+        }
+    }
+
+    /// The session and the transaction's `now`, refusing a missing or expired session.
+    pub(super) fn get_active(&self, id: Uuid, clock: &dyn Clock) -> TxResult<(Session, Timestamp)> {
+        let session = self.get(id)?;
+        let now = clock.now();
+        match session.check_active(now) {
+            Ok(()) => Ok((session, now)),
+            Err(refused) => refuse(refused),
         }
     }
 
@@ -155,7 +165,7 @@ impl Store {
             &self.events,
             &self.event_index,
         );
-        let created = self.sequenced(|first_event_id| {
+        self.sequenced(|first_event_id| {
             settle(trees.transaction(
                 |(sessions, expirations, warnings, users, agents, counters, events, index)| {
                     let tx = SessionTx {
@@ -176,8 +186,8 @@ impl Store {
                     Ok(((), log.finish()))
                 },
             ))
-        })?;
-        created.map_err(|refused| crate::Error::corrupt(refused.to_string()))
+        })
+        .and_then(settle_unrefused)
     }
 
     /// The session, if stored (expired or not).
@@ -221,11 +231,7 @@ impl Store {
                         warnings,
                     };
                     let mut log = EventLog::new(events, index, first_event_id);
-                    let old = tx.get(id)?;
-                    let now = clock.now();
-                    if let Err(refused) = old.check_active(now) {
-                        return refuse(refused);
-                    }
+                    let (old, now) = tx.get_active(id, clock)?;
                     let mut new = old.clone();
                     let announced = match change(&mut new, now) {
                         Ok(announced) => announced,
@@ -259,7 +265,7 @@ impl Store {
             &self.events,
             &self.event_index,
         );
-        let recorded = self.sequenced(|first_event_id| {
+        self.sequenced(|first_event_id| {
             settle(
                 trees.transaction(|(sessions, expirations, warnings, events, index)| {
                     let tx = SessionTx {
@@ -284,8 +290,8 @@ impl Store {
                     Ok((true, log.finish()))
                 }),
             )
-        })?;
-        recorded.map_err(|refused| crate::Error::corrupt(refused.to_string()))
+        })
+        .and_then(settle_unrefused)
     }
 
     /// Ids of sessions whose warning window opens or whose expiry falls in `[from, to]`.
@@ -339,46 +345,47 @@ impl Store {
             &self.events,
             &self.event_index,
         );
-        let deleted = self.sequenced(|first_event_id| {
-            settle(trees.transaction(
-                |(
-                    sessions,
-                    expirations,
-                    warnings,
-                    users,
-                    agents,
-                    counters,
-                    purges,
-                    events,
-                    index,
-                )| {
-                    let tx = SessionTx {
+        let deleted = self
+            .sequenced(|first_event_id| {
+                settle(trees.transaction(
+                    |(
                         sessions,
                         expirations,
                         warnings,
-                    };
-                    let mut log = EventLog::new(events, index, first_event_id);
-                    let Some(bytes) = sessions.get(keys::session(id))? else {
-                        return Ok((None, Vec::new()));
-                    };
-                    let session: Session = decode_tx(&bytes)?;
-                    if !condition(&session) {
-                        return Ok((None, Vec::new()));
-                    }
-                    tx.remove(&session)?;
-                    users.remove(&keys::owned_session(session.user_id, id))?;
-                    agents.remove(&keys::owned_session(session.agent_id, id))?;
-                    add_to_counters(counters, &session, -1)?;
-                    // The marker makes the message removal below resumable after a crash.
-                    purges.insert(&keys::session(id), &[])?;
-                    if let Some(at) = announce_at {
-                        log.session(at, EventKind::SessionDeleted, &session)?;
-                    }
-                    Ok((Some(session), log.finish()))
-                },
-            ))
-        })?;
-        let deleted = deleted.map_err(|refused| crate::Error::corrupt(refused.to_string()))?;
+                        users,
+                        agents,
+                        counters,
+                        purges,
+                        events,
+                        index,
+                    )| {
+                        let tx = SessionTx {
+                            sessions,
+                            expirations,
+                            warnings,
+                        };
+                        let mut log = EventLog::new(events, index, first_event_id);
+                        let Some(bytes) = sessions.get(keys::session(id))? else {
+                            return Ok((None, Vec::new()));
+                        };
+                        let session: Session = decode_tx(&bytes)?;
+                        if !condition(&session) {
+                            return Ok((None, Vec::new()));
+                        }
+                        tx.remove(&session)?;
+                        users.remove(&keys::owned_session(session.user_id, id))?;
+                        agents.remove(&keys::owned_session(session.agent_id, id))?;
+                        add_to_counters(counters, &session, -1)?;
+                        // The marker makes the message removal below resumable after a crash.
+                        purges.insert(&keys::session(id), &[])?;
+                        if let Some(at) = announce_at {
+                            log.session(at, EventKind::SessionDeleted, &session)?;
+                        }
+                        Ok((Some(session), log.finish()))
+                    },
+                ))
+            })
+            .and_then(settle_unrefused)?;
         if deleted.is_some() {
             self.purge_messages(id)?;
         }
