@@ -7,8 +7,8 @@ use std::collections::HashMap;
 
 use uuid::Uuid;
 
-use super::events::StoredEvent;
-use super::keys::{self, Counter, EventOwner};
+use super::events::{self, StoredEvents};
+use super::keys::{self, Counter};
 use super::{codec, Store};
 use crate::domain::{Message, Session};
 use crate::error::Result;
@@ -71,7 +71,7 @@ impl Store {
             ("warnatsessionid", &self.warnings),
             ("counterkey_count", &self.counters),
             ("sessionid_purge", &self.purges),
-            ("eventid_event", &self.events),
+            (events::RECORDS_TREE, &self.events),
             ("ownerideventid", &self.event_index),
         ]
     }
@@ -350,36 +350,46 @@ impl Store {
     }
 
     fn check_events(&self, report: &mut CheckReport) -> Result<()> {
+        // Each record holds ids first..first + len; the next record starts after them.
+        let mut next_free: u64 = 0;
         for entry in self.events.iter() {
             let (key, value) = entry?;
-            report.events += 1;
-            let id = keys::parse_event(&key)?;
-            let stored: StoredEvent = match codec::decode(&value) {
-                Ok(stored) => stored,
+            let first_id = keys::parse_event(&key)?;
+            let record: StoredEvents = match codec::decode(&value) {
+                Ok(record) => record,
                 Err(error) => {
-                    report.problem(format!("event {id} does not decode: {error}"));
+                    report.problem(format!("event record {first_id} does not decode: {error}"));
                     continue;
                 }
             };
-            for owner in [
-                EventOwner::Session(stored.session_id),
-                EventOwner::Agent(stored.agent_id),
-                EventOwner::User(stored.user_id),
-            ] {
+            if record.entries.is_empty() {
+                report.problem(format!("event record {first_id} holds no event"));
+            }
+            if first_id < next_free {
+                report.problem(format!(
+                    "event record {first_id} overlaps the record before it (ids up to {})",
+                    next_free - 1
+                ));
+            }
+            next_free = first_id + record.entries.len() as u64;
+            report.events += record.entries.len() as u64;
+            for owner in record.owners() {
                 if !self
                     .event_index
-                    .contains_key(keys::owner_event(owner, id))?
+                    .contains_key(keys::owner_event(owner, first_id))?
                 {
                     report.problem(format!(
-                        "event {id} is missing an index entry for {owner:?}"
+                        "event record {first_id} is missing an index entry for {owner:?}"
                     ));
                 }
             }
         }
         for key in self.event_index.iter().keys() {
-            let id = keys::parse_owner_event(&key?)?;
-            if !self.events.contains_key(keys::event(id))? {
-                report.problem(format!("event index entry points to missing event {id}"));
+            let first_id = keys::parse_owner_event(&key?)?;
+            if !self.events.contains_key(keys::event(first_id))? {
+                report.problem(format!(
+                    "event index entry points to missing record {first_id}"
+                ));
             }
         }
         Ok(())

@@ -12,7 +12,8 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use serde::{Deserialize, Serialize};
-use sled::transaction::TransactionalTree;
+use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
+use sled::Transactional;
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
@@ -21,16 +22,24 @@ use super::{codec, encode_tx, Store, TxResult};
 use crate::domain::{
     DueNotices, Event, EventData, EventFilter, EventKind, Message, Session, Timestamp,
 };
-use crate::error::Result;
+use crate::error::{Error, Result};
 
-/// How an event is stored: a message event refers to its message instead of copying it.
+/// How the events of one write are stored: one record, keyed by the first event's id, the
+/// others following with consecutive ids. Every write's events concern one session, so the
+/// record names its owners once and has one index entry per owner.
 #[derive(Serialize, Deserialize)]
-pub(super) struct StoredEvent {
-    pub(super) at: Timestamp,
-    pub(super) kind: EventKind,
+pub(super) struct StoredEvents {
     pub(super) session_id: Uuid,
     pub(super) agent_id: Uuid,
     pub(super) user_id: Uuid,
+    pub(super) entries: Vec<StoredEntry>,
+}
+
+/// One event of a record. A message event refers to its message instead of copying it.
+#[derive(Serialize, Deserialize)]
+pub(super) struct StoredEntry {
+    pub(super) at: Timestamp,
+    pub(super) kind: EventKind,
     data: StoredData,
 }
 
@@ -40,11 +49,69 @@ enum StoredData {
     MessageSeq(u64),
 }
 
-/// Events written by one transaction, numbered from the next free id.
+impl StoredEvents {
+    pub(super) fn owners(&self) -> [EventOwner; 3] {
+        owners(self.session_id, self.agent_id, self.user_id)
+    }
+
+    /// When the record's newest event happened.
+    fn newest_at(&self) -> Timestamp {
+        self.entries
+            .iter()
+            .map(|entry| entry.at)
+            .max()
+            .unwrap_or(Timestamp::from_micros(0))
+    }
+}
+
+/// The tree of event records: first event id (BE) -> [`StoredEvents`].
+pub(super) const RECORDS_TREE: &str = "eventid_events";
+
+/// Format 1's tree: one record per event.
+const V1_EVENTS_TREE: &str = "eventid_event";
+
+/// An event as format 1 stored it.
+#[derive(Deserialize)]
+#[cfg_attr(test, derive(Serialize))]
+struct V1StoredEvent {
+    at: Timestamp,
+    kind: EventKind,
+    session_id: Uuid,
+    agent_id: Uuid,
+    user_id: Uuid,
+    data: StoredData,
+}
+
+/// Rewrites format 1's per-event records as one-event records of format 2. The index keys
+/// (owner ++ id) already name those records, so the index stays as it is. Idempotent.
+pub(super) fn migrate_v1_records(db: &sled::Db) -> Result<()> {
+    let old = db.open_tree(V1_EVENTS_TREE)?;
+    let records = db.open_tree(RECORDS_TREE)?;
+    for entry in old.iter() {
+        let (key, value) = entry?;
+        let event: V1StoredEvent = codec::decode(&value)?;
+        let record = StoredEvents {
+            session_id: event.session_id,
+            agent_id: event.agent_id,
+            user_id: event.user_id,
+            entries: vec![StoredEntry {
+                at: event.at,
+                kind: event.kind,
+                data: event.data,
+            }],
+        };
+        records.insert(key, codec::encode(&record)?)?;
+    }
+    db.flush()?;
+    db.drop_tree(V1_EVENTS_TREE)?;
+    Ok(())
+}
+
+/// The events of one write, numbered from the next free id; stored by [`EventLog::finish`].
 pub(super) struct EventLog<'a> {
     events: &'a TransactionalTree,
     index: &'a TransactionalTree,
-    next_id: u64,
+    first_id: u64,
     written: Vec<Event>,
 }
 
@@ -57,35 +124,13 @@ impl<'a> EventLog<'a> {
         EventLog {
             events,
             index,
-            next_id: first_id,
+            first_id,
             written: Vec::new(),
         }
     }
 
-    fn record(
-        &mut self,
-        at: Timestamp,
-        kind: EventKind,
-        session: &Session,
-        data: EventData,
-    ) -> TxResult<()> {
-        let id = self.next_id;
-        self.next_id += 1;
-        let stored = StoredEvent {
-            at,
-            kind,
-            session_id: session.id,
-            agent_id: session.agent_id,
-            user_id: session.user_id,
-            data: match &data {
-                EventData::Session(s) => StoredData::Session(s.clone()),
-                EventData::Message(m) => StoredData::MessageSeq(m.seq),
-            },
-        };
-        self.events.insert(&keys::event(id), encode_tx(&stored)?)?;
-        for owner in owners(session.id, session.agent_id, session.user_id) {
-            self.index.insert(&keys::owner_event(owner, id), &[])?;
-        }
+    fn record(&mut self, at: Timestamp, kind: EventKind, session: &Session, data: EventData) {
+        let id = self.first_id + self.written.len() as u64;
         self.written.push(Event {
             id,
             at,
@@ -95,52 +140,62 @@ impl<'a> EventLog<'a> {
             user_id: session.user_id,
             data,
         });
-        Ok(())
     }
 
     /// Records a session event carrying the session as it is now.
-    pub(super) fn session(
-        &mut self,
-        at: Timestamp,
-        kind: EventKind,
-        session: &Session,
-    ) -> TxResult<()> {
-        self.record(at, kind, session, EventData::Session(session.clone()))
+    pub(super) fn session(&mut self, at: Timestamp, kind: EventKind, session: &Session) {
+        self.record(at, kind, session, EventData::Session(session.clone()));
     }
 
     /// Records a `message` event.
-    pub(super) fn message(
-        &mut self,
-        at: Timestamp,
-        session: &Session,
-        message: &Message,
-    ) -> TxResult<()> {
+    pub(super) fn message(&mut self, at: Timestamp, session: &Session, message: &Message) {
         self.record(
             at,
             EventKind::Message,
             session,
             EventData::Message(message.clone()),
-        )
+        );
     }
 
     /// Records the lifecycle notices that fell due.
-    pub(super) fn notices(
-        &mut self,
-        at: Timestamp,
-        session: &Session,
-        due: DueNotices,
-    ) -> TxResult<()> {
+    pub(super) fn notices(&mut self, at: Timestamp, session: &Session, due: DueNotices) {
         if due.expiring {
-            self.session(at, EventKind::SessionExpiring, session)?;
+            self.session(at, EventKind::SessionExpiring, session);
         }
         if due.expired {
-            self.session(at, EventKind::SessionExpired, session)?;
+            self.session(at, EventKind::SessionExpired, session);
         }
-        Ok(())
     }
 
-    pub(super) fn finish(self) -> Vec<Event> {
-        self.written
+    /// Stores the recorded events as one record with its index entries, and returns them.
+    pub(super) fn finish(self) -> TxResult<Vec<Event>> {
+        let Some(first) = self.written.first() else {
+            return Ok(self.written);
+        };
+        let record = StoredEvents {
+            session_id: first.session_id,
+            agent_id: first.agent_id,
+            user_id: first.user_id,
+            entries: self
+                .written
+                .iter()
+                .map(|event| StoredEntry {
+                    at: event.at,
+                    kind: event.kind,
+                    data: match &event.data {
+                        EventData::Session(s) => StoredData::Session(s.clone()),
+                        EventData::Message(m) => StoredData::MessageSeq(m.seq),
+                    },
+                })
+                .collect(),
+        };
+        self.events
+            .insert(&keys::event(self.first_id), encode_tx(&record)?)?;
+        for owner in record.owners() {
+            self.index
+                .insert(&keys::owner_event(owner, self.first_id), &[])?;
+        }
+        Ok(self.written)
     }
 }
 
@@ -302,15 +357,24 @@ impl Store {
         if after >= through {
             return Ok(Vec::new());
         }
-        let range = keys::owner_event(owner, after + 1)..=keys::owner_event(owner, through);
+        // The owner's record holding `after + 1` may start at or before `after`.
+        let earlier = self
+            .event_index
+            .range(keys::owner_event(owner, 0)..=keys::owner_event(owner, after))
+            .keys()
+            .next_back();
+        let later = self
+            .event_index
+            .range(keys::owner_event(owner, after + 1)..=keys::owner_event(owner, through))
+            .keys();
         let mut found = Vec::new();
-        for key in self.event_index.range(range).keys() {
-            let id = keys::parse_owner_event(&key?)?;
-            if let Some(event) = self.event(id)? {
-                if filter.matches(&event) {
+        for key in earlier.into_iter().chain(later) {
+            let first_id = keys::parse_owner_event(&key?)?;
+            for event in self.record_events(first_id)? {
+                if event.id > after && event.id <= through && filter.matches(&event) {
                     found.push(event);
                     if found.len() == limit {
-                        break;
+                        return Ok(found);
                     }
                 }
             }
@@ -318,31 +382,37 @@ impl Store {
         Ok(found)
     }
 
-    fn event(&self, id: u64) -> Result<Option<Event>> {
-        let Some(bytes) = self.events.get(keys::event(id))? else {
-            return Ok(None);
+    /// The events of the record at `first_id` (none if it was trimmed), skipping message
+    /// events whose message was deleted since.
+    fn record_events(&self, first_id: u64) -> Result<Vec<Event>> {
+        let Some(bytes) = self.events.get(keys::event(first_id))? else {
+            return Ok(Vec::new());
         };
-        let stored: StoredEvent = codec::decode(&bytes)?;
-        let data = match stored.data {
-            StoredData::Session(session) => EventData::Session(session),
-            StoredData::MessageSeq(seq) => match self.message_at(stored.session_id, seq)? {
-                Some(message) => EventData::Message(message),
-                None => return Ok(None),
-            },
-        };
-        Ok(Some(Event {
-            id,
-            at: stored.at,
-            kind: stored.kind,
-            session_id: stored.session_id,
-            agent_id: stored.agent_id,
-            user_id: stored.user_id,
-            data,
-        }))
+        let record: StoredEvents = codec::decode(&bytes)?;
+        let mut events = Vec::with_capacity(record.entries.len());
+        for (id, entry) in (first_id..).zip(record.entries) {
+            let data = match entry.data {
+                StoredData::Session(session) => EventData::Session(session),
+                StoredData::MessageSeq(seq) => match self.message_at(record.session_id, seq)? {
+                    Some(message) => EventData::Message(message),
+                    None => continue,
+                },
+            };
+            events.push(Event {
+                id,
+                at: entry.at,
+                kind: entry.kind,
+                session_id: record.session_id,
+                agent_id: record.agent_id,
+                user_id: record.user_id,
+                data,
+            });
+        }
+        Ok(events)
     }
 
-    /// Removes events that happened before `cutoff`, oldest first, in batches. The newest
-    /// event is always kept, so ids keep increasing across restarts.
+    /// Removes event records whose events all happened before `cutoff`, oldest first, in
+    /// batches. The newest record is always kept, so ids keep increasing across restarts.
     ///
     /// # Errors
     /// Storage failures.
@@ -356,29 +426,35 @@ impl Store {
         loop {
             let mut index = sled::Batch::default();
             let mut events = sled::Batch::default();
-            let mut n = 0;
+            let mut records = 0;
             for entry in self.events.range(..keys::event(newest)).take(BATCH) {
                 let (key, value) = entry?;
-                let stored: StoredEvent = codec::decode(&value)?;
-                if stored.at >= cutoff {
+                let record: StoredEvents = codec::decode(&value)?;
+                if record.newest_at() >= cutoff {
                     break;
                 }
-                let id = keys::parse_event(&key)?;
-                for owner in owners(stored.session_id, stored.agent_id, stored.user_id) {
-                    index.remove(&keys::owner_event(owner, id));
+                let first_id = keys::parse_event(&key)?;
+                for owner in record.owners() {
+                    index.remove(&keys::owner_event(owner, first_id));
                 }
                 events.remove(key);
-                n += 1;
+                records += 1;
+                trimmed += record.entries.len();
             }
-            if n == 0 {
+            if records == 0 {
                 break;
             }
-            // Index entries first: a crash in between leaves index entries without their
-            // event, which readers skip, never an event that cannot be found.
-            self.event_index.apply_batch(index)?;
-            self.events.apply_batch(events)?;
-            trimmed += n;
-            if n < BATCH {
+            (&self.events, &self.event_index)
+                .transaction(|(events_tx, index_tx)| {
+                    events_tx.apply_batch(&events)?;
+                    index_tx.apply_batch(&index)?;
+                    Ok::<_, ConflictableTransactionError<()>>(())
+                })
+                .map_err(|error| match error {
+                    TransactionError::Storage(error) => Error::from(error),
+                    TransactionError::Abort(()) => Error::corrupt("trimming events aborted"),
+                })?;
+            if records < BATCH {
                 break;
             }
         }
@@ -409,7 +485,71 @@ impl Store {
 /// The id after the newest stored event.
 pub(super) fn next_event_id(events: &sled::Tree) -> Result<u64> {
     Ok(match events.last()? {
-        Some((key, _)) => keys::parse_event(&key)? + 1,
+        Some((key, value)) => {
+            let record: StoredEvents = codec::decode(&value)?;
+            keys::parse_event(&key)? + record.entries.len() as u64
+        }
         None => 1,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::test_support::session_at;
+    use crate::store::{StoreOptions, FORMAT_VERSION};
+
+    #[test]
+    fn a_format_1_store_is_upgraded_and_its_events_still_replay() {
+        let dir = tempfile::tempdir().unwrap();
+        let session = session_at(Timestamp::from_millis(1_795_255_200_000), 30, 5);
+        {
+            let db = sled::open(dir.path()).unwrap();
+            db.open_tree("meta")
+                .unwrap()
+                .insert(keys::FORMAT_VERSION, &1u32.to_be_bytes())
+                .unwrap();
+            let old = V1StoredEvent {
+                at: session.created_at,
+                kind: EventKind::SessionCreated,
+                session_id: session.id,
+                agent_id: session.agent_id,
+                user_id: session.user_id,
+                data: StoredData::Session(session.clone()),
+            };
+            db.open_tree(V1_EVENTS_TREE)
+                .unwrap()
+                .insert(keys::event(7), codec::encode(&old).unwrap())
+                .unwrap();
+            let index = db.open_tree("ownerideventid").unwrap();
+            for owner in owners(session.id, session.agent_id, session.user_id) {
+                index.insert(keys::owner_event(owner, 7), &[]).unwrap();
+            }
+            db.flush().unwrap();
+        }
+        let store = Store::open(dir.path(), &StoreOptions::default()).unwrap();
+        let replayed = store
+            .events_after(EventFilter::Agent(session.agent_id), 0, u64::MAX, 10)
+            .unwrap();
+        assert_eq!(replayed.len(), 1);
+        assert_eq!(
+            (replayed[0].id, replayed[0].kind),
+            (7, EventKind::SessionCreated)
+        );
+        assert_eq!(replayed[0].data, EventData::Session(session));
+        assert_eq!(*store.next_event_id.lock().unwrap(), 8);
+        assert!(store.check().unwrap().is_clean());
+        store.close().unwrap();
+        let db = sled::open(dir.path()).unwrap();
+        assert!(!db
+            .tree_names()
+            .iter()
+            .any(|name| name == V1_EVENTS_TREE.as_bytes()));
+        let version = db
+            .open_tree("meta")
+            .unwrap()
+            .get(keys::FORMAT_VERSION)
+            .unwrap();
+        assert_eq!(version.unwrap().as_ref(), FORMAT_VERSION.to_be_bytes());
+    }
 }

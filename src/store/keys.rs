@@ -141,12 +141,12 @@ pub(crate) fn parse_count(value: &[u8]) -> Result<u64> {
     u64_at(value, 0)
 }
 
-/// `eventid_event` key: the event id, big-endian, so the log iterates in id order.
+/// Event record key: the first event id, big-endian, so the log iterates in id order.
 pub(crate) fn event(id: u64) -> [u8; U64_LEN] {
     id.to_be_bytes()
 }
 
-/// Parses an `eventid_event` key.
+/// Parses an event record key.
 pub(crate) fn parse_event(key: &[u8]) -> Result<u64> {
     u64_at(key, 0)
 }

@@ -153,17 +153,17 @@ impl Store {
                     let due = session.due_notices(now);
                     session.mark_noticed(due);
                     tx.put(Some(&old), &session)?;
-                    log.message(now, &session, &message)?;
+                    log.message(now, &session, &message);
                     if renewal == Renewal::Renewed {
-                        log.session(now, EventKind::SessionRenewed, &session)?;
+                        log.session(now, EventKind::SessionRenewed, &session);
                     }
-                    log.notices(now, &session, due)?;
+                    log.notices(now, &session, due);
                     let appended = Appended {
                         message,
                         session,
                         renewal,
                     };
-                    Ok((appended, log.finish()))
+                    Ok((appended, log.finish()?))
                 },
             ))
         })

@@ -34,7 +34,10 @@ use durability::Committer;
 
 /// The store layout this build writes. Bump it (and migrate in [`Store::open`]) when a key
 /// layout or value encoding changes.
-pub const FORMAT_VERSION: u32 = 1;
+///
+/// - 1: one event record per event, indexed per event.
+/// - 2: one event record per write, holding all its events (tree `eventid_events`).
+pub const FORMAT_VERSION: u32 = 2;
 
 /// How to open a store.
 #[derive(Clone, Debug)]
@@ -77,9 +80,9 @@ pub struct Store {
     counters: Tree,
     /// session id -> (). Deleted sessions whose messages are still being removed.
     purges: Tree,
-    /// event id (BE) -> event. The durable event log.
+    /// first event id (BE) -> the events of one write. The durable event log.
     events: Tree,
-    /// owner kind ++ owner id ++ event id (BE) -> (). The log by session, agent and user.
+    /// owner kind ++ owner id ++ first event id (BE) -> (). The log by session, agent, user.
     event_index: Tree,
     /// The next event id; held across every transaction that writes events.
     next_event_id: Arc<std::sync::Mutex<u64>>,
@@ -106,8 +109,8 @@ impl Store {
     pub fn open(path: &Path, options: &StoreOptions) -> Result<Store> {
         let db = open_db(path, options)?;
         let meta = db.open_tree("meta")?;
-        check_format_version(&meta, path)?;
-        let events = db.open_tree("eventid_event")?;
+        upgrade_format(&db, &meta, path)?;
+        let events = db.open_tree(events::RECORDS_TREE)?;
         let next_event_id = events::next_event_id(&events)?;
         let bus = Arc::new(events::EventBus::new(next_event_id - 1));
         let committer = Committer::start(db.clone(), path, bus.clone())?;
@@ -220,24 +223,38 @@ fn open_db(path: &Path, options: &StoreOptions) -> Result<sled::Db> {
     }
 }
 
-fn check_format_version(meta: &Tree, path: &Path) -> Result<()> {
-    match meta.get(keys::FORMAT_VERSION)? {
-        None => {
+/// Brings the store to [`FORMAT_VERSION`], refusing one written by a newer sessiond.
+fn upgrade_format(db: &sled::Db, meta: &Tree, path: &Path) -> Result<()> {
+    let found = match meta.get(keys::FORMAT_VERSION)? {
+        None => None,
+        Some(bytes) => Some(
+            <[u8; 4]>::try_from(bytes.as_ref())
+                .map(u32::from_be_bytes)
+                .map_err(|_| Error::corrupt("format_version is not a u32"))?,
+        ),
+    };
+    match found {
+        Some(found) if found > FORMAT_VERSION => Err(Error::NewerFormat {
+            path: path.display().to_string(),
+            found,
+            supported: FORMAT_VERSION,
+        }),
+        Some(FORMAT_VERSION) => Ok(()),
+        Some(older) => {
+            tracing::info!(
+                from = older,
+                to = FORMAT_VERSION,
+                "upgrading the store format"
+            );
+            events::migrate_v1_records(db)?;
+            // The version goes last: a crash before it reruns the (idempotent) migration.
+            db.flush()?;
             meta.insert(keys::FORMAT_VERSION, &FORMAT_VERSION.to_be_bytes())?;
+            db.flush()?;
             Ok(())
         }
-        Some(bytes) => {
-            let found = <[u8; 4]>::try_from(bytes.as_ref())
-                .map(u32::from_be_bytes)
-                .map_err(|_| Error::corrupt("format_version is not a u32"))?;
-            if found > FORMAT_VERSION {
-                return Err(Error::NewerFormat {
-                    path: path.display().to_string(),
-                    found,
-                    supported: FORMAT_VERSION,
-                });
-            }
-            // Version 1 is the only format so far: nothing to migrate.
+        None => {
+            meta.insert(keys::FORMAT_VERSION, &FORMAT_VERSION.to_be_bytes())?;
             Ok(())
         }
     }
@@ -351,7 +368,10 @@ mod tests {
     #[test]
     fn a_store_from_a_newer_version_is_refused() {
         let dir = tempfile::tempdir().unwrap();
-        drop(Store::open(dir.path(), &StoreOptions::default()).unwrap());
+        Store::open(dir.path(), &StoreOptions::default())
+            .unwrap()
+            .close()
+            .unwrap();
         {
             let db = sled::open(dir.path()).unwrap();
             let meta = db.open_tree("meta").unwrap();
@@ -369,7 +389,7 @@ mod tests {
     #[test]
     fn a_new_store_records_its_format_version() {
         let (store, dir) = test_support::temp_store();
-        drop(store);
+        store.close().unwrap();
         let db = sled::open(dir.path()).unwrap();
         let stored = db
             .open_tree("meta")

@@ -181,9 +181,9 @@ impl Store {
                     users.insert(&keys::owned_session(session.user_id, session.id), &[])?;
                     agents.insert(&keys::owned_session(session.agent_id, session.id), &[])?;
                     add_to_counters(counters, session, 1)?;
-                    log.session(now, EventKind::SessionCreated, &stored)?;
-                    log.notices(now, &stored, due)?;
-                    Ok(((), log.finish()))
+                    log.session(now, EventKind::SessionCreated, &stored);
+                    log.notices(now, &stored, due);
+                    Ok(((), log.finish()?))
                 },
             ))
         })
@@ -243,10 +243,10 @@ impl Store {
                         tx.put(Some(&old), &new)?;
                     }
                     if let Some(kind) = announced {
-                        log.session(now, kind, &new)?;
+                        log.session(now, kind, &new);
                     }
-                    log.notices(now, &new, due)?;
-                    Ok(((new, now), log.finish()))
+                    log.notices(now, &new, due);
+                    Ok(((new, now), log.finish()?))
                 }),
             )
         })
@@ -286,8 +286,8 @@ impl Store {
                     let mut new = old.clone();
                     new.mark_noticed(due);
                     tx.put(Some(&old), &new)?;
-                    log.notices(now, &new, due)?;
-                    Ok((true, log.finish()))
+                    log.notices(now, &new, due);
+                    Ok((true, log.finish()?))
                 }),
             )
         })
@@ -379,9 +379,9 @@ impl Store {
                         // The marker makes the message removal below resumable after a crash.
                         purges.insert(&keys::session(id), &[])?;
                         if let Some(at) = announce_at {
-                            log.session(at, EventKind::SessionDeleted, &session)?;
+                            log.session(at, EventKind::SessionDeleted, &session);
                         }
-                        Ok((Some(session), log.finish()))
+                        Ok((Some(session), log.finish()?))
                     },
                 ))
             })
