@@ -8,6 +8,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::StreamExt;
 use tokio_util::sync::CancellationToken;
 
 use crate::domain::{Clock, Timestamp};
@@ -16,24 +17,32 @@ use crate::store::Store;
 
 /// How often due deadlines are looked for: the most a notice can be late.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(250);
+/// Notices recorded at once: enough to fill write batches, few enough that requests
+/// batched with them wait little.
+const CONCURRENT_WRITES: usize = 16;
 /// How far back each look reaches past the previous one, to cover a deadline written by a
 /// transaction that read the clock just before the previous look but committed after it.
 const OVERLAP: Duration = Duration::from_secs(2);
 
 /// Records every notice due for sessions whose warning or expiry deadline lies in
-/// `[from, to]`. Returns how many sessions got a notice. Blocking.
+/// `[from, to]`. Returns how many sessions got a notice, once those are on disk.
 ///
 /// # Errors
 /// Storage failures.
-pub fn notify_due_once(
+pub async fn notify_due_once(
     store: &Store,
-    clock: &dyn Clock,
+    clock: &Arc<dyn Clock>,
     from: Timestamp,
     to: Timestamp,
 ) -> Result<usize> {
+    let due = store.sessions_with_deadlines_between(from, to)?;
+    // Concurrent, so that many notices share each write batch.
+    let mut recorded = futures_util::stream::iter(due)
+        .map(|session_id| store.record_due_notices(session_id, clock.clone()))
+        .buffer_unordered(CONCURRENT_WRITES);
     let mut noticed = 0;
-    for session_id in store.sessions_with_deadlines_between(from, to)? {
-        if store.record_due_notices(session_id, clock)? {
+    while let Some(outcome) = recorded.next().await {
+        if outcome? {
             noticed += 1;
         }
     }
@@ -51,22 +60,9 @@ pub async fn run_until_stopped(
     let mut looked_through = clock.now() - catch_up;
     loop {
         let (from, to) = (looked_through - OVERLAP, clock.now());
-        let (task_store, task_clock) = (store.clone(), clock.clone());
-        let looked = tokio::task::spawn_blocking(move || {
-            notify_due_once(&task_store, task_clock.as_ref(), from, to)
-        })
-        .await;
-        match looked {
-            Ok(Ok(0)) => looked_through = to,
-            Ok(Ok(_)) => {
-                looked_through = to;
-                // Publishes the notices once they are on disk.
-                if let Err(error) = store.durable().await {
-                    tracing::error!(%error, "could not make lifecycle notices durable");
-                }
-            }
-            Ok(Err(error)) => tracing::error!(%error, "looking for due notices failed; retrying"),
-            Err(error) => tracing::error!(%error, "notice task failed; retrying"),
+        match notify_due_once(&store, &clock, from, to).await {
+            Ok(_) => looked_through = to,
+            Err(error) => tracing::error!(%error, "looking for due notices failed; retrying"),
         }
         tokio::select! {
             () = shutdown.cancelled() => break,

@@ -2,7 +2,9 @@
 
 use std::time::Duration;
 
+use futures_util::StreamExt;
 use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
 
 use crate::domain::{Clock, Timestamp};
 use crate::error::Result;
@@ -20,16 +22,27 @@ pub struct SweepOutcome {
     pub resumed_purges: usize,
 }
 
+/// Sessions deleted at once: enough to fill write batches, few enough that requests batched
+/// with them wait little.
+const CONCURRENT_DELETES: usize = 16;
+
 /// Removes every session that expired more than `retention` before `now` (strictly), in batches.
 /// Work is found through the expiry index, so the cost follows the number of expired
-/// sessions, not the size of the store. Blocking: call it off the async runtime.
+/// sessions, not the size of the store.
 ///
 /// # Errors
 /// Storage failures; sessions removed before the failure stay removed.
-pub fn sweep_once(store: &Store, now: Timestamp, retention: Duration) -> Result<SweepOutcome> {
+pub async fn sweep_once(
+    store: &Store,
+    now: Timestamp,
+    retention: Duration,
+) -> Result<SweepOutcome> {
     let mut outcome = SweepOutcome::default();
     for session_id in store.pending_purges()? {
-        store.purge_messages(session_id)?;
+        let store = store.clone();
+        tokio::task::spawn_blocking(move || store.purge_messages(session_id))
+            .await
+            .map_err(|error| crate::Error::Io(std::io::Error::other(error)))??;
         outcome.resumed_purges += 1;
     }
     // Expired "more than `retention` ago": expiresAt < now - retention.
@@ -37,13 +50,16 @@ pub fn sweep_once(store: &Store, now: Timestamp, retention: Duration) -> Result<
     let last_due = cutoff - Duration::from_micros(1);
     loop {
         let due = store.sessions_expired_by(last_due, BATCH)?;
+        // Re-checked inside the delete, in case the entry moved meanwhile.
+        let ids: Vec<Uuid> = due.iter().map(|&(_, id)| id).collect();
+        let mut deletes = futures_util::stream::iter(ids)
+            .map(|session_id| {
+                store.delete_session_if(session_id, None, move |s| s.expires_at() < cutoff)
+            })
+            .buffer_unordered(CONCURRENT_DELETES);
         let mut removed = 0;
-        for &(_, session_id) in &due {
-            // Re-checked inside the delete transaction, in case the entry moved meanwhile.
-            if store
-                .delete_session_if(session_id, None, |s| s.expires_at() < cutoff)?
-                .is_some()
-            {
+        while let Some(deleted) = deletes.next().await {
+            if deleted?.is_some() {
                 removed += 1;
             }
         }
@@ -54,7 +70,6 @@ pub fn sweep_once(store: &Store, now: Timestamp, retention: Duration) -> Result<
         }
     }
     if outcome.removed_sessions > 0 || outcome.resumed_purges > 0 {
-        store.flush()?;
         tracing::info!(
             removed_sessions = outcome.removed_sessions,
             resumed_purges = outcome.resumed_purges,
@@ -102,15 +117,20 @@ pub async fn run_until_stopped(
             () = shutdown.cancelled() => break,
             _ = ticks.tick() => {}
         }
-        let (store, now) = (store.clone(), clock.now());
-        let swept = tokio::task::spawn_blocking(move || {
-            sweep_once(&store, now, schedule.expired_retention)?;
-            trim_events_once(&store, now, schedule.event_retention)
+        let now = clock.now();
+        if let Err(error) = sweep_once(&store, now, schedule.expired_retention).await {
+            tracing::error!(%error, "sweep failed; retrying at the next tick");
+        }
+        let trim_store = store.clone();
+        let trimmed = tokio::task::spawn_blocking(move || {
+            trim_events_once(&trim_store, now, schedule.event_retention)
         });
-        match swept.await {
+        match trimmed.await {
             Ok(Ok(_)) => {}
-            Ok(Err(error)) => tracing::error!(%error, "sweep failed; retrying at the next tick"),
-            Err(error) => tracing::error!(%error, "sweep task failed; retrying at the next tick"),
+            Ok(Err(error)) => {
+                tracing::error!(%error, "trimming events failed; retrying at the next tick")
+            }
+            Err(error) => tracing::error!(%error, "trim task failed; retrying at the next tick"),
         }
     }
 }
@@ -134,20 +154,22 @@ mod tests {
         text_message(content, None)
     }
 
-    #[test]
-    fn sweep_removes_only_sessions_expired_longer_than_the_retention() {
+    #[tokio::test]
+    async fn sweep_removes_only_sessions_expired_longer_than_the_retention() {
         let (store, _dir) = temp_store();
-        let clock = ManualClock::new(T0);
+        let clock = Arc::new(ManualClock::new(T0));
         let short = session(10, T0);
         let long = session(100, T0);
-        store.create_session(&short).unwrap();
-        store.create_session(&long).unwrap();
+        store.create_session(short.clone()).await.unwrap();
+        store.create_session(long.clone()).await.unwrap();
         store
-            .append_message(short.id, &message("hi"), &clock)
+            .append_message(short.id, message("hi"), clock.clone())
+            .await
             .unwrap()
             .unwrap();
         let short_message = store
-            .append_message(short.id, &message("there"), &clock)
+            .append_message(short.id, message("there"), clock.clone())
+            .await
             .unwrap()
             .unwrap()
             .message;
@@ -155,7 +177,9 @@ mod tests {
         let retention = 60 * MINUTE;
 
         // Exactly `retention` after expiry is not yet "more than" it.
-        let exactly = sweep_once(&store, T0 + 70 * MINUTE, retention).unwrap();
+        let exactly = sweep_once(&store, T0 + 70 * MINUTE, retention)
+            .await
+            .unwrap();
         assert_eq!(exactly.removed_sessions, 0);
         assert!(store.session(short.id).unwrap().is_some());
 
@@ -164,6 +188,7 @@ mod tests {
             T0 + 70 * MINUTE + Duration::from_micros(1),
             retention,
         )
+        .await
         .unwrap();
         assert_eq!(due.removed_sessions, 1);
         assert!(store.session(short.id).unwrap().is_none());
@@ -173,13 +198,15 @@ mod tests {
         assert_eq!((counts.total, counts.active), (1, 1));
     }
 
-    #[test]
-    fn sweep_works_through_more_than_one_batch() {
+    #[tokio::test]
+    async fn sweep_works_through_more_than_one_batch() {
         let (store, _dir) = temp_store();
         for _ in 0..BATCH + 10 {
-            store.create_session(&session(5, T0)).unwrap();
+            store.create_session(session(5, T0)).await.unwrap();
         }
-        let outcome = sweep_once(&store, T0 + 10 * MINUTE, Duration::ZERO).unwrap();
+        let outcome = sweep_once(&store, T0 + 10 * MINUTE, Duration::ZERO)
+            .await
+            .unwrap();
         assert_eq!(outcome.removed_sessions, BATCH + 10);
         assert_eq!(store.counts(T0 + 10 * MINUTE).unwrap().total, 0);
     }
@@ -189,7 +216,7 @@ mod tests {
         let (store, _dir) = temp_store();
         let clock = Arc::new(ManualClock::new(T0));
         let doomed = session(5, T0);
-        store.create_session(&doomed).unwrap();
+        store.create_session(doomed.clone()).await.unwrap();
         let shutdown = CancellationToken::new();
         let schedule = SweepSchedule {
             interval: Duration::from_secs(60),

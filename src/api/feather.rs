@@ -302,8 +302,8 @@ where
     };
     let appended = state
         .store
-        .append_message(session_id, &new, state.clock.as_ref())??;
-    state.store.durable().await?;
+        .append_message(session_id, new, state.clock.clone())
+        .await??;
     Ok(json_reply(
         StatusCode::OK,
         &MessageView::new(&appended.message),

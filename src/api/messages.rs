@@ -171,8 +171,8 @@ async fn create_message(
     });
     let appended = state
         .store
-        .append_message(session_id, &new, state.clock.as_ref())??;
-    state.store.durable().await?;
+        .append_message(session_id, new, state.clock.clone())
+        .await??;
     let now = state.clock.now();
     let created = MessageCreated::new(&appended.message, &appended.session, appended.renewal, now);
     match (transport, replies) {

@@ -208,8 +208,7 @@ async fn create_session(
         metadata_json,
         state.clock.now(),
     );
-    state.store.create_session(&session)?;
-    state.store.durable().await?;
+    state.store.create_session(session.clone()).await?;
     Ok(json(StatusCode::CREATED, &SessionCreated::new(&session)))
 }
 
@@ -377,33 +376,27 @@ async fn get_session(id: String, state: AppState) -> Result<Response, ApiError> 
 )]
 async fn delete_session(id: String, state: AppState) -> Result<Response, ApiError> {
     let id = path_uuid("sessionId", &id)?;
-    let store = state.store.clone();
-    // Deleting a long conversation removes many messages: keep it off the async workers.
-    let now = state.clock.now();
-    let deleted = tokio::task::spawn_blocking(move || store.delete_session(id, now))
-        .await
-        .map_err(|e| ApiError::internal(&e))??;
+    let deleted = state.store.delete_session(id, state.clock.now()).await?;
     if deleted.is_none() {
         return Err(SessionError::NotFound(id).into());
     }
-    state.store.durable().await?;
     Ok(json(
         StatusCode::OK,
         &json!({ "success": true, "message": format!("Session {id} deleted successfully") }),
     ))
 }
 
-/// Applies `change` to an active session in one transaction (with the event it names),
-/// makes it durable, and answers SessionInfo as of the transaction's instant.
+/// Applies `change` to an active session in one write (with the event it names), and
+/// answers SessionInfo as of the write's instant once it is on disk.
 async fn update_and_reply(
     state: &AppState,
     id: Uuid,
-    change: impl Fn(&mut Session, Timestamp) -> Result<Option<EventKind>, SessionError>,
+    change: impl Fn(&mut Session, Timestamp) -> Result<Option<EventKind>, SessionError> + Send + 'static,
 ) -> Result<Response, ApiError> {
     let (session, now) = state
         .store
-        .update_session(id, state.clock.as_ref(), change)??;
-    state.store.durable().await?;
+        .update_session(id, state.clock.clone(), change)
+        .await??;
     Ok(json(StatusCode::OK, &SessionInfo::new(&session, now)))
 }
 
@@ -425,7 +418,7 @@ async fn update_and_reply(
 )]
 async fn renew_session(id: String, state: AppState) -> Result<Response, ApiError> {
     let id = path_uuid("sessionId", &id)?;
-    update_and_reply(&state, id, |session, now| match session.renew(now) {
+    update_and_reply(&state, id, move |session, now| match session.renew(now) {
         Renewal::Renewed => Ok(Some(EventKind::SessionRenewed)),
         Renewal::Unchanged => Err(SessionError::MaxDurationReached {
             id,
@@ -486,7 +479,7 @@ async fn update_session_timeout(
     let id = path_uuid("sessionId", &id)?;
     let patch = timeout_patch(&body?, &state.policy)?;
     let policy = state.policy;
-    update_and_reply(&state, id, |session, _| {
+    update_and_reply(&state, id, move |session, _| {
         session.timeout = policy.resolve_update(session.timeout, patch)?;
         Ok(Some(EventKind::SessionTimeoutUpdated))
     })

@@ -403,37 +403,40 @@ fn hex(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
+
     use crate::domain::{ManualClock, Timestamp};
     use crate::store::test_support::{created_session, temp_store, text_message};
 
     const T0: Timestamp = Timestamp::from_millis(1_795_255_200_000);
 
-    fn populated() -> (Store, tempfile::TempDir, Session) {
+    async fn populated() -> (Store, tempfile::TempDir, Session) {
         let (store, dir) = temp_store();
-        let session = created_session(&store, T0);
-        let clock = ManualClock::new(T0);
+        let session = created_session(&store, T0).await;
+        let clock = Arc::new(ManualClock::new(T0));
         for i in 0..5 {
             let new = text_message(&format!("m{i}"), None);
             store
-                .append_message(session.id, &new, &clock)
+                .append_message(session.id, new, clock.clone())
+                .await
                 .unwrap()
                 .unwrap();
         }
         (store, dir, session)
     }
 
-    #[test]
-    fn a_consistent_store_is_clean() {
-        let (store, _dir, _) = populated();
+    #[tokio::test]
+    async fn a_consistent_store_is_clean() {
+        let (store, _dir, _) = populated().await;
         let report = store.check().unwrap();
         assert!(report.is_clean(), "{:?}", report.problems);
         assert_eq!((report.sessions, report.messages), (1, 5));
         assert!(report.events >= 6);
     }
 
-    #[test]
-    fn a_missing_message_a_stale_index_and_a_wrong_counter_are_reported() {
-        let (store, _dir, session) = populated();
+    #[tokio::test]
+    async fn a_missing_message_a_stale_index_and_a_wrong_counter_are_reported() {
+        let (store, _dir, session) = populated().await;
         store.messages.remove(keys::message(session.id, 3)).unwrap();
         store
             .user_sessions

@@ -460,26 +460,6 @@ impl Store {
         }
         Ok(trimmed)
     }
-
-    /// Runs a write that records events: allocates their ids, and queues them for
-    /// publication once the write is durable. `write` gets the first free event id.
-    pub(super) fn sequenced<T, E>(
-        &self,
-        write: impl FnOnce(u64) -> Result<Result<(T, Vec<Event>), E>>,
-    ) -> Result<Result<T, E>> {
-        let mut next_id = self
-            .next_event_id
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let outcome = write(*next_id)?;
-        Ok(outcome.map(|(value, events)| {
-            if let Some(last) = events.last() {
-                *next_id = last.id + 1;
-            }
-            self.bus.enqueue(events);
-            value
-        }))
-    }
 }
 
 /// The id after the newest stored event.
@@ -537,7 +517,7 @@ mod tests {
             (7, EventKind::SessionCreated)
         );
         assert_eq!(replayed[0].data, EventData::Session(session));
-        assert_eq!(*store.next_event_id.lock().unwrap(), 8);
+        assert_eq!(store.bus.committed_through(), 7);
         assert!(store.check().unwrap().is_clean());
         store.close().unwrap();
         let db = sled::open(dir.path()).unwrap();

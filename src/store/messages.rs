@@ -1,12 +1,12 @@
 //! Messages: append (with the session update, in one transaction), read, thread, page.
 
-use sled::Transactional;
+use std::sync::Arc;
+
 use uuid::Uuid;
 
-use super::events::EventLog;
 use super::keys;
-use super::sessions::SessionTx;
-use super::{codec, encode_tx, refuse, settle, Store};
+use super::writer::Work;
+use super::{codec, encode_tx, refuse, Store};
 use crate::domain::{Clock, EventKind, Message, NewMessage, Renewal, Session, SessionError};
 use crate::error::{Error, Result};
 
@@ -49,124 +49,98 @@ pub struct MessagePage {
 
 impl Store {
     /// Appends a message to a session and applies the activity to the session (last
-    /// activity, auto-renewal, message count) in one transaction, with its index entries.
+    /// activity, auto-renewal, message count) in one write, with its index entries. Returns
+    /// once on disk.
     ///
     /// # Errors
     /// Outer: storage failures. Inner: the session is missing or expired, the author is a
     /// stranger, or the parent is not a message of this session.
-    pub fn append_message(
+    pub async fn append_message(
         &self,
         session_id: Uuid,
-        new: &NewMessage,
-        clock: &dyn Clock,
+        new: NewMessage,
+        clock: Arc<dyn Clock>,
     ) -> Result<Result<Appended, SessionError>> {
-        let trees = (
-            &self.sessions,
-            &self.expirations,
-            &self.warnings,
-            &self.messages,
-            &self.message_locations,
-            &self.children,
-            &self.events,
-            &self.event_index,
-        );
-        self.sequenced(|first_event_id| {
-            settle(trees.transaction(
-                |(
-                    sessions,
-                    expirations,
-                    warnings,
-                    messages,
-                    locations,
-                    children,
-                    events,
-                    index,
-                )| {
-                    let tx = SessionTx {
-                        sessions,
-                        expirations,
-                        warnings,
+        let work: Work<Appended> = Box::new(move |tx, first_event_id| {
+            let mut log = tx.event_log(first_event_id);
+            let (old, now) = tx.active_session(session_id, clock.as_ref())?;
+            let author_id = new.author_id.unwrap_or(old.user_id);
+            if author_id != old.user_id && author_id != old.agent_id {
+                return refuse(SessionError::ForbiddenAuthor {
+                    session_id,
+                    author_id,
+                });
+            }
+            let parent_id = match new.parent_id {
+                Some(parent_id) => {
+                    let belongs = match tx.message_locations.get(keys::session(parent_id))? {
+                        Some(location) => {
+                            keys::parse_message(&location).map_err(super::broken)?.0 == session_id
+                        }
+                        None => false,
                     };
-                    let mut log = EventLog::new(events, index, first_event_id);
-                    let (old, now) = tx.get_active(session_id, clock)?;
-                    let author_id = new.author_id.unwrap_or(old.user_id);
-                    if author_id != old.user_id && author_id != old.agent_id {
-                        return refuse(SessionError::ForbiddenAuthor {
+                    if !belongs {
+                        return refuse(SessionError::InvalidParent {
                             session_id,
-                            author_id,
+                            parent_id,
                         });
                     }
-                    let parent_id = match new.parent_id {
-                        Some(parent_id) => {
-                            let belongs = match locations.get(keys::session(parent_id))? {
-                                Some(location) => {
-                                    keys::parse_message(&location).map_err(super::broken)?.0
-                                        == session_id
-                                }
-                                None => false,
-                            };
-                            if !belongs {
-                                return refuse(SessionError::InvalidParent {
-                                    session_id,
-                                    parent_id,
-                                });
-                            }
-                            Some(parent_id)
-                        }
-                        None => old.last_message_id,
-                    };
+                    Some(parent_id)
+                }
+                None => old.last_message_id,
+            };
 
-                    let seq = old.message_count + 1;
-                    let message = Message {
-                        id: Uuid::now_v7(),
-                        session_id,
-                        seq,
-                        parent_id,
-                        content: new.content.clone(),
-                        author_id,
-                        is_agent: author_id == old.agent_id,
-                        // Message times never go backwards, so seq order is time order and the
-                        // epoch-ms bounds of a page can be found by binary search over seq.
-                        created_at: now.max(old.last_message_at),
-                        metadata_json: new.metadata_json.clone(),
-                        attachments: new.attachments.clone(),
-                    };
-                    let key = keys::message(session_id, seq);
-                    if messages.insert(&key, encode_tx(&message)?)?.is_some() {
-                        return Err(super::broken(Error::corrupt(format!(
-                            "message {seq} of session {session_id} already existed"
-                        ))));
-                    }
-                    locations.insert(&keys::session(message.id), &key)?;
-                    if let Some(parent_id) = parent_id {
-                        // The value names the session, so an entry left by an interrupted
-                        // purge can be traced to its (deleted) session.
-                        children
-                            .insert(&keys::child(parent_id, seq), &keys::session(session_id))?;
-                    }
+            let seq = old.message_count + 1;
+            let message = Message {
+                id: Uuid::now_v7(),
+                session_id,
+                seq,
+                parent_id,
+                content: new.content.clone(),
+                author_id,
+                is_agent: author_id == old.agent_id,
+                // Message times never go backwards, so seq order is time order and the
+                // epoch-ms bounds of a page can be found by binary search over seq.
+                created_at: now.max(old.last_message_at),
+                metadata_json: new.metadata_json.clone(),
+                attachments: new.attachments.clone(),
+            };
+            let key = keys::message(session_id, seq);
+            if tx.messages.insert(&key, encode_tx(&message)?)?.is_some() {
+                return Err(super::broken(Error::corrupt(format!(
+                    "message {seq} of session {session_id} already existed"
+                ))));
+            }
+            tx.message_locations
+                .insert(&keys::session(message.id), &key)?;
+            if let Some(parent_id) = parent_id {
+                // The value names the session, so an entry left by an interrupted purge can
+                // be traced to its (deleted) session.
+                tx.children
+                    .insert(&keys::child(parent_id, seq), &keys::session(session_id))?;
+            }
 
-                    let mut session = old.clone();
-                    session.message_count = seq;
-                    session.last_message_id = Some(message.id);
-                    session.last_message_at = message.created_at;
-                    let renewal = session.record_activity(now);
-                    let due = session.due_notices(now);
-                    session.mark_noticed(due);
-                    tx.put(Some(&old), &session)?;
-                    log.message(now, &session, &message);
-                    if renewal == Renewal::Renewed {
-                        log.session(now, EventKind::SessionRenewed, &session);
-                    }
-                    log.notices(now, &session, due);
-                    let appended = Appended {
-                        message,
-                        session,
-                        renewal,
-                    };
-                    Ok((appended, log.finish()?))
-                },
-            ))
-        })
+            let mut session = old.clone();
+            session.message_count = seq;
+            session.last_message_id = Some(message.id);
+            session.last_message_at = message.created_at;
+            let renewal = session.record_activity(now);
+            let due = session.due_notices(now);
+            session.mark_noticed(due);
+            tx.put_session(Some(&old), &session)?;
+            log.message(now, &session, &message);
+            if renewal == Renewal::Renewed {
+                log.session(now, EventKind::SessionRenewed, &session);
+            }
+            log.notices(now, &session, due);
+            let appended = Appended {
+                message,
+                session,
+                renewal,
+            };
+            Ok((appended, log.finish()?))
+        });
+        self.writer.write(work).await
     }
 
     /// A message of this session, by id.
@@ -400,14 +374,19 @@ mod tests {
         store.page_messages(&session, &query).unwrap().unwrap()
     }
 
-    #[test]
-    fn seq_paging_visits_every_message_once_when_all_share_a_millisecond() {
+    #[tokio::test]
+    async fn seq_paging_visits_every_message_once_when_all_share_a_millisecond() {
         let (store, _dir) = temp_store();
-        let session = created_session(&store, T0);
-        let clock = ManualClock::new(T0 + Duration::from_millis(1));
+        let session = created_session(&store, T0).await;
+        let clock = Arc::new(ManualClock::new(T0 + Duration::from_millis(1)));
         for i in 0..25 {
             store
-                .append_message(session.id, &text_message(&format!("m{i}"), None), &clock)
+                .append_message(
+                    session.id,
+                    text_message(&format!("m{i}"), None),
+                    clock.clone(),
+                )
+                .await
                 .unwrap()
                 .unwrap();
         }
@@ -432,15 +411,16 @@ mod tests {
         assert_eq!(seen, (1..=25).rev().collect::<Vec<_>>());
     }
 
-    #[test]
-    fn after_only_paging_takes_the_oldest_newer_messages_listed_newest_first() {
+    #[tokio::test]
+    async fn after_only_paging_takes_the_oldest_newer_messages_listed_newest_first() {
         let (store, _dir) = temp_store();
-        let session = created_session(&store, T0);
-        let clock = ManualClock::new(T0);
+        let session = created_session(&store, T0).await;
+        let clock = Arc::new(ManualClock::new(T0));
         for _ in 0..10 {
             clock.advance(Duration::from_millis(10));
             store
-                .append_message(session.id, &text_message("m", None), &clock)
+                .append_message(session.id, text_message("m", None), clock.clone())
+                .await
                 .unwrap()
                 .unwrap();
         }
@@ -480,15 +460,16 @@ mod tests {
         assert!(!last.has_more);
     }
 
-    #[test]
-    fn both_bounds_take_the_newest_inside_the_interval() {
+    #[tokio::test]
+    async fn both_bounds_take_the_newest_inside_the_interval() {
         let (store, _dir) = temp_store();
-        let session = created_session(&store, T0);
-        let clock = ManualClock::new(T0);
+        let session = created_session(&store, T0).await;
+        let clock = Arc::new(ManualClock::new(T0));
         for _ in 0..10 {
             clock.advance(Duration::from_millis(10));
             store
-                .append_message(session.id, &text_message("m", None), &clock)
+                .append_message(session.id, text_message("m", None), clock.clone())
+                .await
                 .unwrap()
                 .unwrap();
         }
@@ -519,28 +500,32 @@ mod tests {
         assert!(!empty.has_more);
     }
 
-    #[test]
-    fn branches_and_threads_follow_parents() {
+    #[tokio::test]
+    async fn branches_and_threads_follow_parents() {
         let (store, _dir) = temp_store();
-        let session = created_session(&store, T0);
-        let clock = ManualClock::new(T0);
+        let session = created_session(&store, T0).await;
+        let clock = Arc::new(ManualClock::new(T0));
         let root = store
-            .append_message(session.id, &text_message("root", None), &clock)
+            .append_message(session.id, text_message("root", None), clock.clone())
+            .await
             .unwrap()
             .unwrap()
             .message;
         let first = store
-            .append_message(session.id, &text_message("a", None), &clock)
+            .append_message(session.id, text_message("a", None), clock.clone())
+            .await
             .unwrap()
             .unwrap()
             .message;
         let edit = store
-            .append_message(session.id, &text_message("a'", Some(root.id)), &clock)
+            .append_message(session.id, text_message("a'", Some(root.id)), clock.clone())
+            .await
             .unwrap()
             .unwrap()
             .message;
         let after_edit = store
-            .append_message(session.id, &text_message("b", None), &clock)
+            .append_message(session.id, text_message("b", None), clock.clone())
+            .await
             .unwrap()
             .unwrap()
             .message;
@@ -565,40 +550,46 @@ mod tests {
         );
     }
 
-    #[test]
-    fn a_parent_from_another_session_is_refused_and_nothing_is_written() {
+    #[tokio::test]
+    async fn a_parent_from_another_session_is_refused_and_nothing_is_written() {
         let (store, _dir) = temp_store();
-        let (one, other) = (created_session(&store, T0), created_session(&store, T0));
-        let clock = ManualClock::new(T0);
+        let (one, other) = (
+            created_session(&store, T0).await,
+            created_session(&store, T0).await,
+        );
+        let clock = Arc::new(ManualClock::new(T0));
         let foreign = store
-            .append_message(other.id, &text_message("x", None), &clock)
+            .append_message(other.id, text_message("x", None), clock.clone())
+            .await
             .unwrap()
             .unwrap()
             .message;
         let refused = store
-            .append_message(one.id, &text_message("y", Some(foreign.id)), &clock)
+            .append_message(one.id, text_message("y", Some(foreign.id)), clock.clone())
+            .await
             .unwrap();
         assert!(matches!(refused, Err(SessionError::InvalidParent { .. })));
         assert_eq!(store.session(one.id).unwrap().unwrap().message_count, 0);
     }
 
-    #[test]
-    fn deleting_a_session_removes_its_messages_and_their_index_entries() {
+    #[tokio::test]
+    async fn deleting_a_session_removes_its_messages_and_their_index_entries() {
         let (store, _dir) = temp_store();
-        let session = created_session(&store, T0);
-        let clock = ManualClock::new(T0);
+        let session = created_session(&store, T0).await;
+        let clock = Arc::new(ManualClock::new(T0));
         let mut ids = Vec::new();
         for _ in 0..600 {
             ids.push(
                 store
-                    .append_message(session.id, &text_message("m", None), &clock)
+                    .append_message(session.id, text_message("m", None), clock.clone())
+                    .await
                     .unwrap()
                     .unwrap()
                     .message
                     .id,
             );
         }
-        store.delete_session(session.id, T0).unwrap().unwrap();
+        store.delete_session(session.id, T0).await.unwrap().unwrap();
         assert!(store
             .messages
             .scan_prefix(keys::session(session.id))

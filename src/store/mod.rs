@@ -1,25 +1,23 @@
 //! The durable store: typed access to sled trees. Nothing outside this module knows the
 //! engine, the key layouts or the codec.
 //!
-//! Writes that span trees run as one sled transaction. sled 0.34 runs transactions under a
-//! global write lock, so they are serialized: a read-modify-write of a session never loses
-//! an update, and a clock read inside a transaction is ordered with the commit.
+//! Every write runs on the writer thread (`writer.rs`), batched with the writes waiting
+//! beside it into one sled transaction, and is answered once it is on disk. Writes are
+//! serialized: a read-modify-write of a session never loses an update, and a clock read
+//! inside a write is ordered with the commit.
 
 mod check;
 mod codec;
-mod durability;
 mod events;
 mod keys;
 mod messages;
 mod sessions;
+mod writer;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use sled::transaction::{
-    ConflictableTransactionError, ConflictableTransactionResult, TransactionError,
-    TransactionResult,
-};
+use sled::transaction::{ConflictableTransactionError, ConflictableTransactionResult};
 use sled::Tree;
 
 use crate::domain::SessionError;
@@ -30,7 +28,7 @@ pub use events::{Subscription, STREAM_BUFFER};
 pub use messages::{Appended, MessagePage, MessageQuery};
 pub use sessions::{SessionCounts, SessionPage, SessionQuery, StatusFilter};
 
-use durability::Committer;
+use writer::{WriteTrees, Writer};
 
 /// The store layout this build writes. Bump it (and migrate in [`Store::open`]) when a key
 /// layout or value encoding changes.
@@ -84,12 +82,10 @@ pub struct Store {
     events: Tree,
     /// owner kind ++ owner id ++ first event id (BE) -> (). The log by session, agent, user.
     event_index: Tree,
-    /// The next event id; held across every transaction that writes events.
-    next_event_id: Arc<std::sync::Mutex<u64>>,
     /// Hands durable events to live subscribers.
     bus: Arc<events::EventBus>,
-    /// Group commit: makes acknowledged writes durable.
-    committer: Arc<Committer>,
+    /// Runs every write, in batches, and makes it durable.
+    writer: Arc<Writer>,
 }
 
 impl std::fmt::Debug for Store {
@@ -113,9 +109,7 @@ impl Store {
         let events = db.open_tree(events::RECORDS_TREE)?;
         let next_event_id = events::next_event_id(&events)?;
         let bus = Arc::new(events::EventBus::new(next_event_id - 1));
-        let committer = Committer::start(db.clone(), path, bus.clone())?;
-        let store = Store {
-            path: Arc::new(path.to_path_buf()),
+        let trees = WriteTrees {
             sessions: db.open_tree("sessionid_session")?,
             messages: db.open_tree("sessionidseq_message")?,
             message_locations: db.open_tree("messageid_sessionidseq")?,
@@ -128,9 +122,24 @@ impl Store {
             purges: db.open_tree("sessionid_purge")?,
             events,
             event_index: db.open_tree("ownerideventid")?,
-            next_event_id: Arc::new(std::sync::Mutex::new(next_event_id)),
+        };
+        let writer = Writer::start(db.clone(), path, trees.clone(), bus.clone(), next_event_id)?;
+        let store = Store {
+            path: Arc::new(path.to_path_buf()),
+            sessions: trees.sessions,
+            messages: trees.messages,
+            message_locations: trees.message_locations,
+            children: trees.children,
+            user_sessions: trees.user_sessions,
+            agent_sessions: trees.agent_sessions,
+            expirations: trees.expirations,
+            warnings: trees.warnings,
+            counters: trees.counters,
+            purges: trees.purges,
+            events: trees.events,
+            event_index: trees.event_index,
             bus,
-            committer: Arc::new(committer),
+            writer: Arc::new(writer),
             db,
         };
         Ok(store)
@@ -141,21 +150,12 @@ impl Store {
         &self.path
     }
 
-    /// Waits until every write completed before this call is on disk. Concurrent callers
-    /// share one flush (group commit).
-    ///
-    /// # Errors
-    /// [`Error::Flush`] when the flush or the file sync fails.
-    pub async fn durable(&self) -> Result<()> {
-        self.committer.durable().await
-    }
-
     /// Flushes and syncs now, blocking the calling thread.
     ///
     /// # Errors
     /// [`Error::Flush`] when the flush or the file sync fails.
     pub fn flush(&self) -> Result<()> {
-        self.committer.flush_now()
+        self.writer.flush_now()
     }
 
     /// Closes the store: waits (up to a few seconds) until this is the last handle, drops it,
@@ -166,7 +166,7 @@ impl Store {
     /// [`Error::Io`] when the lock is still held after the wait.
     pub fn close(self) -> Result<()> {
         let deadline = std::time::Instant::now() + CLOSE_WAIT;
-        while Arc::strong_count(&self.committer) > 1 && std::time::Instant::now() < deadline {
+        while Arc::strong_count(&self.writer) > 1 && std::time::Instant::now() < deadline {
             std::thread::sleep(std::time::Duration::from_millis(5));
         }
         let log_path = self.path.join("db");
@@ -276,22 +276,10 @@ fn broken(error: Error) -> ConflictableTransactionError<Failure> {
     ConflictableTransactionError::Abort(Failure::Broken(error))
 }
 
-/// Splits a transaction outcome into store failures (outer) and refusals (inner).
-fn settle<T>(result: TransactionResult<T, Failure>) -> Result<Result<T, SessionError>> {
-    match result {
-        Ok(value) => Ok(Ok(value)),
-        Err(TransactionError::Abort(Failure::Refused(error))) => Ok(Err(error)),
-        Err(TransactionError::Abort(Failure::Broken(error))) => Err(error),
-        Err(TransactionError::Storage(error)) => Err(error.into()),
-    }
-}
-
-/// Settles a transaction that refuses nothing: a refusal there would be a broken invariant.
+/// Settles a write that refuses nothing: a refusal there would be a broken invariant.
 fn settle_unrefused<T>(outcome: Result<T, SessionError>) -> Result<T> {
     outcome.map_err(|refused| {
-        Error::corrupt(format!(
-            "a transaction that refuses nothing refused: {refused}"
-        ))
+        Error::corrupt(format!("a write that refuses nothing refused: {refused}"))
     })
 }
 
@@ -334,10 +322,11 @@ pub(crate) mod test_support {
     }
 
     /// A 30-minute session created at `now` and stored.
-    pub(crate) fn created_session(store: &Store, now: Timestamp) -> Session {
+    pub(crate) async fn created_session(store: &Store, now: Timestamp) -> Session {
         let session = session_at(now, 30, 5);
         store
-            .create_session(&session)
+            .create_session(session.clone())
+            .await
             .expect("a session can be stored");
         session
     }

@@ -1,14 +1,15 @@
 //! Sessions: create, read, update under a transaction, delete, list and count.
 
+use std::sync::Arc;
+
 use sled::transaction::TransactionalTree;
-use sled::Transactional;
 use uuid::Uuid;
 
-use super::events::EventLog;
 use super::keys::{self, Counter};
-use super::{codec, decode_tx, encode_tx, refuse, settle, settle_unrefused, Store, TxResult};
+use super::writer::{Work, WriteTx};
+use super::{codec, decode_tx, encode_tx, refuse, settle_unrefused, Store, TxResult};
 use crate::domain::{Clock, DueNotices, EventKind, Session, SessionError, Timestamp};
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 /// Which sessions a listing includes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -61,24 +62,23 @@ pub struct SessionCounts {
     pub expiring_soon: u64,
 }
 
-/// The trees a session record and its deadline entries live in, inside a transaction.
-pub(super) struct SessionTx<'a> {
-    pub(super) sessions: &'a TransactionalTree,
-    pub(super) expirations: &'a TransactionalTree,
-    pub(super) warnings: &'a TransactionalTree,
-}
-
-impl SessionTx<'_> {
-    pub(super) fn get(&self, id: Uuid) -> TxResult<Session> {
-        match self.sessions.get(keys::session(id))? {
-            Some(bytes) => decode_tx(&bytes),
-            None => refuse(SessionError::NotFound(id)),
-        }
+impl WriteTx<'_> {
+    fn stored_session(&self, id: Uuid) -> TxResult<Option<Session>> {
+        self.sessions
+            .get(keys::session(id))?
+            .map(|bytes| decode_tx(&bytes))
+            .transpose()
     }
 
-    /// The session and the transaction's `now`, refusing a missing or expired session.
-    pub(super) fn get_active(&self, id: Uuid, clock: &dyn Clock) -> TxResult<(Session, Timestamp)> {
-        let session = self.get(id)?;
+    /// The session and the write's `now`, refusing a missing or expired session.
+    pub(super) fn active_session(
+        &self,
+        id: Uuid,
+        clock: &dyn Clock,
+    ) -> TxResult<(Session, Timestamp)> {
+        let Some(session) = self.stored_session(id)? else {
+            return refuse(SessionError::NotFound(id));
+        };
         let now = clock.now();
         match session.check_active(now) {
             Ok(()) => Ok((session, now)),
@@ -87,7 +87,7 @@ impl SessionTx<'_> {
     }
 
     /// Writes `new` and moves its deadline entries if they changed since `old`.
-    pub(super) fn put(&self, old: Option<&Session>, new: &Session) -> TxResult<()> {
+    pub(super) fn put_session(&self, old: Option<&Session>, new: &Session) -> TxResult<()> {
         self.sessions
             .insert(&keys::session(new.id), encode_tx(new)?)?;
         let moved = |old_at: Option<Timestamp>,
@@ -111,7 +111,7 @@ impl SessionTx<'_> {
         Ok(())
     }
 
-    fn remove(&self, session: &Session) -> TxResult<()> {
+    fn remove_session(&self, session: &Session) -> TxResult<()> {
         self.sessions.remove(&keys::session(session.id))?;
         self.expirations
             .remove(&keys::deadline(session.expires_at(), session.id))?;
@@ -149,45 +149,28 @@ fn add_to_counters(counters: &TransactionalTree, session: &Session, delta: i64) 
 
 impl Store {
     /// Stores a new session with its index entries and counts, and records
-    /// `session.created` (plus any lifecycle notice already due).
+    /// `session.created` (plus any lifecycle notice already due). Returns once on disk.
     ///
     /// # Errors
     /// Storage failures.
-    pub fn create_session(&self, session: &Session) -> Result<()> {
-        let now = session.created_at;
-        let trees = (
-            &self.sessions,
-            &self.expirations,
-            &self.warnings,
-            &self.user_sessions,
-            &self.agent_sessions,
-            &self.counters,
-            &self.events,
-            &self.event_index,
-        );
-        self.sequenced(|first_event_id| {
-            settle(trees.transaction(
-                |(sessions, expirations, warnings, users, agents, counters, events, index)| {
-                    let tx = SessionTx {
-                        sessions,
-                        expirations,
-                        warnings,
-                    };
-                    let mut log = EventLog::new(events, index, first_event_id);
-                    let mut stored = session.clone();
-                    let due = stored.due_notices(now);
-                    stored.mark_noticed(due);
-                    tx.put(None, &stored)?;
-                    users.insert(&keys::owned_session(session.user_id, session.id), &[])?;
-                    agents.insert(&keys::owned_session(session.agent_id, session.id), &[])?;
-                    add_to_counters(counters, session, 1)?;
-                    log.session(now, EventKind::SessionCreated, &stored);
-                    log.notices(now, &stored, due);
-                    Ok(((), log.finish()?))
-                },
-            ))
-        })
-        .and_then(settle_unrefused)
+    pub async fn create_session(&self, session: Session) -> Result<()> {
+        let work: Work<()> = Box::new(move |tx, first_event_id| {
+            let now = session.created_at;
+            let mut log = tx.event_log(first_event_id);
+            let mut stored = session.clone();
+            let due = stored.due_notices(now);
+            stored.mark_noticed(due);
+            tx.put_session(None, &stored)?;
+            tx.user_sessions
+                .insert(&keys::owned_session(session.user_id, session.id), &[])?;
+            tx.agent_sessions
+                .insert(&keys::owned_session(session.agent_id, session.id), &[])?;
+            add_to_counters(tx.counters, &session, 1)?;
+            log.session(now, EventKind::SessionCreated, &stored);
+            log.notices(now, &stored, due);
+            Ok(((), log.finish()?))
+        });
+        settle_unrefused(self.writer.write(work).await?)
     }
 
     /// The session, if stored (expired or not).
@@ -201,97 +184,67 @@ impl Store {
             .transpose()
     }
 
-    /// Reads the session, refuses if it is missing or expired at the transaction's `now`,
-    /// applies `change`, and stores the result with its moved index entries, the event
-    /// `change` names and any lifecycle notice now due — all in one transaction. Returns the
-    /// session after the change and the transaction's `now`. `change` may run more than once;
-    /// it must only touch the session.
+    /// Reads the session, refuses if it is missing or expired at the write's `now`, applies
+    /// `change`, and stores the result with its moved index entries, the event `change`
+    /// names and any lifecycle notice now due — all in one write. Returns the session after
+    /// the change and the write's `now`, once on disk. `change` may run more than once; it
+    /// must only touch the session.
     ///
     /// # Errors
     /// Outer: storage failures. Inner: [`SessionError`] from the checks or from `change`.
-    pub fn update_session(
+    pub async fn update_session(
         &self,
         id: Uuid,
-        clock: &dyn Clock,
-        change: impl Fn(&mut Session, Timestamp) -> Result<Option<EventKind>, SessionError>,
+        clock: Arc<dyn Clock>,
+        change: impl Fn(&mut Session, Timestamp) -> Result<Option<EventKind>, SessionError>
+            + Send
+            + 'static,
     ) -> Result<Result<(Session, Timestamp), SessionError>> {
-        let trees = (
-            &self.sessions,
-            &self.expirations,
-            &self.warnings,
-            &self.events,
-            &self.event_index,
-        );
-        self.sequenced(|first_event_id| {
-            settle(
-                trees.transaction(|(sessions, expirations, warnings, events, index)| {
-                    let tx = SessionTx {
-                        sessions,
-                        expirations,
-                        warnings,
-                    };
-                    let mut log = EventLog::new(events, index, first_event_id);
-                    let (old, now) = tx.get_active(id, clock)?;
-                    let mut new = old.clone();
-                    let announced = match change(&mut new, now) {
-                        Ok(announced) => announced,
-                        Err(refused) => return refuse(refused),
-                    };
-                    let due = new.due_notices(now);
-                    new.mark_noticed(due);
-                    if new != old {
-                        tx.put(Some(&old), &new)?;
-                    }
-                    if let Some(kind) = announced {
-                        log.session(now, kind, &new);
-                    }
-                    log.notices(now, &new, due);
-                    Ok(((new, now), log.finish()?))
-                }),
-            )
-        })
+        let work: Work<(Session, Timestamp)> = Box::new(move |tx, first_event_id| {
+            let mut log = tx.event_log(first_event_id);
+            let (old, now) = tx.active_session(id, clock.as_ref())?;
+            let mut new = old.clone();
+            let announced = match change(&mut new, now) {
+                Ok(announced) => announced,
+                Err(refused) => return refuse(refused),
+            };
+            let due = new.due_notices(now);
+            new.mark_noticed(due);
+            if new != old {
+                tx.put_session(Some(&old), &new)?;
+            }
+            if let Some(kind) = announced {
+                log.session(now, kind, &new);
+            }
+            log.notices(now, &new, due);
+            Ok(((new, now), log.finish()?))
+        });
+        self.writer.write(work).await
     }
 
     /// Records the lifecycle notices (`session.expiring`, `session.expired`) due for a
-    /// session at the transaction's `now`. Returns whether any was due.
+    /// session at the write's `now`. Returns whether any was due, once on disk.
     ///
     /// # Errors
     /// Storage failures.
-    pub fn record_due_notices(&self, id: Uuid, clock: &dyn Clock) -> Result<bool> {
-        let trees = (
-            &self.sessions,
-            &self.expirations,
-            &self.warnings,
-            &self.events,
-            &self.event_index,
-        );
-        self.sequenced(|first_event_id| {
-            settle(
-                trees.transaction(|(sessions, expirations, warnings, events, index)| {
-                    let tx = SessionTx {
-                        sessions,
-                        expirations,
-                        warnings,
-                    };
-                    let mut log = EventLog::new(events, index, first_event_id);
-                    let Some(bytes) = sessions.get(keys::session(id))? else {
-                        return Ok((false, Vec::new()));
-                    };
-                    let old: Session = decode_tx(&bytes)?;
-                    let now = clock.now();
-                    let due = old.due_notices(now);
-                    if due == DueNotices::default() {
-                        return Ok((false, Vec::new()));
-                    }
-                    let mut new = old.clone();
-                    new.mark_noticed(due);
-                    tx.put(Some(&old), &new)?;
-                    log.notices(now, &new, due);
-                    Ok((true, log.finish()?))
-                }),
-            )
-        })
-        .and_then(settle_unrefused)
+    pub async fn record_due_notices(&self, id: Uuid, clock: Arc<dyn Clock>) -> Result<bool> {
+        let work: Work<bool> = Box::new(move |tx, first_event_id| {
+            let mut log = tx.event_log(first_event_id);
+            let Some(old) = tx.stored_session(id)? else {
+                return Ok((false, Vec::new()));
+            };
+            let now = clock.now();
+            let due = old.due_notices(now);
+            if due == DueNotices::default() {
+                return Ok((false, Vec::new()));
+            }
+            let mut new = old.clone();
+            new.mark_noticed(due);
+            tx.put_session(Some(&old), &new)?;
+            log.notices(now, &new, due);
+            Ok((true, log.finish()?))
+        });
+        settle_unrefused(self.writer.write(work).await?)
     }
 
     /// Ids of sessions whose warning window opens or whose expiry falls in `[from, to]`.
@@ -316,78 +269,52 @@ impl Store {
         Ok(ids)
     }
 
-    /// Deletes a session: the record, its index entries and counts go in one transaction
-    /// with a `session.deleted` event, so no client sees it half-deleted; its messages are
-    /// then removed in batches. Returns the session as it was, or `None` if there was none.
+    /// Deletes a session: the record, its index entries and counts go in one write with a
+    /// `session.deleted` event, so no client sees it half-deleted; its messages are then
+    /// removed in batches. Returns the session as it was (once on disk), or `None` if there
+    /// was none.
     ///
     /// # Errors
     /// Storage failures.
-    pub fn delete_session(&self, id: Uuid, now: Timestamp) -> Result<Option<Session>> {
-        self.delete_session_if(id, Some(now), |_| true)
+    pub async fn delete_session(&self, id: Uuid, now: Timestamp) -> Result<Option<Session>> {
+        self.delete_session_if(id, Some(now), |_| true).await
     }
 
-    /// Deletes the session only if `condition` holds for it inside the transaction, and
-    /// records `session.deleted` at `announce_at` if given.
-    pub(crate) fn delete_session_if(
+    /// Deletes the session only if `condition` holds for it inside the write, and records
+    /// `session.deleted` at `announce_at` if given.
+    pub(crate) async fn delete_session_if(
         &self,
         id: Uuid,
         announce_at: Option<Timestamp>,
-        condition: impl Fn(&Session) -> bool,
+        condition: impl Fn(&Session) -> bool + Send + 'static,
     ) -> Result<Option<Session>> {
-        let trees = (
-            &self.sessions,
-            &self.expirations,
-            &self.warnings,
-            &self.user_sessions,
-            &self.agent_sessions,
-            &self.counters,
-            &self.purges,
-            &self.events,
-            &self.event_index,
-        );
-        let deleted = self
-            .sequenced(|first_event_id| {
-                settle(trees.transaction(
-                    |(
-                        sessions,
-                        expirations,
-                        warnings,
-                        users,
-                        agents,
-                        counters,
-                        purges,
-                        events,
-                        index,
-                    )| {
-                        let tx = SessionTx {
-                            sessions,
-                            expirations,
-                            warnings,
-                        };
-                        let mut log = EventLog::new(events, index, first_event_id);
-                        let Some(bytes) = sessions.get(keys::session(id))? else {
-                            return Ok((None, Vec::new()));
-                        };
-                        let session: Session = decode_tx(&bytes)?;
-                        if !condition(&session) {
-                            return Ok((None, Vec::new()));
-                        }
-                        tx.remove(&session)?;
-                        users.remove(&keys::owned_session(session.user_id, id))?;
-                        agents.remove(&keys::owned_session(session.agent_id, id))?;
-                        add_to_counters(counters, &session, -1)?;
-                        // The marker makes the message removal below resumable after a crash.
-                        purges.insert(&keys::session(id), &[])?;
-                        if let Some(at) = announce_at {
-                            log.session(at, EventKind::SessionDeleted, &session);
-                        }
-                        Ok((Some(session), log.finish()?))
-                    },
-                ))
-            })
-            .and_then(settle_unrefused)?;
+        let work: Work<Option<Session>> = Box::new(move |tx, first_event_id| {
+            let mut log = tx.event_log(first_event_id);
+            let Some(session) = tx.stored_session(id)? else {
+                return Ok((None, Vec::new()));
+            };
+            if !condition(&session) {
+                return Ok((None, Vec::new()));
+            }
+            tx.remove_session(&session)?;
+            tx.user_sessions
+                .remove(&keys::owned_session(session.user_id, id))?;
+            tx.agent_sessions
+                .remove(&keys::owned_session(session.agent_id, id))?;
+            add_to_counters(tx.counters, &session, -1)?;
+            // The marker makes the message removal below resumable after a crash.
+            tx.purges.insert(&keys::session(id), &[])?;
+            if let Some(at) = announce_at {
+                log.session(at, EventKind::SessionDeleted, &session);
+            }
+            Ok((Some(session), log.finish()?))
+        });
+        let deleted = settle_unrefused(self.writer.write(work).await?)?;
         if deleted.is_some() {
-            self.purge_messages(id)?;
+            let store = self.clone();
+            tokio::task::spawn_blocking(move || store.purge_messages(id))
+                .await
+                .map_err(|error| Error::Io(std::io::Error::other(error)))??;
         }
         Ok(deleted)
     }

@@ -145,7 +145,7 @@ async fn sweep_removes_sessions_expired_past_retention_with_their_messages() {
     let short_expiry = millis(&app.get_session(&short.id).await.expect(200)["expiresAt"]);
 
     // Act: well past the short session's expiry plus the retention, before the long one's.
-    let removed = sweep_at(&app, short_expiry + RETENTION_MS + MINUTE_MS, RETENTION);
+    let removed = sweep_at(&app, short_expiry + RETENTION_MS + MINUTE_MS, RETENTION).await;
 
     // Assert
     assert_eq!(removed, 1);
@@ -187,7 +187,7 @@ async fn sweep_keeps_sessions_expired_within_retention_and_active_ones() {
     app.append(&active.id, "still chatting").await;
 
     // Act
-    let removed = sweep_at(&app, now_millis(), RETENTION);
+    let removed = sweep_at(&app, now_millis(), RETENTION).await;
 
     // Assert
     assert_eq!(removed, 0);
@@ -208,9 +208,9 @@ async fn sweep_keeps_a_session_until_the_retention_has_passed() {
     let expires_at = millis(&expired.body["expiresAt"]);
 
     // Act
-    let just_before = sweep_at(&app, expires_at + RETENTION_MS - 1, RETENTION);
+    let just_before = sweep_at(&app, expires_at + RETENTION_MS - 1, RETENTION).await;
     let still_there = app.get_session(&expired.id).await;
-    let just_after = sweep_at(&app, expires_at + RETENTION_MS + 1, RETENTION);
+    let just_after = sweep_at(&app, expires_at + RETENTION_MS + 1, RETENTION).await;
 
     // Assert
     assert_eq!(
@@ -236,7 +236,8 @@ async fn swept_sessions_stay_gone_after_a_restart() {
         &app,
         millis(&expired.body["expiresAt"]) + RETENTION_MS + MINUTE_MS,
         RETENTION,
-    );
+    )
+    .await;
     assert_eq!(removed, 1);
 
     // Act

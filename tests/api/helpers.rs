@@ -486,9 +486,10 @@ pub async fn wait_for_clock_past(ms: u64) {
 
 /// Runs one sweep of the store as if the clock read `now_ms`, keeping sessions that expired less
 /// than `retention` ago; returns how many sessions it removed.
-pub fn sweep_at(app: &TestApp, now_ms: u64, retention: Duration) -> usize {
+pub async fn sweep_at(app: &TestApp, now_ms: u64, retention: Duration) -> usize {
     let now = sessiond::domain::Timestamp::from_millis(now_ms);
     let outcome = sessiond::sweeper::sweep_once(app.store(), now, retention)
+        .await
         .expect("a sweep of a healthy store succeeds");
     outcome.removed_sessions
 }

@@ -601,7 +601,7 @@ async fn expired_session_is_404_once_swept() {
     let expires_at = millis(&session.body["expiresAt"]);
 
     // Act
-    let removed = sweep_at(&app, expires_at + 60 * MINUTE_MS + 1, retention);
+    let removed = sweep_at(&app, expires_at + 60 * MINUTE_MS + 1, retention).await;
 
     // Assert
     assert_eq!(removed, 1);
