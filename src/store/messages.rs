@@ -5,9 +5,11 @@ use std::sync::Arc;
 use uuid::Uuid;
 
 use super::keys;
-use super::writer::Work;
-use super::{codec, encode_tx, refuse, Store};
-use crate::domain::{Clock, EventKind, Message, NewMessage, Renewal, Session, SessionError};
+use super::writer::{Work, WriteTx};
+use super::{codec, encode_tx, refuse, Store, TxResult};
+use crate::domain::{
+    Clock, EventKind, Message, NewMessage, Renewal, Session, SessionError, Timestamp,
+};
 use crate::error::{Error, Result};
 
 /// What an append stored.
@@ -47,6 +49,80 @@ pub struct MessagePage {
     pub has_more: bool,
 }
 
+impl WriteTx<'_> {
+    /// Stores `new` as the next message of `session` at `now`, with its index entries, and
+    /// applies it to `session` (count, last message); the caller stores the session. Refuses
+    /// an author who is neither the session's user nor its agent, and a parent that is not
+    /// a message of this session.
+    pub(super) fn add_message(
+        &self,
+        session: &mut Session,
+        new: &NewMessage,
+        now: Timestamp,
+    ) -> TxResult<Message> {
+        let session_id = session.id;
+        let author_id = new.author_id.unwrap_or(session.user_id);
+        if author_id != session.user_id && author_id != session.agent_id {
+            return refuse(SessionError::ForbiddenAuthor {
+                session_id,
+                author_id,
+            });
+        }
+        let parent_id = match new.parent_id {
+            Some(parent_id) => {
+                let belongs = match self.message_locations.get(keys::session(parent_id))? {
+                    Some(location) => {
+                        keys::parse_message(&location).map_err(super::broken)?.0 == session_id
+                    }
+                    None => false,
+                };
+                if !belongs {
+                    return refuse(SessionError::InvalidParent {
+                        session_id,
+                        parent_id,
+                    });
+                }
+                Some(parent_id)
+            }
+            None => session.last_message_id,
+        };
+
+        let seq = session.message_count + 1;
+        let message = Message {
+            id: Uuid::now_v7(),
+            session_id,
+            seq,
+            parent_id,
+            content: new.content.clone(),
+            author_id,
+            is_agent: author_id == session.agent_id,
+            // Message times never go backwards, so seq order is time order and the epoch-ms
+            // bounds of a page can be found by binary search over seq.
+            created_at: now.max(session.last_message_at),
+            metadata_json: new.metadata_json.clone(),
+            attachments: new.attachments.clone(),
+        };
+        let key = keys::message(session_id, seq);
+        if self.messages.insert(&key, encode_tx(&message)?)?.is_some() {
+            return Err(super::broken(Error::corrupt(format!(
+                "message {seq} of session {session_id} already existed"
+            ))));
+        }
+        self.message_locations
+            .insert(&keys::session(message.id), &key)?;
+        if let Some(parent_id) = parent_id {
+            // The value names the session, so an entry left by an interrupted purge can be
+            // traced to its (deleted) session.
+            self.children
+                .insert(&keys::child(parent_id, seq), &keys::session(session_id))?;
+        }
+        session.message_count = seq;
+        session.last_message_id = Some(message.id);
+        session.last_message_at = message.created_at;
+        Ok(message)
+    }
+}
+
 impl Store {
     /// Appends a message to a session and applies the activity to the session (last
     /// activity, auto-renewal, message count) in one write, with its index entries. Returns
@@ -64,66 +140,8 @@ impl Store {
         let work: Work<Appended> = Box::new(move |tx, first_event_id| {
             let mut log = tx.event_log(first_event_id);
             let (old, now) = tx.active_session(session_id, clock.as_ref())?;
-            let author_id = new.author_id.unwrap_or(old.user_id);
-            if author_id != old.user_id && author_id != old.agent_id {
-                return refuse(SessionError::ForbiddenAuthor {
-                    session_id,
-                    author_id,
-                });
-            }
-            let parent_id = match new.parent_id {
-                Some(parent_id) => {
-                    let belongs = match tx.message_locations.get(keys::session(parent_id))? {
-                        Some(location) => {
-                            keys::parse_message(&location).map_err(super::broken)?.0 == session_id
-                        }
-                        None => false,
-                    };
-                    if !belongs {
-                        return refuse(SessionError::InvalidParent {
-                            session_id,
-                            parent_id,
-                        });
-                    }
-                    Some(parent_id)
-                }
-                None => old.last_message_id,
-            };
-
-            let seq = old.message_count + 1;
-            let message = Message {
-                id: Uuid::now_v7(),
-                session_id,
-                seq,
-                parent_id,
-                content: new.content.clone(),
-                author_id,
-                is_agent: author_id == old.agent_id,
-                // Message times never go backwards, so seq order is time order and the
-                // epoch-ms bounds of a page can be found by binary search over seq.
-                created_at: now.max(old.last_message_at),
-                metadata_json: new.metadata_json.clone(),
-                attachments: new.attachments.clone(),
-            };
-            let key = keys::message(session_id, seq);
-            if tx.messages.insert(&key, encode_tx(&message)?)?.is_some() {
-                return Err(super::broken(Error::corrupt(format!(
-                    "message {seq} of session {session_id} already existed"
-                ))));
-            }
-            tx.message_locations
-                .insert(&keys::session(message.id), &key)?;
-            if let Some(parent_id) = parent_id {
-                // The value names the session, so an entry left by an interrupted purge can
-                // be traced to its (deleted) session.
-                tx.children
-                    .insert(&keys::child(parent_id, seq), &keys::session(session_id))?;
-            }
-
             let mut session = old.clone();
-            session.message_count = seq;
-            session.last_message_id = Some(message.id);
-            session.last_message_at = message.created_at;
+            let message = tx.add_message(&mut session, &new, now)?;
             let renewal = session.record_activity(now);
             let due = session.due_notices(now);
             session.mark_noticed(due);
@@ -602,5 +620,42 @@ mod tests {
             .is_none()));
         assert_eq!(store.children.iter().count(), 0);
         assert!(store.pending_purges().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn an_imported_history_is_chained_counted_and_checked_clean() {
+        use crate::store::test_support::session_at;
+        let (store, _dir) = temp_store();
+        let session = session_at(T0, 30, 5);
+        let mut history: Vec<NewMessage> = (0..3)
+            .map(|i| text_message(&format!("m{i}"), None))
+            .collect();
+        history[2].author_id = Some(session.agent_id);
+        let stored = store
+            .import_session(session.clone(), history)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(stored.message_count, 3);
+        let all = page(
+            &store,
+            session.id,
+            MessageQuery {
+                limit: 10,
+                ..Default::default()
+            },
+        );
+        assert_eq!(seqs(&all), vec![3, 2, 1]);
+        assert_eq!(all.messages[0].parent_id, Some(all.messages[1].id));
+        assert!(all.messages[0].is_agent);
+        assert!(store.check().unwrap().is_clean());
+
+        let stranger = session_at(T0, 30, 5);
+        let mut bad = vec![text_message("fine", None), text_message("not fine", None)];
+        bad[1].author_id = Some(uuid::Uuid::new_v4());
+        let refused = store.import_session(stranger.clone(), bad).await.unwrap();
+        assert!(matches!(refused, Err(SessionError::ForbiddenAuthor { .. })));
+        assert!(store.session(stranger.id).unwrap().is_none());
+        assert_eq!(store.counts(T0).unwrap().total, 1);
     }
 }

@@ -8,7 +8,7 @@ use uuid::Uuid;
 use super::keys::{self, Counter};
 use super::writer::{Work, WriteTx};
 use super::{codec, decode_tx, encode_tx, refuse, settle_unrefused, Store, TxResult};
-use crate::domain::{Clock, DueNotices, EventKind, Session, SessionError, Timestamp};
+use crate::domain::{Clock, DueNotices, EventKind, NewMessage, Session, SessionError, Timestamp};
 use crate::error::{Error, Result};
 
 /// Which sessions a listing includes.
@@ -154,10 +154,30 @@ impl Store {
     /// # Errors
     /// Storage failures.
     pub async fn create_session(&self, session: Session) -> Result<()> {
-        let work: Work<()> = Box::new(move |tx, first_event_id| {
+        settle_unrefused(self.import_session(session, Vec::new()).await?).map(drop)
+    }
+
+    /// Stores a new session together with a conversation it already had, for bringing
+    /// conversations over from another store: `history` becomes its messages, in order, all
+    /// at the session's `createdAt`, each replying to the one before unless it names a
+    /// parent. Records `session.created` (plus any lifecycle notice already due) and no
+    /// message events. Returns the stored session once on disk.
+    ///
+    /// # Errors
+    /// Outer: storage failures. Inner: an author or parent that
+    /// [`append_message`](Store::append_message) would refuse; nothing is stored then.
+    pub async fn import_session(
+        &self,
+        session: Session,
+        history: Vec<NewMessage>,
+    ) -> Result<Result<Session, SessionError>> {
+        let work: Work<Session> = Box::new(move |tx, first_event_id| {
             let now = session.created_at;
             let mut log = tx.event_log(first_event_id);
             let mut stored = session.clone();
+            for new in &history {
+                tx.add_message(&mut stored, new, now)?;
+            }
             let due = stored.due_notices(now);
             stored.mark_noticed(due);
             tx.put_session(None, &stored)?;
@@ -168,9 +188,9 @@ impl Store {
             add_to_counters(tx.counters, &session, 1)?;
             log.session(now, EventKind::SessionCreated, &stored);
             log.notices(now, &stored, due);
-            Ok(((), log.finish()?))
+            Ok((stored, log.finish()?))
         });
-        settle_unrefused(self.writer.write(work).await?)
+        self.writer.write(work).await
     }
 
     /// The session, if stored (expired or not).
