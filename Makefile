@@ -17,11 +17,14 @@ lint:
 build:
 	$(CARGO) build --release
 
-# Load benchmark of the release binary (appends to bench/results.md), then the cost of a
-# stuck event-stream reader on appends.
+# Load benchmark of the release binary (appends to bench/results.md), the cost of a stuck
+# event-stream reader on appends, then the scale benchmark: 1M sessions and 10M messages
+# (the first run loads them, about 12 minutes, into target/scale-store-1000000; later runs
+# reuse it), also appended to bench/results.md.
 bench:
 	bench/load.sh
 	$(CARGO) bench --bench stuck_subscriber
+	$(CARGO) bench --bench scale
 
 # 200 SIGKILLs under concurrent writes; `make test` runs 20 of them.
 crash:

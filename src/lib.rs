@@ -5,7 +5,7 @@
 //! # Layout
 //! - [`config`]: the command-line flags and environment variables.
 //! - [`domain`]: sessions, messages and the lifecycle rules, as pure functions of `now`.
-//! - [`store`]: the sled store: typed trees, key layouts, the codec, group commit.
+//! - [`store`]: the sled store: typed trees, key layouts, the codec, the batching writer.
 //! - [`api`]: the warp routes of the HTTP contract and its JSON error envelope.
 //! - [`sweeper`]: the background task that removes expired sessions and old events.
 //! - [`notifier`]: the background task that pushes `session.expiring`/`session.expired`.

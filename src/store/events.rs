@@ -1,10 +1,9 @@
 //! The durable event log, and the bus that hands new events to live subscribers.
 //!
-//! Ordering: event ids are allocated under one lock held across the transaction that writes
-//! them (sled serializes transactions anyway), so id order is commit order, and events
-//! enter the bus's pending queue in id order. The commit thread publishes pending events
-//! only after the flush that made them durable, so a subscriber never sees an event a
-//! crash could take back. Subscribing and publishing share the bus lock: a new subscriber
+//! Ordering: event ids are allocated by the writer thread, in the order its writes commit,
+//! and events enter the bus's pending queue in id order. The writer publishes pending
+//! events only after the flush that made them durable, so a subscriber never sees an event
+//! a crash could take back. Subscribing and publishing share the bus lock: a new subscriber
 //! replays the store up to the id published when it subscribed, and gets everything later
 //! live — no gap and no duplicate at the seam.
 

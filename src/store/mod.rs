@@ -211,6 +211,9 @@ fn open_db(path: &Path, options: &StoreOptions) -> Result<sled::Db> {
         let opened = sled::Config::new()
             .path(path)
             .cache_capacity(options.cache_capacity_bytes)
+            // sled records the choice in the store: a compressed store needs a build with
+            // the feature, and the other way round.
+            .use_compression(cfg!(feature = "compression"))
             .open();
         match opened {
             Err(sled::Error::Io(e))
