@@ -13,13 +13,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::domain::{Clock, Timestamp};
 use crate::error::Result;
-use crate::store::Store;
+use crate::store::{Store, BACKGROUND_WRITES};
 
 /// How often due deadlines are looked for: the most a notice can be late.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(250);
-/// Notices recorded at once: enough to fill write batches, few enough that requests
-/// batched with them wait little.
-const CONCURRENT_WRITES: usize = 16;
 /// How far back each look reaches past the previous one, to cover a deadline written by a
 /// transaction that read the clock just before the previous look but committed after it.
 const OVERLAP: Duration = Duration::from_secs(2);
@@ -39,7 +36,7 @@ pub async fn notify_due_once(
     // Concurrent, so that many notices share each write batch.
     let mut recorded = futures_util::stream::iter(due)
         .map(|session_id| store.record_due_notices(session_id, clock.clone()))
-        .buffer_unordered(CONCURRENT_WRITES);
+        .buffer_unordered(BACKGROUND_WRITES);
     let mut noticed = 0;
     while let Some(outcome) = recorded.next().await {
         if outcome? {

@@ -8,7 +8,7 @@ use uuid::Uuid;
 
 use crate::domain::{Clock, Timestamp};
 use crate::error::Result;
-use crate::store::Store;
+use crate::store::{Store, BACKGROUND_WRITES};
 
 /// Sessions looked at per batch; bounds how long one batch holds the store.
 const BATCH: usize = 256;
@@ -21,10 +21,6 @@ pub struct SweepOutcome {
     /// Deletions left unfinished by a crash and completed by this sweep.
     pub resumed_purges: usize,
 }
-
-/// Sessions deleted at once: enough to fill write batches, few enough that requests batched
-/// with them wait little.
-const CONCURRENT_DELETES: usize = 16;
 
 /// Removes every session that expired more than `retention` before `now` (strictly), in batches.
 /// Work is found through the expiry index, so the cost follows the number of expired
@@ -56,7 +52,7 @@ pub async fn sweep_once(
             .map(|session_id| {
                 store.delete_session_if(session_id, None, move |s| s.expires_at() < cutoff)
             })
-            .buffer_unordered(CONCURRENT_DELETES);
+            .buffer_unordered(BACKGROUND_WRITES);
         let mut removed = 0;
         while let Some(deleted) = deletes.next().await {
             if deleted?.is_some() {

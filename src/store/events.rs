@@ -416,7 +416,8 @@ impl Store {
     /// # Errors
     /// Storage failures.
     pub(crate) fn trim_events(&self, cutoff: Timestamp) -> Result<usize> {
-        const BATCH: usize = 512;
+        // Small: each batch holds sled's write lock, so the writer waits for it.
+        const BATCH: usize = 64;
         let Some((newest, _)) = self.events.last()? else {
             return Ok(0);
         };

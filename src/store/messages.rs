@@ -121,6 +121,27 @@ impl WriteTx<'_> {
         session.last_message_at = message.created_at;
         Ok(message)
     }
+
+    /// Removes the messages of `session` and their index entries.
+    pub(super) fn remove_messages(&self, session: &Session) -> TxResult<()> {
+        for seq in 1..=session.message_count {
+            let Some(bytes) = self.messages.remove(&keys::message(session.id, seq))? else {
+                continue;
+            };
+            match codec::decode::<Message>(&bytes) {
+                Ok(message) => {
+                    self.message_locations.remove(&keys::session(message.id))?;
+                    if let Some(parent_id) = message.parent_id {
+                        self.children.remove(&keys::child(parent_id, seq))?;
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(session_id = %session.id, %error, "removing an undecodable message")
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 impl Store {
@@ -330,7 +351,8 @@ impl Store {
     /// # Errors
     /// Storage failures.
     pub(crate) fn purge_messages(&self, session_id: Uuid) -> Result<()> {
-        const BATCH: usize = 512;
+        // Small: each batch holds sled's write lock, so the writer waits for it.
+        const BATCH: usize = 128;
         loop {
             let mut batch = sled::Batch::default();
             let mut locations = sled::Batch::default();
@@ -657,5 +679,39 @@ mod tests {
         assert!(matches!(refused, Err(SessionError::ForbiddenAuthor { .. })));
         assert!(store.session(stranger.id).unwrap().is_none());
         assert_eq!(store.counts(T0).unwrap().total, 1);
+    }
+
+    #[tokio::test]
+    async fn a_short_conversation_goes_in_the_delete_itself() {
+        let (store, _dir) = temp_store();
+        let (doomed, kept) = (
+            created_session(&store, T0).await,
+            created_session(&store, T0).await,
+        );
+        let clock = Arc::new(ManualClock::new(T0));
+        for session in [&doomed, &kept] {
+            for i in 0..3 {
+                store
+                    .append_message(
+                        session.id,
+                        text_message(&format!("m{i}"), None),
+                        clock.clone(),
+                    )
+                    .await
+                    .unwrap()
+                    .unwrap();
+            }
+        }
+        let deleted = store.delete_session(doomed.id, T0).await.unwrap().unwrap();
+        assert_eq!(deleted.message_count, 3);
+        assert!(store
+            .messages
+            .scan_prefix(keys::session(doomed.id))
+            .next()
+            .is_none());
+        assert_eq!(store.message_locations.len(), 3);
+        assert_eq!(store.children.len(), 2);
+        assert!(store.pending_purges().unwrap().is_empty());
+        assert!(store.check().unwrap().is_clean());
     }
 }

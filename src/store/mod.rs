@@ -37,6 +37,10 @@ use writer::{WriteTrees, Writer};
 /// - 2: one event record per write, holding all its events (tree `eventid_events`).
 pub const FORMAT_VERSION: u32 = 2;
 
+/// Writes a background task (the sweeper, the notifier) keeps in flight: enough to share
+/// write batches, few enough that the requests batched with them wait little.
+pub const BACKGROUND_WRITES: usize = 4;
+
 /// How to open a store.
 #[derive(Clone, Debug)]
 pub struct StoreOptions {

@@ -62,6 +62,9 @@ pub struct SessionCounts {
     pub expiring_soon: u64,
 }
 
+/// A deleted session with at most this many messages loses them in the delete itself.
+const MESSAGES_REMOVED_IN_THE_DELETE: u64 = 256;
+
 impl WriteTx<'_> {
     fn stored_session(&self, id: Uuid) -> TxResult<Option<Session>> {
         self.sessions
@@ -308,7 +311,7 @@ impl Store {
         announce_at: Option<Timestamp>,
         condition: impl Fn(&Session) -> bool + Send + 'static,
     ) -> Result<Option<Session>> {
-        let work: Work<Option<Session>> = Box::new(move |tx, first_event_id| {
+        let work: Work<Option<(Session, bool)>> = Box::new(move |tx, first_event_id| {
             let mut log = tx.event_log(first_event_id);
             let Some(session) = tx.stored_session(id)? else {
                 return Ok((None, Vec::new()));
@@ -322,21 +325,30 @@ impl Store {
             tx.agent_sessions
                 .remove(&keys::owned_session(session.agent_id, id))?;
             add_to_counters(tx.counters, &session, -1)?;
-            // The marker makes the message removal below resumable after a crash.
-            tx.purges.insert(&keys::session(id), &[])?;
+            // A long conversation would hold up the writes batched with this one: its
+            // messages go afterwards, in batches, behind a marker that makes the removal
+            // resumable after a crash.
+            let purge_later = session.message_count > MESSAGES_REMOVED_IN_THE_DELETE;
+            if purge_later {
+                tx.purges.insert(&keys::session(id), &[])?;
+            } else {
+                tx.remove_messages(&session)?;
+            }
             if let Some(at) = announce_at {
                 log.session(at, EventKind::SessionDeleted, &session);
             }
-            Ok((Some(session), log.finish()?))
+            Ok((Some((session, purge_later)), log.finish()?))
         });
-        let deleted = settle_unrefused(self.writer.write(work).await?)?;
-        if deleted.is_some() {
+        let Some((deleted, purge_later)) = settle_unrefused(self.writer.write(work).await?)? else {
+            return Ok(None);
+        };
+        if purge_later {
             let store = self.clone();
             tokio::task::spawn_blocking(move || store.purge_messages(id))
                 .await
                 .map_err(|error| Error::Io(std::io::Error::other(error)))??;
         }
-        Ok(deleted)
+        Ok(Some(deleted))
     }
 
     /// Sessions deleted whose messages are not all removed yet (after a crash).
