@@ -5,6 +5,11 @@ use std::process::ExitCode;
 use clap::Parser;
 use sessiond::config::{Cli, Command};
 
+// sled allocates and copies tree nodes on every write; mimalloc does that work faster than
+// the system allocator.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
