@@ -406,7 +406,7 @@ mod tests {
     use std::sync::Arc;
 
     use crate::domain::{ManualClock, Timestamp};
-    use crate::store::test_support::{created_session, temp_store, text_message};
+    use crate::store::test_support::{append_texts, created_session, temp_store};
 
     const T0: Timestamp = Timestamp::from_millis(1_795_255_200_000);
 
@@ -414,14 +414,7 @@ mod tests {
         let (store, dir) = temp_store();
         let session = created_session(&store, T0).await;
         let clock = Arc::new(ManualClock::new(T0));
-        for i in 0..5 {
-            let new = text_message(&format!("m{i}"), None);
-            store
-                .append_message(session.id, new, clock.clone())
-                .await
-                .unwrap()
-                .unwrap();
-        }
+        append_texts(&store, session.id, &clock, 5).await;
         (store, dir, session)
     }
 

@@ -401,7 +401,7 @@ mod tests {
 
     use super::*;
     use crate::domain::{ManualClock, Timestamp};
-    use crate::store::test_support::{created_session, temp_store, text_message};
+    use crate::store::test_support::{append_texts, created_session, temp_store, text_message};
 
     const T0: Timestamp = Timestamp::from_millis(1_795_255_200_000);
 
@@ -419,17 +419,7 @@ mod tests {
         let (store, _dir) = temp_store();
         let session = created_session(&store, T0).await;
         let clock = Arc::new(ManualClock::new(T0 + Duration::from_millis(1)));
-        for i in 0..25 {
-            store
-                .append_message(
-                    session.id,
-                    text_message(&format!("m{i}"), None),
-                    clock.clone(),
-                )
-                .await
-                .unwrap()
-                .unwrap();
-        }
+        append_texts(&store, session.id, &clock, 25).await;
         let mut seen = Vec::new();
         let mut before_seq = None;
         loop {
@@ -690,17 +680,7 @@ mod tests {
         );
         let clock = Arc::new(ManualClock::new(T0));
         for session in [&doomed, &kept] {
-            for i in 0..3 {
-                store
-                    .append_message(
-                        session.id,
-                        text_message(&format!("m{i}"), None),
-                        clock.clone(),
-                    )
-                    .await
-                    .unwrap()
-                    .unwrap();
-            }
+            append_texts(&store, session.id, &clock, 3).await;
         }
         let deleted = store.delete_session(doomed.id, T0).await.unwrap().unwrap();
         assert_eq!(deleted.message_count, 3);

@@ -338,6 +338,22 @@ pub(crate) mod test_support {
         session
     }
 
+    /// Appends `count` plain user messages ("m0", "m1", …) at the clock's time.
+    pub(crate) async fn append_texts(
+        store: &Store,
+        session_id: Uuid,
+        clock: &Arc<crate::domain::ManualClock>,
+        count: usize,
+    ) -> Vec<crate::domain::Message> {
+        let mut appended = Vec::with_capacity(count);
+        for i in 0..count {
+            let new = text_message(&format!("m{i}"), None);
+            let outcome = store.append_message(session_id, new, clock.clone()).await;
+            appended.push(outcome.expect("stored").expect("accepted").message);
+        }
+        appended
+    }
+
     /// A plain user message replying to `parent_id` (or to the newest message).
     pub(crate) fn text_message(content: &str, parent_id: Option<Uuid>) -> NewMessage {
         NewMessage {
