@@ -19,7 +19,7 @@ build:
 
 # Load benchmark of the release binary (appends to bench/results.md), the cost of a stuck
 # event-stream reader on appends, then the scale benchmark: 1M sessions and 10M messages
-# (the first run loads them, about 12 minutes, into target/scale-store-1000000; later runs
+# (the first run loads them, about 8 minutes, into target/scale-store-1000000; later runs
 # reuse it), also appended to bench/results.md.
 bench:
 	bench/load.sh
