@@ -209,6 +209,13 @@ const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
 /// How long [`Store::close`] waits for other handles and for the file lock.
 const CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// Whether sled failed to open because another handle still holds the store's lock. sled
+/// 0.34 reports it as an `Other` error carrying this message.
+fn is_held_lock(error: &std::io::Error) -> bool {
+    error.kind() == std::io::ErrorKind::WouldBlock
+        || error.to_string().starts_with("could not acquire lock")
+}
+
 fn open_db(path: &Path, options: &StoreOptions) -> Result<sled::Db> {
     let started = std::time::Instant::now();
     loop {
@@ -220,9 +227,7 @@ fn open_db(path: &Path, options: &StoreOptions) -> Result<sled::Db> {
             .use_compression(cfg!(feature = "compression"))
             .open();
         match opened {
-            Err(sled::Error::Io(e))
-                if e.kind() == std::io::ErrorKind::WouldBlock && started.elapsed() < LOCK_WAIT =>
-            {
+            Err(sled::Error::Io(e)) if is_held_lock(&e) && started.elapsed() < LOCK_WAIT => {
                 std::thread::sleep(std::time::Duration::from_millis(10));
             }
             other => return Ok(other?),
@@ -396,6 +401,19 @@ mod tests {
             matches!(err, Error::NewerFormat { found, .. } if found == FORMAT_VERSION + 1),
             "{err}"
         );
+    }
+
+    #[test]
+    fn open_waits_for_a_handle_still_holding_the_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        let held = sled::open(dir.path()).unwrap();
+        let release = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            drop(held);
+        });
+        let store = Store::open(dir.path(), &StoreOptions::default()).unwrap();
+        release.join().unwrap();
+        store.close().unwrap();
     }
 
     #[test]
