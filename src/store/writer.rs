@@ -26,6 +26,9 @@ use crate::error::{Error, Result};
 /// Most writes one transaction takes: bounds how long a write waits behind others.
 const MAX_BATCH: usize = 128;
 
+/// A batch slower than this is logged, with where its time went.
+const SLOW_BATCH: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// Every tree a write may change.
 #[derive(Clone)]
 pub(super) struct WriteTrees {
@@ -165,11 +168,22 @@ impl Writer {
                     let batch: Vec<Box<dyn Job>> = std::iter::once(first)
                         .chain(waiting.try_iter().take(MAX_BATCH - 1))
                         .collect();
+                    let started = std::time::Instant::now();
+                    let writes = batch.len();
                     let batch = commit(&trees, &thread_bus, &mut next_event_id, batch);
+                    let committed = started.elapsed();
                     let durable = sync(&thread_db, &thread_log, &thread_bus)
                         .map_err(|error| error.to_string());
                     if let Err(error) = &durable {
                         tracing::error!(%error, "flush to disk failed");
+                    }
+                    if started.elapsed() >= SLOW_BATCH {
+                        tracing::warn!(
+                            writes,
+                            ?committed,
+                            synced = ?started.elapsed() - committed,
+                            "slow write batch"
+                        );
                     }
                     for job in batch {
                         job.answer(&durable);
