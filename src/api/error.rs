@@ -335,6 +335,13 @@ impl From<SessionError> for ApiError {
                 "Message not found",
                 details,
             ),
+            // Only imports through the library can meet it: the API makes session ids.
+            SessionError::AlreadyExists(_) => ApiError::new(
+                StatusCode::CONFLICT,
+                "SESSION_EXISTS",
+                "Session already exists",
+                details,
+            ),
         }
     }
 }

@@ -198,6 +198,9 @@ pub enum SessionError {
     /// A timeout update the policy does not accept.
     #[error("{0}")]
     InvalidTimeout(#[from] TimeoutConfigError),
+    /// A session with this id is stored already (or is still being deleted).
+    #[error("session {0} already exists")]
+    AlreadyExists(Uuid),
     /// No such message in this session.
     #[error("message {message_id} does not exist in session {session_id}")]
     MessageNotFound {

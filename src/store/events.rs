@@ -81,7 +81,7 @@ struct V1StoredEvent {
     data: StoredData,
 }
 
-/// Rewrites format 1's per-event records as one-event records of format 2. The index keys
+/// Copies format 1's per-event records as one-event records of format 2. The index keys
 /// (owner ++ id) already name those records, so the index stays as it is. Idempotent.
 pub(super) fn migrate_v1_records(db: &sled::Db) -> Result<()> {
     let old = db.open_tree(V1_EVENTS_TREE)?;
@@ -101,7 +101,12 @@ pub(super) fn migrate_v1_records(db: &sled::Db) -> Result<()> {
         };
         records.insert(key, codec::encode(&record)?)?;
     }
-    db.flush()?;
+    Ok(())
+}
+
+/// Drops format 1's records once the store says format 2: until then an older sessiond can
+/// still open the store as it was.
+pub(super) fn drop_v1_records(db: &sled::Db) -> Result<()> {
     db.drop_tree(V1_EVENTS_TREE)?;
     Ok(())
 }

@@ -672,7 +672,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_short_conversation_goes_in_the_delete_itself() {
+    async fn deleting_a_short_conversation_leaves_other_sessions_alone() {
         let (store, _dir) = temp_store();
         let (doomed, kept) = (
             created_session(&store, T0).await,

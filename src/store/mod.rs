@@ -211,7 +211,7 @@ const CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Whether sled failed to open because another handle still holds the store's lock. sled
 /// 0.34 reports it as an `Other` error carrying this message.
-fn is_held_lock(error: &std::io::Error) -> bool {
+pub(crate) fn is_held_lock(error: &std::io::Error) -> bool {
     error.kind() == std::io::ErrorKind::WouldBlock
         || error.to_string().starts_with("could not acquire lock")
 }
@@ -251,7 +251,8 @@ fn upgrade_format(db: &sled::Db, meta: &Tree, path: &Path) -> Result<()> {
             found,
             supported: FORMAT_VERSION,
         }),
-        Some(FORMAT_VERSION) => Ok(()),
+        // A crash may have come between writing the version and dropping the old records.
+        Some(FORMAT_VERSION) => events::drop_v1_records(db),
         Some(older) => {
             tracing::info!(
                 from = older,
@@ -259,11 +260,12 @@ fn upgrade_format(db: &sled::Db, meta: &Tree, path: &Path) -> Result<()> {
                 "upgrading the store format"
             );
             events::migrate_v1_records(db)?;
-            // The version goes last: a crash before it reruns the (idempotent) migration.
+            // The version comes after the copy: a crash before it reruns the (idempotent)
+            // copy. The old records go only once the version says they are not needed.
             db.flush()?;
             meta.insert(keys::FORMAT_VERSION, &FORMAT_VERSION.to_be_bytes())?;
             db.flush()?;
-            Ok(())
+            events::drop_v1_records(db)
         }
         None => {
             meta.insert(keys::FORMAT_VERSION, &FORMAT_VERSION.to_be_bytes())?;

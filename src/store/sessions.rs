@@ -9,7 +9,7 @@ use super::keys::{self, Counter};
 use super::writer::{Work, WriteTx};
 use super::{codec, decode_tx, encode_tx, refuse, settle_unrefused, Store, TxResult};
 use crate::domain::{Clock, DueNotices, EventKind, NewMessage, Session, SessionError, Timestamp};
-use crate::error::{Error, Result};
+use crate::error::Result;
 
 /// Which sessions a listing includes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -162,22 +162,46 @@ impl Store {
 
     /// Stores a new session together with a conversation it already had, for bringing
     /// conversations over from another store: `history` becomes its messages, in order, all
-    /// at the session's `createdAt`, each replying to the one before unless it names a
-    /// parent. Records `session.created` (plus any lifecycle notice already due) and no
+    /// at the session's `createdAt`, each replying to the one before (so none may name a
+    /// parent). Records `session.created` (plus any lifecycle notice already due) and no
     /// message events. Returns the stored session once on disk.
     ///
     /// # Errors
-    /// Outer: storage failures. Inner: an author or parent that
-    /// [`append_message`](Store::append_message) would refuse; nothing is stored then.
+    /// Outer: storage failures. Inner: a session with this id exists or is being deleted,
+    /// an author who is neither the user nor the agent, or a named parent; nothing is
+    /// stored then.
     pub async fn import_session(
         &self,
         session: Session,
         history: Vec<NewMessage>,
     ) -> Result<Result<Session, SessionError>> {
         let work: Work<Session> = Box::new(move |tx, first_event_id| {
+            // Everything that could refuse is checked before anything is written.
+            let key = keys::session(session.id);
+            if tx.sessions.get(key)?.is_some() || tx.purges.get(key)?.is_some() {
+                return refuse(SessionError::AlreadyExists(session.id));
+            }
+            for new in &history {
+                let author_id = new.author_id.unwrap_or(session.user_id);
+                if author_id != session.user_id && author_id != session.agent_id {
+                    return refuse(SessionError::ForbiddenAuthor {
+                        session_id: session.id,
+                        author_id,
+                    });
+                }
+                // The history's own ids are made as it is stored, so no parent can be named.
+                if let Some(parent_id) = new.parent_id {
+                    return refuse(SessionError::InvalidParent {
+                        session_id: session.id,
+                        parent_id,
+                    });
+                }
+            }
             let now = session.created_at;
             let mut log = tx.event_log(first_event_id);
             let mut stored = session.clone();
+            stored.message_count = 0;
+            stored.last_message_id = None;
             for new in &history {
                 tx.add_message(&mut stored, new, now)?;
             }
@@ -343,10 +367,15 @@ impl Store {
             return Ok(None);
         };
         if purge_later {
+            // The delete is durable whatever happens here: a purge that fails is left to the
+            // sweeper, which finds it by its marker.
             let store = self.clone();
-            tokio::task::spawn_blocking(move || store.purge_messages(id))
-                .await
-                .map_err(|error| Error::Io(std::io::Error::other(error)))??;
+            let purged = tokio::task::spawn_blocking(move || store.purge_messages(id)).await;
+            match purged {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => tracing::warn!(%id, %error, "purge left to the sweeper"),
+                Err(error) => tracing::warn!(%id, %error, "purge left to the sweeper"),
+            }
         }
         Ok(Some(deleted))
     }

@@ -6,12 +6,15 @@
 //! twice in each, a fixed cost that dominated a one-write transaction. Why not
 //! `flush_async`: with sled 0.34.7 it deadlocks once 7 or more callers await it at once. Why
 //! the extra fdatasync: sled's flush ends in `sync_file_range`, which neither flushes the
-//! drive's write cache nor the file's size metadata, so it does not survive power loss.
+//! drive's write cache nor the file's size metadata, so it does not survive power loss;
+//! nor does sled sync the blob files it writes for large tree nodes, so the writer does.
 
 use std::cell::RefCell;
+use std::collections::HashSet;
+use std::ffi::OsString;
 use std::fs::File;
-use std::path::Path;
-use std::sync::{mpsc, Arc};
+use std::path::{Path, PathBuf};
+use std::sync::{mpsc, Arc, Mutex};
 use std::thread;
 
 use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
@@ -19,7 +22,7 @@ use sled::{Transactional, Tree};
 use tokio::sync::oneshot;
 
 use super::events::{EventBus, EventLog};
-use super::{Failure, TxResult};
+use super::{broken, Failure, TxResult};
 use crate::domain::{Event, SessionError};
 use crate::error::{Error, Result};
 
@@ -70,9 +73,10 @@ impl<'a> WriteTx<'a> {
 }
 
 /// One write: runs inside a batch transaction, given the first free event id, and returns
-/// its result and the events it recorded. It may run more than once (when another write of
-/// its batch is refused, the batch runs again without that one), so it must only change the
-/// store through the transaction.
+/// its result and the events it recorded. It must decide to refuse before it changes
+/// anything: a refusal is answered as it is while the rest of the batch commits. It may run
+/// more than once (when another write of its batch fails, the batch runs again without that
+/// one), so it must only change the store through the transaction.
 pub(super) type Work<T> =
     Box<dyn Fn(&WriteTx<'_>, u64) -> TxResult<(T, Vec<Event>)> + Send + 'static>;
 
@@ -130,8 +134,49 @@ pub(super) struct Writer {
     queue: Option<mpsc::Sender<Box<dyn Job>>>,
     thread: Option<thread::JoinHandle<()>>,
     db: sled::Db,
-    log: Arc<File>,
+    files: Arc<StoreFiles>,
     bus: Arc<EventBus>,
+}
+
+/// The files a flush must sync for the data to survive power loss.
+struct StoreFiles {
+    /// sled's log: every write goes there.
+    log: File,
+    /// sled writes a tree node larger than a quarter segment (128 KiB) to a file of its own
+    /// here, and never syncs it.
+    blobs: PathBuf,
+    /// Blob files already synced (their contents never change).
+    synced_blobs: Mutex<HashSet<OsString>>,
+}
+
+impl StoreFiles {
+    fn sync(&self) -> Result<()> {
+        self.log.sync_data()?;
+        let listing = match std::fs::read_dir(&self.blobs) {
+            Ok(listing) => listing,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(error) => return Err(error.into()),
+        };
+        let mut synced = self
+            .synced_blobs
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut present = HashSet::new();
+        let mut new_files = false;
+        for entry in listing {
+            let name = entry?.file_name();
+            if !synced.contains(&name) {
+                File::open(self.blobs.join(&name))?.sync_all()?;
+                new_files = true;
+            }
+            present.insert(name);
+        }
+        if new_files {
+            File::open(&self.blobs)?.sync_all()?;
+        }
+        *synced = present;
+        Ok(())
+    }
 }
 
 impl Drop for Writer {
@@ -153,13 +198,15 @@ impl Writer {
         bus: Arc<EventBus>,
         next_event_id: u64,
     ) -> Result<Writer> {
-        // sled keeps its whole log in the file `db`. Values stay far below sled's blob
-        // threshold (a quarter segment, 128 KiB), so no separate blob files hold data.
-        let log = Arc::new(File::open(path.join("db"))?);
+        let files = Arc::new(StoreFiles {
+            log: File::open(path.join("db"))?,
+            blobs: path.join("blobs"),
+            synced_blobs: Mutex::new(HashSet::new()),
+        });
         // A new store's files must also be findable after power loss: sync their directory.
         File::open(path)?.sync_all()?;
         let (queue, waiting) = mpsc::channel::<Box<dyn Job>>();
-        let (thread_db, thread_log, thread_bus) = (db.clone(), log.clone(), bus.clone());
+        let (thread_db, thread_files, thread_bus) = (db.clone(), files.clone(), bus.clone());
         let thread = thread::Builder::new()
             .name("sessiond-writer".into())
             .spawn(move || {
@@ -172,8 +219,12 @@ impl Writer {
                     let writes = batch.len();
                     let batch = commit(&trees, &thread_bus, &mut next_event_id, batch);
                     let committed = started.elapsed();
-                    let durable = sync(&thread_db, &thread_log, &thread_bus)
-                        .map_err(|error| error.to_string());
+                    let durable = if batch.changed {
+                        sync(&thread_db, &thread_files, &thread_bus)
+                            .map_err(|error| error.to_string())
+                    } else {
+                        Ok(())
+                    };
                     if let Err(error) = &durable {
                         tracing::error!(%error, "flush to disk failed");
                     }
@@ -185,7 +236,7 @@ impl Writer {
                             "slow write batch"
                         );
                     }
-                    for job in batch {
+                    for job in batch.to_answer {
                         job.answer(&durable);
                     }
                 }
@@ -194,7 +245,7 @@ impl Writer {
             queue: Some(queue),
             thread: Some(thread),
             db,
-            log,
+            files,
             bus,
         })
     }
@@ -218,22 +269,29 @@ impl Writer {
 
     /// Flushes and syncs on the calling thread.
     pub(super) fn flush_now(&self) -> Result<()> {
-        sync(&self.db, &self.log, &self.bus).map_err(|e| Error::Flush(e.to_string()))
+        sync(&self.db, &self.files, &self.bus).map_err(|e| Error::Flush(e.to_string()))
     }
 }
 
-/// Runs the batch in one transaction. A write that is refused or fails is settled and the
-/// transaction runs again without it, so no write sees another's uncommitted changes that
-/// end up discarded. Returns the writes to answer after the flush.
+/// What [`commit`] did with a batch.
+struct Committed {
+    /// The writes to answer after the flush (those that failed are answered already).
+    to_answer: Vec<Box<dyn Job>>,
+    /// Whether the transaction changed anything (else there is nothing to flush).
+    changed: bool,
+}
+
+/// Runs the batch in one transaction. A refused write is settled and the others go on (a
+/// write refuses before it changes anything). A write that fails or panics is answered
+/// with its error and the transaction runs again without it, so no write sees another's
+/// uncommitted changes that end up discarded.
 fn commit(
     trees: &WriteTrees,
     bus: &EventBus,
     next_event_id: &mut u64,
     batch: Vec<Box<dyn Job>>,
-) -> Vec<Box<dyn Job>> {
+) -> Committed {
     let mut batch: Vec<Option<Box<dyn Job>>> = batch.into_iter().map(Some).collect();
-    // Refused writes, answered after the flush too: a refusal may rest on this batch's writes.
-    let mut refused = Vec::new();
     let all = (
         &trees.sessions,
         &trees.messages,
@@ -280,15 +338,26 @@ fn commit(
                 };
                 let mut next_id = *next_event_id;
                 let mut written = Vec::new();
+                let mut changed = false;
                 for (index, job) in batch.iter().enumerate() {
                     let Some(job) = job else { continue };
-                    match job.run(&tx, next_id) {
+                    let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        job.run(&tx, next_id)
+                    }))
+                    .unwrap_or_else(|panic| {
+                        Err(broken(Error::Panicked(panic_message(panic.as_ref()))))
+                    });
+                    match ran {
                         Ok(mut events) => {
+                            changed = true;
                             next_id += events.len() as u64;
                             written.append(&mut events);
                         }
-                        Err(ConflictableTransactionError::Abort(failure)) => {
-                            return Err(ConflictableTransactionError::Abort((index, failure)))
+                        Err(ConflictableTransactionError::Abort(Failure::Refused(refusal))) => {
+                            job.refuse(refusal);
+                        }
+                        Err(ConflictableTransactionError::Abort(Failure::Broken(error))) => {
+                            return Err(ConflictableTransactionError::Abort((index, error)))
                         }
                         Err(ConflictableTransactionError::Conflict) => {
                             return Err(ConflictableTransactionError::Conflict)
@@ -298,43 +367,157 @@ fn commit(
                         }
                     }
                 }
-                Ok((written, next_id))
+                Ok((written, next_id, changed))
             },
         );
         match outcome {
-            Ok((written, next_id)) => {
+            Ok((written, next_id, changed)) => {
                 *next_event_id = next_id;
                 bus.enqueue(written);
-                return batch.into_iter().flatten().chain(refused).collect();
+                let to_answer = batch.into_iter().flatten().collect();
+                return Committed { to_answer, changed };
             }
-            Err(TransactionError::Abort((index, Failure::Refused(refusal)))) => {
-                if let Some(job) = batch[index].take() {
-                    job.refuse(refusal);
-                    refused.push(job);
-                }
-            }
-            Err(TransactionError::Abort((index, Failure::Broken(error)))) => {
+            Err(TransactionError::Abort((index, error))) => {
                 if let Some(job) = batch[index].take() {
                     job.fail(error);
                 }
             }
             Err(TransactionError::Storage(error)) => {
+                // sled may have applied part of the batch before failing: never reuse an id
+                // that could already name a stored record.
+                if let Ok(stored_next) = super::events::next_event_id(&trees.events) {
+                    *next_event_id = (*next_event_id).max(stored_next);
+                }
                 let error = Error::from(error);
-                for job in batch.into_iter().flatten().chain(refused) {
+                for job in batch.into_iter().flatten() {
                     job.fail(Error::Flush(error.to_string()));
                 }
-                return Vec::new();
+                return Committed {
+                    to_answer: Vec::new(),
+                    changed: false,
+                };
             }
         }
     }
 }
 
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|message| (*message).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a write panicked".into())
+}
+
 /// Flushes, syncs, then publishes the events the flush made durable.
-fn sync(db: &sled::Db, log: &File, bus: &EventBus) -> Result<()> {
+fn sync(db: &sled::Db, files: &StoreFiles, bus: &EventBus) -> Result<()> {
     // Read before flushing: every event committed by now is covered by this flush.
     let durable_through = bus.committed_through();
     db.flush()?;
-    log.sync_data()?;
+    files.sync()?;
     bus.publish_through(durable_through);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    use uuid::Uuid;
+
+    use crate::domain::{EventKind, ManualClock, SessionError, Timestamp};
+    use crate::error::Error;
+    use crate::store::test_support::{
+        append_texts, created_session, session_at, temp_store, text_message,
+    };
+    use crate::store::{Store, StoreOptions};
+
+    const T0: Timestamp = Timestamp::from_millis(1_795_255_200_000);
+
+    #[tokio::test]
+    async fn a_panicking_write_fails_alone_and_the_writer_goes_on() {
+        let (store, _dir) = temp_store();
+        let session = created_session(&store, T0).await;
+        let clock = Arc::new(ManualClock::new(T0));
+        let panicked = store
+            .update_session(session.id, clock.clone(), |_, _| panic!("boom"))
+            .await;
+        assert!(
+            matches!(panicked, Err(Error::Panicked(ref m)) if m == "boom"),
+            "{panicked:?}"
+        );
+        assert_eq!(append_texts(&store, session.id, &clock, 2).await.len(), 2);
+        assert!(store.check().unwrap().is_clean());
+    }
+
+    #[tokio::test]
+    async fn refused_writes_do_not_make_the_batch_run_again() {
+        let (store, _dir) = temp_store();
+        let session = created_session(&store, T0).await;
+        let clock = Arc::new(ManualClock::new(T0));
+        let runs = Arc::new(AtomicUsize::new(0));
+        let counted = runs.clone();
+        let update = store.update_session(session.id, clock.clone(), move |_, _| {
+            counted.fetch_add(1, Ordering::SeqCst);
+            Ok(Some(EventKind::SessionRenewed))
+        });
+        // Queued together with the update, so that they share its batch.
+        let refused =
+            futures_util::future::join_all((0..50).map(|_| {
+                store.append_message(Uuid::now_v7(), text_message("x", None), clock.clone())
+            }));
+        let (updated, refused) = tokio::join!(update, refused);
+        assert!(updated.unwrap().is_ok());
+        assert!(refused
+            .into_iter()
+            .all(|r| matches!(r, Ok(Err(SessionError::NotFound(_))))));
+        assert_eq!(runs.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn an_import_over_a_stored_session_is_refused() {
+        let (store, _dir) = temp_store();
+        let session = created_session(&store, T0).await;
+        let again = store
+            .import_session(session.clone(), vec![text_message("m", None)])
+            .await
+            .unwrap();
+        assert!(matches!(again, Err(SessionError::AlreadyExists(id)) if id == session.id));
+        assert_eq!(store.counts(T0).unwrap().total, 1);
+        assert!(store.check().unwrap().is_clean());
+    }
+
+    #[tokio::test]
+    async fn nodes_large_enough_for_blob_files_are_synced_and_reopen_clean() {
+        let (store, dir) = temp_store();
+        // Large values make sled write whole tree nodes to files of their own in blobs/.
+        let large = format!(r#"{{"notes":"{}"}}"#, "x".repeat(10 * 1024));
+        let clock = Arc::new(ManualClock::new(T0));
+        for _ in 0..40 {
+            let mut session = session_at(T0, 30, 5);
+            session.metadata_json = large.clone();
+            store.create_session(session.clone()).await.unwrap();
+            for _ in 0..3 {
+                let mut new = text_message(&"é".repeat(4_000), None);
+                new.metadata_json = large.clone();
+                store
+                    .append_message(session.id, new, clock.clone())
+                    .await
+                    .unwrap()
+                    .unwrap();
+            }
+        }
+        store.flush().unwrap();
+        let blobs = std::fs::read_dir(dir.path().join("blobs")).unwrap().count();
+        assert!(
+            blobs > 0,
+            "no blob file was written; the test needs larger values"
+        );
+        store.close().unwrap();
+        let reopened = Store::open(dir.path(), &StoreOptions::default()).unwrap();
+        assert_eq!(reopened.counts(T0).unwrap().total, 40);
+        assert!(reopened.check().unwrap().is_clean());
+        reopened.close().unwrap();
+    }
 }
