@@ -137,7 +137,7 @@ mod tests {
 
     use super::*;
     use crate::domain::{ManualClock, NewMessage, Session};
-    use crate::store::test_support::{session_at, temp_store, text_message};
+    use crate::store::test_support::{appended, session_at, temp_store, text_message};
 
     const T0: Timestamp = Timestamp::from_millis(1_795_255_200_000);
     const MINUTE: Duration = Duration::from_secs(60);
@@ -163,12 +163,7 @@ mod tests {
             .await
             .unwrap()
             .unwrap();
-        let short_message = store
-            .append_message(short.id, message("there"), clock.clone())
-            .await
-            .unwrap()
-            .unwrap()
-            .message;
+        let short_message = appended(&store, short.id, message("there"), &clock).await;
         // `short` expires at T0 + 10 min; with 60 min retention it goes at T0 + 70 min.
         let retention = 60 * MINUTE;
 

@@ -401,7 +401,9 @@ mod tests {
 
     use super::*;
     use crate::domain::{ManualClock, Timestamp};
-    use crate::store::test_support::{append_texts, created_session, temp_store, text_message};
+    use crate::store::test_support::{
+        append_texts, appended, created_session, temp_store, text_message,
+    };
 
     const T0: Timestamp = Timestamp::from_millis(1_795_255_200_000);
 
@@ -535,30 +537,16 @@ mod tests {
         let (store, _dir) = temp_store();
         let session = created_session(&store, T0).await;
         let clock = Arc::new(ManualClock::new(T0));
-        let root = store
-            .append_message(session.id, text_message("root", None), clock.clone())
-            .await
-            .unwrap()
-            .unwrap()
-            .message;
-        let first = store
-            .append_message(session.id, text_message("a", None), clock.clone())
-            .await
-            .unwrap()
-            .unwrap()
-            .message;
-        let edit = store
-            .append_message(session.id, text_message("a'", Some(root.id)), clock.clone())
-            .await
-            .unwrap()
-            .unwrap()
-            .message;
-        let after_edit = store
-            .append_message(session.id, text_message("b", None), clock.clone())
-            .await
-            .unwrap()
-            .unwrap()
-            .message;
+        let root = appended(&store, session.id, text_message("root", None), &clock).await;
+        let first = appended(&store, session.id, text_message("a", None), &clock).await;
+        let edit = appended(
+            &store,
+            session.id,
+            text_message("a'", Some(root.id)),
+            &clock,
+        )
+        .await;
+        let after_edit = appended(&store, session.id, text_message("b", None), &clock).await;
         assert_eq!(first.parent_id, Some(root.id));
         assert_eq!(edit.parent_id, Some(root.id));
         assert_eq!(after_edit.parent_id, Some(edit.id));
@@ -588,12 +576,7 @@ mod tests {
             created_session(&store, T0).await,
         );
         let clock = Arc::new(ManualClock::new(T0));
-        let foreign = store
-            .append_message(other.id, text_message("x", None), clock.clone())
-            .await
-            .unwrap()
-            .unwrap()
-            .message;
+        let foreign = appended(&store, other.id, text_message("x", None), &clock).await;
         let refused = store
             .append_message(one.id, text_message("y", Some(foreign.id)), clock.clone())
             .await
@@ -610,12 +593,8 @@ mod tests {
         let mut ids = Vec::new();
         for _ in 0..600 {
             ids.push(
-                store
-                    .append_message(session.id, text_message("m", None), clock.clone())
+                appended(&store, session.id, text_message("m", None), &clock)
                     .await
-                    .unwrap()
-                    .unwrap()
-                    .message
                     .id,
             );
         }

@@ -345,6 +345,17 @@ pub(crate) mod test_support {
         session
     }
 
+    /// Appends `new` at the clock's time; it must be accepted.
+    pub(crate) async fn appended(
+        store: &Store,
+        session_id: Uuid,
+        new: NewMessage,
+        clock: &Arc<crate::domain::ManualClock>,
+    ) -> crate::domain::Message {
+        let outcome = store.append_message(session_id, new, clock.clone()).await;
+        outcome.expect("stored").expect("accepted").message
+    }
+
     /// Appends `count` plain user messages ("m0", "m1", …) at the clock's time.
     pub(crate) async fn append_texts(
         store: &Store,
@@ -352,13 +363,12 @@ pub(crate) mod test_support {
         clock: &Arc<crate::domain::ManualClock>,
         count: usize,
     ) -> Vec<crate::domain::Message> {
-        let mut appended = Vec::with_capacity(count);
+        let mut messages = Vec::with_capacity(count);
         for i in 0..count {
             let new = text_message(&format!("m{i}"), None);
-            let outcome = store.append_message(session_id, new, clock.clone()).await;
-            appended.push(outcome.expect("stored").expect("accepted").message);
+            messages.push(appended(store, session_id, new, clock).await);
         }
-        appended
+        messages
     }
 
     /// A plain user message replying to `parent_id` (or to the newest message).
