@@ -35,10 +35,7 @@ pub async fn sweep_once(
 ) -> Result<SweepOutcome> {
     let mut outcome = SweepOutcome::default();
     for session_id in store.pending_purges()? {
-        let store = store.clone();
-        tokio::task::spawn_blocking(move || store.purge_messages(session_id))
-            .await
-            .map_err(|error| crate::Error::Io(std::io::Error::other(error)))??;
+        store.purge_messages(session_id).await?;
         outcome.resumed_purges += 1;
     }
     // Expired "more than `retention` ago": expiresAt < now - retention.
@@ -75,12 +72,12 @@ pub async fn sweep_once(
     Ok(outcome)
 }
 
-/// Removes events older than `retention` (the newest event always stays). Blocking.
+/// Removes events older than `retention` (the newest event always stays).
 ///
 /// # Errors
 /// Storage failures.
-pub fn trim_events_once(store: &Store, now: Timestamp, retention: Duration) -> Result<usize> {
-    let trimmed = store.trim_events(now - retention)?;
+pub async fn trim_events_once(store: &Store, now: Timestamp, retention: Duration) -> Result<usize> {
+    let trimmed = store.trim_events(now - retention).await?;
     if trimmed > 0 {
         tracing::info!(trimmed_events = trimmed, "trimmed old events");
     }
@@ -117,16 +114,8 @@ pub async fn run_until_stopped(
         if let Err(error) = sweep_once(&store, now, schedule.expired_retention).await {
             tracing::error!(%error, "sweep failed; retrying at the next tick");
         }
-        let trim_store = store.clone();
-        let trimmed = tokio::task::spawn_blocking(move || {
-            trim_events_once(&trim_store, now, schedule.event_retention)
-        });
-        match trimmed.await {
-            Ok(Ok(_)) => {}
-            Ok(Err(error)) => {
-                tracing::error!(%error, "trimming events failed; retrying at the next tick")
-            }
-            Err(error) => tracing::error!(%error, "trim task failed; retrying at the next tick"),
+        if let Err(error) = trim_events_once(&store, now, schedule.event_retention).await {
+            tracing::error!(%error, "trimming events failed; retrying at the next tick");
         }
     }
 }
@@ -136,7 +125,7 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::domain::{ManualClock, NewMessage, Session};
+    use crate::domain::{EventFilter, ManualClock, NewMessage, Session};
     use crate::store::test_support::{appended, session_at, temp_store, text_message};
 
     const T0: Timestamp = Timestamp::from_millis(1_795_255_200_000);
@@ -158,11 +147,7 @@ mod tests {
         let long = session(100, T0);
         store.create_session(short.clone()).await.unwrap();
         store.create_session(long.clone()).await.unwrap();
-        store
-            .append_message(short.id, message("hi"), clock.clone())
-            .await
-            .unwrap()
-            .unwrap();
+        appended(&store, short.id, message("hi"), &clock).await;
         let short_message = appended(&store, short.id, message("there"), &clock).await;
         // `short` expires at T0 + 10 min; with 60 min retention it goes at T0 + 70 min.
         let retention = 60 * MINUTE;
@@ -237,5 +222,38 @@ mod tests {
             .await
             .unwrap()
             .unwrap();
+    }
+
+    #[tokio::test]
+    async fn trimming_keeps_only_the_newest_old_record_and_recent_events() {
+        let (store, _dir) = temp_store();
+        let clock = Arc::new(ManualClock::new(T0));
+        let old = session(60, T0);
+        store.create_session(old.clone()).await.unwrap();
+        for i in 0..70 {
+            appended(&store, old.id, message(&format!("m{i}")), &clock).await;
+        }
+        clock.set(T0 + 120 * MINUTE);
+        let recent = session(60, T0 + 120 * MINUTE);
+        store.create_session(recent.clone()).await.unwrap();
+        let replay = |store: &Store, filter| store.events_after(filter, 0, u64::MAX, 1_000);
+        let before = replay(&store, EventFilter::Session(old.id)).unwrap().len();
+
+        // More than one write's worth of records (64) is old.
+        let trimmed = trim_events_once(&store, T0 + 120 * MINUTE, 60 * MINUTE)
+            .await
+            .unwrap();
+        assert_eq!(trimmed, before);
+        assert!(replay(&store, EventFilter::Session(old.id))
+            .unwrap()
+            .is_empty());
+        let kept = replay(&store, EventFilter::Session(recent.id)).unwrap();
+        assert_eq!(kept.len(), 1);
+        assert!(store.check().unwrap().is_clean());
+        // At its creation instant the message renews nothing: one new event, after the kept one.
+        appended(&store, recent.id, message("after"), &clock).await;
+        let events = replay(&store, EventFilter::Session(recent.id)).unwrap();
+        assert_eq!(events.len(), 2);
+        assert!(events[1].id > kept[0].id);
     }
 }

@@ -11,17 +11,17 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use serde::{Deserialize, Serialize};
-use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
-use sled::Transactional;
+use sled::transaction::TransactionalTree;
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
 use super::keys::{self, EventOwner};
-use super::{codec, encode_tx, Store, TxResult};
+use super::writer::Work;
+use super::{codec, encode_tx, settle_unrefused, Store, TxResult};
 use crate::domain::{
     DueNotices, Event, EventData, EventFilter, EventKind, Message, Session, Timestamp,
 };
-use crate::error::{Error, Result};
+use crate::error::Result;
 
 /// How the events of one write are stored: one record, keyed by the first event's id, the
 /// others following with consecutive ids. Every write's events concern one session, so the
@@ -416,12 +416,13 @@ impl Store {
     }
 
     /// Removes event records whose events all happened before `cutoff`, oldest first, in
-    /// batches. The newest record is always kept, so ids keep increasing across restarts.
+    /// writes of at most 64 records. The newest record is always kept, so ids keep
+    /// increasing across restarts.
     ///
     /// # Errors
     /// Storage failures.
-    pub(crate) fn trim_events(&self, cutoff: Timestamp) -> Result<usize> {
-        // Small: each batch holds sled's write lock, so the writer waits for it.
+    pub(crate) async fn trim_events(&self, cutoff: Timestamp) -> Result<usize> {
+        // Records per write: bounds how long the writes batched with it wait.
         const BATCH: usize = 64;
         let Some((newest, _)) = self.events.last()? else {
             return Ok(0);
@@ -429,37 +430,32 @@ impl Store {
         let newest = keys::parse_event(&newest)?;
         let mut trimmed = 0;
         loop {
-            let mut index = sled::Batch::default();
-            let mut events = sled::Batch::default();
-            let mut records = 0;
+            let mut doomed = Vec::new();
             for entry in self.events.range(..keys::event(newest)).take(BATCH) {
                 let (key, value) = entry?;
                 let record: StoredEvents = codec::decode(&value)?;
                 if record.newest_at() >= cutoff {
                     break;
                 }
-                let first_id = keys::parse_event(&key)?;
-                for owner in record.owners() {
-                    index.remove(&keys::owner_event(owner, first_id));
-                }
-                events.remove(key);
-                records += 1;
+                doomed.push((keys::parse_event(&key)?, record.owners()));
                 trimmed += record.entries.len();
             }
-            if records == 0 {
+            let more = doomed.len() == BATCH;
+            if doomed.is_empty() {
                 break;
             }
-            (&self.events, &self.event_index)
-                .transaction(|(events_tx, index_tx)| {
-                    events_tx.apply_batch(&events)?;
-                    index_tx.apply_batch(&index)?;
-                    Ok::<_, ConflictableTransactionError<()>>(())
-                })
-                .map_err(|error| match error {
-                    TransactionError::Storage(error) => Error::from(error),
-                    TransactionError::Abort(()) => Error::corrupt("trimming events aborted"),
-                })?;
-            if records < BATCH {
+            let work: Work<()> = Box::new(move |tx, _| {
+                for (first_id, owners) in &doomed {
+                    for owner in owners {
+                        tx.event_index
+                            .remove(&keys::owner_event(*owner, *first_id))?;
+                    }
+                    tx.events.remove(&keys::event(*first_id))?;
+                }
+                Ok(((), Vec::new()))
+            });
+            settle_unrefused(self.writer.write(work).await?)?;
+            if !more {
                 break;
             }
         }

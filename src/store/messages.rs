@@ -6,7 +6,7 @@ use uuid::Uuid;
 
 use super::keys;
 use super::writer::{Work, WriteTx};
-use super::{codec, encode_tx, refuse, Store, TxResult};
+use super::{codec, encode_tx, refuse, settle_unrefused, Store, TxResult};
 use crate::domain::{
     Clock, EventKind, Message, NewMessage, Renewal, Session, SessionError, Timestamp,
 };
@@ -122,10 +122,14 @@ impl WriteTx<'_> {
         Ok(message)
     }
 
-    /// Removes the messages of `session` and their index entries.
-    pub(super) fn remove_messages(&self, session: &Session) -> TxResult<()> {
-        for seq in 1..=session.message_count {
-            let Some(bytes) = self.messages.remove(&keys::message(session.id, seq))? else {
+    /// Removes the messages of a session with seqs in `seqs`, and their index entries.
+    pub(super) fn remove_messages(
+        &self,
+        session_id: Uuid,
+        seqs: std::ops::RangeInclusive<u64>,
+    ) -> TxResult<()> {
+        for seq in seqs {
+            let Some(bytes) = self.messages.remove(&keys::message(session_id, seq))? else {
                 continue;
             };
             match codec::decode::<Message>(&bytes) {
@@ -136,7 +140,7 @@ impl WriteTx<'_> {
                     }
                 }
                 Err(error) => {
-                    tracing::warn!(session_id = %session.id, %error, "removing an undecodable message")
+                    tracing::warn!(%session_id, %error, "removing an undecodable message")
                 }
             }
         }
@@ -345,55 +349,37 @@ impl Store {
         Ok(low)
     }
 
-    /// Removes a deleted session's messages and their index entries in bounded batches,
-    /// then its purge marker. Safe to repeat after a crash.
+    /// Removes a deleted session's messages and their index entries, newest first, in
+    /// writes of at most [`MESSAGES_PER_PURGE_WRITE`], then its purge marker. Safe to
+    /// repeat after a crash.
     ///
     /// # Errors
     /// Storage failures.
-    pub(crate) fn purge_messages(&self, session_id: Uuid) -> Result<()> {
-        // Small: each batch holds sled's write lock, so the writer waits for it.
-        const BATCH: usize = 128;
-        loop {
-            let mut batch = sled::Batch::default();
-            let mut locations = sled::Batch::default();
-            let mut children = sled::Batch::default();
-            let mut n = 0;
-            for entry in self
-                .messages
-                .scan_prefix(keys::session(session_id))
-                .take(BATCH)
-            {
-                let (key, value) = entry?;
-                // Index entries go first: a crash then leaves a message without index
-                // entries, which the next purge still finds through this prefix scan.
-                match codec::decode::<Message>(&value) {
-                    Ok(message) => {
-                        locations.remove(&keys::session(message.id));
-                        if let Some(parent_id) = message.parent_id {
-                            children.remove(&keys::child(parent_id, message.seq));
-                        }
-                    }
-                    Err(error) => {
-                        tracing::warn!(%session_id, %error, "purging an undecodable message")
-                    }
-                }
-                batch.remove(key);
-                n += 1;
-            }
-            if n == 0 {
-                break;
-            }
-            self.message_locations.apply_batch(locations)?;
-            self.children.apply_batch(children)?;
-            self.messages.apply_batch(batch)?;
-            if n < BATCH {
-                break;
-            }
+    pub(crate) async fn purge_messages(&self, session_id: Uuid) -> Result<()> {
+        while let Some(last) = self
+            .messages
+            .scan_prefix(keys::session(session_id))
+            .keys()
+            .next_back()
+        {
+            let high = keys::parse_message(&last?)?.1;
+            let low = high.saturating_sub(MESSAGES_PER_PURGE_WRITE - 1).max(1);
+            let work: Work<()> = Box::new(move |tx, _| {
+                tx.remove_messages(session_id, low..=high)?;
+                Ok(((), Vec::new()))
+            });
+            settle_unrefused(self.writer.write(work).await?)?;
         }
-        self.purges.remove(keys::session(session_id))?;
-        Ok(())
+        let work: Work<()> = Box::new(move |tx, _| {
+            tx.purges.remove(&keys::session(session_id))?;
+            Ok(((), Vec::new()))
+        });
+        settle_unrefused(self.writer.write(work).await?)
     }
 }
+
+/// Most messages one purge write removes: bounds how long the writes batched with it wait.
+pub(super) const MESSAGES_PER_PURGE_WRITE: u64 = 256;
 
 #[cfg(test)]
 mod tests {
@@ -450,11 +436,7 @@ mod tests {
         let clock = Arc::new(ManualClock::new(T0));
         for _ in 0..10 {
             clock.advance(Duration::from_millis(10));
-            store
-                .append_message(session.id, text_message("m", None), clock.clone())
-                .await
-                .unwrap()
-                .unwrap();
+            appended(&store, session.id, text_message("m", None), &clock).await;
         }
         let by_seq = page(
             &store,
@@ -499,11 +481,7 @@ mod tests {
         let clock = Arc::new(ManualClock::new(T0));
         for _ in 0..10 {
             clock.advance(Duration::from_millis(10));
-            store
-                .append_message(session.id, text_message("m", None), clock.clone())
-                .await
-                .unwrap()
-                .unwrap();
+            appended(&store, session.id, text_message("m", None), &clock).await;
         }
         let before_ms = (T0 + Duration::from_millis(80)).as_millis() as i64;
         let inside = page(

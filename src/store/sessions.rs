@@ -6,6 +6,7 @@ use sled::transaction::TransactionalTree;
 use uuid::Uuid;
 
 use super::keys::{self, Counter};
+use super::messages::MESSAGES_PER_PURGE_WRITE;
 use super::writer::{Work, WriteTx};
 use super::{codec, decode_tx, encode_tx, refuse, settle_unrefused, Store, TxResult};
 use crate::domain::{Clock, DueNotices, EventKind, NewMessage, Session, SessionError, Timestamp};
@@ -61,9 +62,6 @@ pub struct SessionCounts {
     /// Active and inside their warning window.
     pub expiring_soon: u64,
 }
-
-/// A deleted session with at most this many messages loses them in the delete itself.
-const MESSAGES_REMOVED_IN_THE_DELETE: u64 = 256;
 
 impl WriteTx<'_> {
     fn stored_session(&self, id: Uuid) -> TxResult<Option<Session>> {
@@ -352,11 +350,11 @@ impl Store {
             // A long conversation would hold up the writes batched with this one: its
             // messages go afterwards, in batches, behind a marker that makes the removal
             // resumable after a crash.
-            let purge_later = session.message_count > MESSAGES_REMOVED_IN_THE_DELETE;
+            let purge_later = session.message_count > MESSAGES_PER_PURGE_WRITE;
             if purge_later {
                 tx.purges.insert(&keys::session(id), &[])?;
             } else {
-                tx.remove_messages(&session)?;
+                tx.remove_messages(id, 1..=session.message_count)?;
             }
             if let Some(at) = announce_at {
                 log.session(at, EventKind::SessionDeleted, &session);
@@ -369,12 +367,8 @@ impl Store {
         if purge_later {
             // The delete is durable whatever happens here: a purge that fails is left to the
             // sweeper, which finds it by its marker.
-            let store = self.clone();
-            let purged = tokio::task::spawn_blocking(move || store.purge_messages(id)).await;
-            match purged {
-                Ok(Ok(())) => {}
-                Ok(Err(error)) => tracing::warn!(%id, %error, "purge left to the sweeper"),
-                Err(error) => tracing::warn!(%id, %error, "purge left to the sweeper"),
+            if let Err(error) = self.purge_messages(id).await {
+                tracing::warn!(%id, %error, "purge left to the sweeper");
             }
         }
         Ok(Some(deleted))

@@ -61,8 +61,8 @@ pub(super) struct WriteTx<'a> {
     pub(super) warnings: &'a TransactionalTree,
     pub(super) counters: &'a TransactionalTree,
     pub(super) purges: &'a TransactionalTree,
-    events: &'a TransactionalTree,
-    event_index: &'a TransactionalTree,
+    pub(super) events: &'a TransactionalTree,
+    pub(super) event_index: &'a TransactionalTree,
 }
 
 impl<'a> WriteTx<'a> {
@@ -429,7 +429,7 @@ mod tests {
     use crate::domain::{EventKind, ManualClock, SessionError, Timestamp};
     use crate::error::Error;
     use crate::store::test_support::{
-        append_texts, created_session, session_at, temp_store, text_message,
+        append_texts, appended, created_session, session_at, temp_store, text_message,
     };
     use crate::store::{Store, StoreOptions};
 
@@ -501,11 +501,7 @@ mod tests {
             for _ in 0..3 {
                 let mut new = text_message(&"é".repeat(4_000), None);
                 new.metadata_json = large.clone();
-                store
-                    .append_message(session.id, new, clock.clone())
-                    .await
-                    .unwrap()
-                    .unwrap();
+                appended(&store, session.id, new, &clock).await;
             }
         }
         store.flush().unwrap();
