@@ -228,8 +228,10 @@ impl Writer {
                     if let Err(error) = &durable {
                         tracing::error!(%error, "flush to disk failed");
                     }
+                    // Info, not a warning: a slow sync says the disk was busy, which
+                    // is the machine's state rather than a fault to act on.
                     if started.elapsed() >= SLOW_BATCH {
-                        tracing::warn!(
+                        tracing::info!(
                             writes,
                             ?committed,
                             synced = ?started.elapsed() - committed,
