@@ -124,7 +124,7 @@ fn last_event_id(headers: &HeaderMap) -> Option<u64> {
 )]
 async fn stream_session_events(
     id: String,
-    state: AppState,
+    state: Arc<AppState>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let id = super::request::path_uuid("sessionId", &id)?;
@@ -153,7 +153,7 @@ async fn stream_session_events(
     ),
 )]
 async fn stream_owner_events(
-    state: AppState,
+    state: Arc<AppState>,
     query: Query,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {

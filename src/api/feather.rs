@@ -3,6 +3,8 @@
 //! Validation errors here take FastAPI's shape (422 with a `detail` list), because Feather
 //! clients parse that; every other error uses the envelope.
 
+use std::sync::Arc;
+
 use bytes::Buf;
 use futures_util::Stream;
 use serde_json::{json, Map, Value};
@@ -40,7 +42,7 @@ fn feather_message_create(
         .and(warp::header::headers_cloned())
         .and(warp::body::stream())
         .then(
-            |session_id: String, state: AppState, headers: HeaderMap, body| async move {
+            |session_id: String, state: Arc<AppState>, headers: HeaderMap, body| async move {
                 create_feather_message(session_id, state, headers, body).await
             },
         )
@@ -250,7 +252,7 @@ fn check_fields(object: &Map<String, Value>) -> (Option<String>, Option<String>,
 )]
 async fn create_feather_message<S, B>(
     session_id: String,
-    state: AppState,
+    state: Arc<AppState>,
     headers: HeaderMap,
     body: S,
 ) -> Result<Response, ApiError>

@@ -1,5 +1,7 @@
 //! GET /sessions/health.
 
+use std::sync::Arc;
+
 use serde::Serialize;
 use warp::http::StatusCode;
 use warp::reply::Response;
@@ -60,7 +62,7 @@ struct Health {
     ),
     security(()),
 )]
-async fn check_health(state: AppState) -> Result<Response, ApiError> {
+async fn check_health(state: Arc<AppState>) -> Result<Response, ApiError> {
     let now = state.clock.now();
     let counts = state.store.counts(now)?;
     Ok(json(

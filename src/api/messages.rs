@@ -150,7 +150,7 @@ fn transport_field(body: &JsonObject) -> Result<Transport, ApiError> {
 )]
 async fn create_message(
     id: String,
-    state: AppState,
+    state: Arc<AppState>,
     body: Result<JsonObject, ApiError>,
 ) -> Result<Response, ApiError> {
     let session_id = path_uuid("sessionId", &id)?;
@@ -252,7 +252,11 @@ async fn next_reply(
 
 /// `transport: "sse"`: `user_message`, then `agent_message` per reply as it arrives, then
 /// `done` once the reply timeout passes with no new reply (or at shutdown).
-fn reply_stream(state: AppState, message: Message, events: mpsc::Receiver<Arc<Event>>) -> Response {
+fn reply_stream(
+    state: Arc<AppState>,
+    message: Message,
+    events: mpsc::Receiver<Arc<Event>>,
+) -> Response {
     let first = sse::Event::default()
         .event("user_message")
         .data(serde_json::to_string(&MessageView::new(&message)).unwrap_or_default());
@@ -359,7 +363,11 @@ struct MessageThread {
         super::openapi::MissingOrExpired,
     ),
 )]
-async fn list_messages(id: String, state: AppState, query: Query) -> Result<Response, ApiError> {
+async fn list_messages(
+    id: String,
+    state: Arc<AppState>,
+    query: Query,
+) -> Result<Response, ApiError> {
     let session_id = path_uuid("sessionId", &id)?;
     let message_query = MessageQuery {
         limit: query.limit(PAGE_LIMIT.0, PAGE_LIMIT.1)?,
@@ -410,7 +418,7 @@ async fn list_messages(id: String, state: AppState, query: Query) -> Result<Resp
 async fn get_message(
     id: String,
     message_id: String,
-    state: AppState,
+    state: Arc<AppState>,
 ) -> Result<Response, ApiError> {
     let session_id = path_uuid("sessionId", &id)?;
     let message_id = path_uuid("messageId", &message_id)?;
@@ -443,7 +451,11 @@ async fn get_message(
         super::openapi::Expired,
     ),
 )]
-async fn get_thread(id: String, message_id: String, state: AppState) -> Result<Response, ApiError> {
+async fn get_thread(
+    id: String,
+    message_id: String,
+    state: Arc<AppState>,
+) -> Result<Response, ApiError> {
     let session_id = path_uuid("sessionId", &id)?;
     let message_id = path_uuid("messageId", &message_id)?;
     load_active(&state, session_id)?;

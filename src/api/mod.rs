@@ -65,11 +65,13 @@ impl AppState {
     }
 }
 
-/// Hands a clone of the state to a handler.
+/// Hands the state to a handler. Shared behind one `Arc`: warp clones a filter's closure
+/// for every request that reaches it, and a clone of the state itself costs a score of
+/// reference counts and a lock (the cancellation token).
 fn with_state(
     state: &AppState,
-) -> impl Filter<Extract = (AppState,), Error = std::convert::Infallible> + Clone {
-    let state = state.clone();
+) -> impl Filter<Extract = (Arc<AppState>,), Error = std::convert::Infallible> + Clone {
+    let state = Arc::new(state.clone());
     warp::any().map(move || state.clone())
 }
 

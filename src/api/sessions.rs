@@ -1,5 +1,7 @@
 //! Session routes: create, list, get, delete, renew, heartbeat, timeout update.
 
+use std::sync::Arc;
+
 use serde::Serialize;
 use serde_json::json;
 use uuid::Uuid;
@@ -186,7 +188,7 @@ pub(super) fn load_active(state: &AppState, id: Uuid) -> Result<(Session, Timest
     ),
 )]
 async fn create_session(
-    state: AppState,
+    state: Arc<AppState>,
     body: Result<JsonObject, ApiError>,
 ) -> Result<Response, ApiError> {
     let body = body?;
@@ -291,7 +293,7 @@ fn cursor_for(id: Uuid) -> String {
         super::openapi::ServerErrors,
     ),
 )]
-async fn list_sessions(state: AppState, query: Query) -> Result<Response, ApiError> {
+async fn list_sessions(state: Arc<AppState>, query: Query) -> Result<Response, ApiError> {
     let status = match query.get("status") {
         None | Some("active") => StatusFilter::Active,
         Some("expired") => StatusFilter::Expired,
@@ -353,7 +355,7 @@ async fn list_sessions(state: AppState, query: Query) -> Result<Response, ApiErr
         super::openapi::MissingOrExpired,
     ),
 )]
-async fn get_session(id: String, state: AppState) -> Result<Response, ApiError> {
+async fn get_session(id: String, state: Arc<AppState>) -> Result<Response, ApiError> {
     let id = path_uuid("sessionId", &id)?;
     let (session, now) = load_active(&state, id)?;
     Ok(json(StatusCode::OK, &SessionInfo::new(&session, now)))
@@ -374,7 +376,7 @@ async fn get_session(id: String, state: AppState) -> Result<Response, ApiError> 
         (status = 404, description = "SESSION_NOT_FOUND: no such session.", body = super::error::Envelope),
     ),
 )]
-async fn delete_session(id: String, state: AppState) -> Result<Response, ApiError> {
+async fn delete_session(id: String, state: Arc<AppState>) -> Result<Response, ApiError> {
     let id = path_uuid("sessionId", &id)?;
     let deleted = state.store.delete_session(id, state.clock.now()).await?;
     if deleted.is_none() {
@@ -416,7 +418,7 @@ async fn update_and_reply(
         (status = 422, description = "MAX_DURATION_REACHED: the renewal cannot move expiresAt later.", body = super::error::Envelope),
     ),
 )]
-async fn renew_session(id: String, state: AppState) -> Result<Response, ApiError> {
+async fn renew_session(id: String, state: Arc<AppState>) -> Result<Response, ApiError> {
     let id = path_uuid("sessionId", &id)?;
     update_and_reply(&state, id, move |session, now| match session.renew(now) {
         Renewal::Renewed => Ok(Some(EventKind::SessionRenewed)),
@@ -443,7 +445,7 @@ async fn renew_session(id: String, state: AppState) -> Result<Response, ApiError
         super::openapi::MissingOrExpired,
     ),
 )]
-async fn heartbeat_session(id: String, state: AppState) -> Result<Response, ApiError> {
+async fn heartbeat_session(id: String, state: Arc<AppState>) -> Result<Response, ApiError> {
     let id = path_uuid("sessionId", &id)?;
     update_and_reply(&state, id, |session, now| {
         match session.record_activity(now) {
@@ -473,7 +475,7 @@ async fn heartbeat_session(id: String, state: AppState) -> Result<Response, ApiE
 )]
 async fn update_session_timeout(
     id: String,
-    state: AppState,
+    state: Arc<AppState>,
     body: Result<JsonObject, ApiError>,
 ) -> Result<Response, ApiError> {
     let id = path_uuid("sessionId", &id)?;
