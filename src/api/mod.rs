@@ -25,7 +25,7 @@ pub use error::{handle_rejection, ApiError};
 use crate::domain::{Clock, TimeoutPolicy};
 use crate::store::Store;
 
-/// Everything a handler needs, cheap to clone.
+/// Everything a handler needs; the routes share one copy behind an `Arc`.
 #[derive(Clone, Debug)]
 pub struct AppState {
     /// The store.
