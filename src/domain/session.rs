@@ -327,6 +327,23 @@ impl Session {
         }
     }
 
+    /// Who writes `new`: the author it names, or the session's user if none.
+    ///
+    /// # Errors
+    /// [`SessionError::ForbiddenAuthor`] for an author who is neither the session's user nor
+    /// its agent.
+    pub fn author_of(&self, new: &super::NewMessage) -> Result<Uuid, SessionError> {
+        let author_id = new.author_id.unwrap_or(self.user_id);
+        if author_id == self.user_id || author_id == self.agent_id {
+            Ok(author_id)
+        } else {
+            Err(SessionError::ForbiddenAuthor {
+                session_id: self.id,
+                author_id,
+            })
+        }
+    }
+
     /// Renews at `now` if that moves `expiresAt` later; otherwise changes nothing.
     pub fn renew(&mut self, now: Timestamp) -> Renewal {
         let candidate = (now + minutes(self.timeout.timeout_minutes)).min(self.hard_deadline());
@@ -390,6 +407,30 @@ mod tests {
     }
 
     const T0: Timestamp = Timestamp::from_millis(1_795_255_200_000);
+
+    #[test]
+    fn the_author_is_the_user_the_agent_or_by_default_the_user() {
+        let (user, agent, stranger) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
+        let mut session = session_at(T0, config(30, 720, 5, true));
+        (session.user_id, session.agent_id) = (user, agent);
+        let by = |author_id| crate::domain::NewMessage {
+            content: "m".into(),
+            parent_id: None,
+            author_id,
+            metadata_json: "{}".into(),
+            attachments: Vec::new(),
+        };
+        assert_eq!(session.author_of(&by(None)), Ok(user));
+        assert_eq!(session.author_of(&by(Some(user))), Ok(user));
+        assert_eq!(session.author_of(&by(Some(agent))), Ok(agent));
+        assert_eq!(
+            session.author_of(&by(Some(stranger))),
+            Err(SessionError::ForbiddenAuthor {
+                session_id: session.id,
+                author_id: stranger
+            })
+        );
+    }
 
     #[test]
     fn defaults_apply_when_nothing_is_given() {

@@ -61,13 +61,10 @@ impl WriteTx<'_> {
         now: Timestamp,
     ) -> TxResult<Message> {
         let session_id = session.id;
-        let author_id = new.author_id.unwrap_or(session.user_id);
-        if author_id != session.user_id && author_id != session.agent_id {
-            return refuse(SessionError::ForbiddenAuthor {
-                session_id,
-                author_id,
-            });
-        }
+        let author_id = match session.author_of(new) {
+            Ok(author_id) => author_id,
+            Err(refused) => return refuse(refused),
+        };
         let parent_id = match new.parent_id {
             Some(parent_id) => {
                 let belongs = match self.message_locations.get(keys::session(parent_id))? {

@@ -180,12 +180,8 @@ impl Store {
                 return refuse(SessionError::AlreadyExists(session.id));
             }
             for new in &history {
-                let author_id = new.author_id.unwrap_or(session.user_id);
-                if author_id != session.user_id && author_id != session.agent_id {
-                    return refuse(SessionError::ForbiddenAuthor {
-                        session_id: session.id,
-                        author_id,
-                    });
+                if let Err(refused) = session.author_of(new) {
+                    return refuse(refused);
                 }
                 // The history's own ids are made as it is stored, so no parent can be named.
                 if let Some(parent_id) = new.parent_id {
