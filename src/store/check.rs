@@ -61,18 +61,18 @@ pub struct TreeStats {
 impl Store {
     fn named_trees(&self) -> [(&'static str, &sled::Tree); 12] {
         [
-            ("sessionid_session", &self.sessions),
-            ("sessionidseq_message", &self.messages),
-            ("messageid_sessionidseq", &self.message_locations),
-            ("parentidseq", &self.children),
-            ("useridsessionid", &self.user_sessions),
-            ("agentidsessionid", &self.agent_sessions),
-            ("expiresatsessionid", &self.expirations),
-            ("warnatsessionid", &self.warnings),
-            ("counterkey_count", &self.counters),
-            ("sessionid_purge", &self.purges),
-            (events::RECORDS_TREE, &self.events),
-            ("ownerideventid", &self.event_index),
+            ("sessionid_session", &self.trees.sessions),
+            ("sessionidseq_message", &self.trees.messages),
+            ("messageid_sessionidseq", &self.trees.message_locations),
+            ("parentidseq", &self.trees.children),
+            ("useridsessionid", &self.trees.user_sessions),
+            ("agentidsessionid", &self.trees.agent_sessions),
+            ("expiresatsessionid", &self.trees.expirations),
+            ("warnatsessionid", &self.trees.warnings),
+            ("counterkey_count", &self.trees.counters),
+            ("sessionid_purge", &self.trees.purges),
+            (events::RECORDS_TREE, &self.trees.events),
+            ("ownerideventid", &self.trees.event_index),
         ]
     }
 
@@ -116,7 +116,7 @@ impl Store {
 
     fn check_sessions(&self, report: &mut CheckReport) -> Result<()> {
         let mut counts: HashMap<Vec<u8>, u64> = HashMap::new();
-        for entry in self.sessions.iter() {
+        for entry in self.trees.sessions.iter() {
             let (key, value) = entry?;
             report.sessions += 1;
             let session: Session = match codec::decode(&value) {
@@ -135,22 +135,22 @@ impl Store {
             }
             let expected = [
                 (
-                    &self.user_sessions,
+                    &self.trees.user_sessions,
                     keys::owned_session(session.user_id, id).to_vec(),
                     "user index",
                 ),
                 (
-                    &self.agent_sessions,
+                    &self.trees.agent_sessions,
                     keys::owned_session(session.agent_id, id).to_vec(),
                     "agent index",
                 ),
                 (
-                    &self.expirations,
+                    &self.trees.expirations,
                     keys::deadline(session.expires_at(), id).to_vec(),
                     "expiry index",
                 ),
                 (
-                    &self.warnings,
+                    &self.trees.warnings,
                     keys::deadline(session.warns_at(), id).to_vec(),
                     "warning index",
                 ),
@@ -162,7 +162,7 @@ impl Store {
             }
             // Seqs must run 1..=messageCount with nothing beyond.
             let mut expected_seq = 1;
-            for message_key in self.messages.scan_prefix(keys::session(id)).keys() {
+            for message_key in self.trees.messages.scan_prefix(keys::session(id)).keys() {
                 let (_, seq) = keys::parse_message(&message_key?)?;
                 if seq != expected_seq {
                     report.problem(format!(
@@ -187,7 +187,7 @@ impl Store {
                 *counts.entry(keys::counter(counter)).or_default() += 1;
             }
         }
-        for entry in self.counters.iter() {
+        for entry in self.trees.counters.iter() {
             let (key, value) = entry?;
             let stored = keys::parse_count(&value)?;
             let actual = counts.remove(key.as_ref()).unwrap_or(0);
@@ -210,8 +210,8 @@ impl Store {
     /// Every index entry must point to a session whose values put it there.
     fn check_session_indexes(&self, report: &mut CheckReport) -> Result<()> {
         for (tree, what) in [
-            (&self.user_sessions, "user"),
-            (&self.agent_sessions, "agent"),
+            (&self.trees.user_sessions, "user"),
+            (&self.trees.agent_sessions, "agent"),
         ] {
             for key in tree.iter().keys() {
                 let key = key?;
@@ -233,7 +233,10 @@ impl Store {
                 }
             }
         }
-        for (tree, what) in [(&self.expirations, "expiry"), (&self.warnings, "warning")] {
+        for (tree, what) in [
+            (&self.trees.expirations, "expiry"),
+            (&self.trees.warnings, "warning"),
+        ] {
             for key in tree.iter().keys() {
                 let (at, id) = keys::parse_deadline(&key?)?;
                 let matches = |s: &Session| {
@@ -262,14 +265,18 @@ impl Store {
         report: &mut CheckReport,
         pending: &std::collections::HashSet<Uuid>,
     ) -> Result<()> {
-        for entry in self.messages.iter() {
+        for entry in self.trees.messages.iter() {
             let (key, value) = entry?;
             report.messages += 1;
             let (session_id, seq) = keys::parse_message(&key)?;
             if pending.contains(&session_id) {
                 continue;
             }
-            if !self.sessions.contains_key(keys::session(session_id))? {
+            if !self
+                .trees
+                .sessions
+                .contains_key(keys::session(session_id))?
+            {
                 report.problem(format!(
                     "message {seq} of session {session_id} has no session"
                 ));
@@ -290,15 +297,23 @@ impl Store {
                     message.id
                 ));
             }
-            match self.message_locations.get(keys::session(message.id))? {
+            match self
+                .trees
+                .message_locations
+                .get(keys::session(message.id))?
+            {
                 Some(location) if location.as_ref() == key.as_ref() => {}
                 _ => report.problem(format!("message {} has no id index entry", message.id)),
             }
             if let Some(parent_id) = message.parent_id {
-                if !self.children.contains_key(keys::child(parent_id, seq))? {
+                if !self
+                    .trees
+                    .children
+                    .contains_key(keys::child(parent_id, seq))?
+                {
                     report.problem(format!("message {} has no reply index entry", message.id));
                 }
-                match self.message_locations.get(keys::session(parent_id))? {
+                match self.trees.message_locations.get(keys::session(parent_id))? {
                     Some(location) if keys::parse_message(&location)?.0 == session_id => {}
                     _ => report.problem(format!(
                         "message {}'s parent {parent_id} is not in its session",
@@ -307,7 +322,7 @@ impl Store {
                 }
             }
         }
-        for entry in self.message_locations.iter() {
+        for entry in self.trees.message_locations.iter() {
             let (id_key, location) = entry?;
             let (session_id, seq) = keys::parse_message(&location)?;
             if pending.contains(&session_id) {
@@ -321,14 +336,14 @@ impl Store {
                 ));
             }
         }
-        for entry in self.children.iter() {
+        for entry in self.trees.children.iter() {
             let (key, value) = entry?;
             let (parent_id, seq) = keys::parse_child(&key)?;
             let session_id = keys::parse_session(&value)?;
             if pending.contains(&session_id) {
                 continue;
             }
-            match self.message_locations.get(keys::session(parent_id))? {
+            match self.trees.message_locations.get(keys::session(parent_id))? {
                 Some(location) if keys::parse_message(&location)?.0 == session_id => {}
                 _ => {
                     report.problem(format!(
@@ -352,7 +367,7 @@ impl Store {
     fn check_events(&self, report: &mut CheckReport) -> Result<()> {
         // Each record holds ids first..first + len; the next record starts after them.
         let mut next_free: u64 = 0;
-        for entry in self.events.iter() {
+        for entry in self.trees.events.iter() {
             let (key, value) = entry?;
             let first_id = keys::parse_event(&key)?;
             let record: StoredEvents = match codec::decode(&value) {
@@ -375,6 +390,7 @@ impl Store {
             report.events += record.entries.len() as u64;
             for owner in record.owners() {
                 if !self
+                    .trees
                     .event_index
                     .contains_key(keys::owner_event(owner, first_id))?
                 {
@@ -384,9 +400,9 @@ impl Store {
                 }
             }
         }
-        for key in self.event_index.iter().keys() {
+        for key in self.trees.event_index.iter().keys() {
             let first_id = keys::parse_owner_event(&key?)?;
-            if !self.events.contains_key(keys::event(first_id))? {
+            if !self.trees.events.contains_key(keys::event(first_id))? {
                 report.problem(format!(
                     "event index entry points to missing record {first_id}"
                 ));
@@ -430,12 +446,18 @@ mod tests {
     #[tokio::test]
     async fn a_missing_message_a_stale_index_and_a_wrong_counter_are_reported() {
         let (store, _dir, session) = populated().await;
-        store.messages.remove(keys::message(session.id, 3)).unwrap();
         store
+            .trees
+            .messages
+            .remove(keys::message(session.id, 3))
+            .unwrap();
+        store
+            .trees
             .user_sessions
             .insert(keys::owned_session(Uuid::new_v4(), Uuid::now_v7()), &[])
             .unwrap();
         store
+            .trees
             .counters
             .insert(keys::counter(Counter::Sessions), &keys::count_value(7))
             .unwrap();

@@ -363,11 +363,13 @@ impl Store {
         }
         // The owner's record holding `after + 1` may start at or before `after`.
         let earlier = self
+            .trees
             .event_index
             .range(keys::owner_event(owner, 0)..=keys::owner_event(owner, after))
             .keys()
             .next_back();
         let later = self
+            .trees
             .event_index
             .range(keys::owner_event(owner, after + 1)..=keys::owner_event(owner, through))
             .keys();
@@ -389,7 +391,7 @@ impl Store {
     /// The events of the record at `first_id` (none if it was trimmed), skipping message
     /// events whose message was deleted since.
     fn record_events(&self, first_id: u64) -> Result<Vec<Event>> {
-        let Some(bytes) = self.events.get(keys::event(first_id))? else {
+        let Some(bytes) = self.trees.events.get(keys::event(first_id))? else {
             return Ok(Vec::new());
         };
         let record: StoredEvents = codec::decode(&bytes)?;
@@ -424,14 +426,14 @@ impl Store {
     pub(crate) async fn trim_events(&self, cutoff: Timestamp) -> Result<usize> {
         // Records per write: bounds how long the writes batched with it wait.
         const BATCH: usize = 64;
-        let Some((newest, _)) = self.events.last()? else {
+        let Some((newest, _)) = self.trees.events.last()? else {
             return Ok(0);
         };
         let newest = keys::parse_event(&newest)?;
         let mut trimmed = 0;
         loop {
             let mut doomed = Vec::new();
-            for entry in self.events.range(..keys::event(newest)).take(BATCH) {
+            for entry in self.trees.events.range(..keys::event(newest)).take(BATCH) {
                 let (key, value) = entry?;
                 let record: StoredEvents = codec::decode(&value)?;
                 if record.newest_at() >= cutoff {

@@ -188,7 +188,11 @@ impl Store {
     /// # Errors
     /// Storage failures and undecodable records.
     pub fn message(&self, session_id: Uuid, message_id: Uuid) -> Result<Option<Message>> {
-        let Some(location) = self.message_locations.get(keys::session(message_id))? else {
+        let Some(location) = self
+            .trees
+            .message_locations
+            .get(keys::session(message_id))?
+        else {
             return Ok(None);
         };
         let (owner, seq) = keys::parse_message(&location)?;
@@ -199,7 +203,8 @@ impl Store {
     }
 
     pub(super) fn message_at(&self, session_id: Uuid, seq: u64) -> Result<Option<Message>> {
-        self.messages
+        self.trees
+            .messages
             .get(keys::message(session_id, seq))?
             .map(|bytes| codec::decode(&bytes))
             .transpose()
@@ -293,13 +298,15 @@ impl Store {
     ) -> Result<MessagePage> {
         let seqs: Box<dyn DoubleEndedIterator<Item = Result<u64>>> = match query.parent_id {
             None => Box::new(
-                self.messages
+                self.trees
+                    .messages
                     .range(keys::message(session_id, low + 1)..keys::message(session_id, high))
                     .keys()
                     .map(|key| Ok(keys::parse_message(&key?)?.1)),
             ),
             Some(parent_id) => Box::new(
-                self.children
+                self.trees
+                    .children
                     .range(keys::child(parent_id, low + 1)..keys::child(parent_id, high))
                     .keys()
                     .map(|key| Ok(keys::parse_child(&key?)?.1)),
@@ -354,6 +361,7 @@ impl Store {
     /// Storage failures.
     pub(crate) async fn purge_messages(&self, session_id: Uuid) -> Result<()> {
         while let Some(last) = self
+            .trees
             .messages
             .scan_prefix(keys::session(session_id))
             .keys()
@@ -575,16 +583,18 @@ mod tests {
         }
         store.delete_session(session.id, T0).await.unwrap().unwrap();
         assert!(store
+            .trees
             .messages
             .scan_prefix(keys::session(session.id))
             .next()
             .is_none());
         assert!(ids.iter().all(|id| store
+            .trees
             .message_locations
             .get(keys::session(*id))
             .unwrap()
             .is_none()));
-        assert_eq!(store.children.iter().count(), 0);
+        assert_eq!(store.trees.children.iter().count(), 0);
         assert!(store.pending_purges().unwrap().is_empty());
     }
 
@@ -639,12 +649,13 @@ mod tests {
         let deleted = store.delete_session(doomed.id, T0).await.unwrap().unwrap();
         assert_eq!(deleted.message_count, 3);
         assert!(store
+            .trees
             .messages
             .scan_prefix(keys::session(doomed.id))
             .next()
             .is_none());
-        assert_eq!(store.message_locations.len(), 3);
-        assert_eq!(store.children.len(), 2);
+        assert_eq!(store.trees.message_locations.len(), 3);
+        assert_eq!(store.trees.children.len(), 2);
         assert!(store.pending_purges().unwrap().is_empty());
         assert!(store.check().unwrap().is_clean());
     }

@@ -28,7 +28,7 @@ pub use events::{Subscription, STREAM_BUFFER};
 pub use messages::{Appended, MessagePage, MessageQuery};
 pub use sessions::{SessionCounts, SessionPage, SessionQuery, StatusFilter};
 
-use writer::{WriteTrees, Writer};
+use writer::Writer;
 
 /// The store layout this build writes. Bump it (and migrate in [`Store::open`]) when a key
 /// layout or value encoding changes.
@@ -56,12 +56,9 @@ impl Default for StoreOptions {
     }
 }
 
-/// A cheap, cloneable handle on the store.
+/// The store's trees (all but `meta`): what a write may change and what reads look in.
 #[derive(Clone)]
-pub struct Store {
-    db: sled::Db,
-    /// Where the store lives.
-    path: Arc<PathBuf>,
+struct Trees {
     /// session id -> Session.
     sessions: Tree,
     /// session id ++ seq (BE) -> Message. Keys are never overwritten.
@@ -86,6 +83,16 @@ pub struct Store {
     events: Tree,
     /// owner kind ++ owner id ++ first event id (BE) -> (). The log by session, agent, user.
     event_index: Tree,
+}
+
+/// A cheap, cloneable handle on the store.
+#[derive(Clone)]
+pub struct Store {
+    db: sled::Db,
+    /// Where the store lives.
+    path: Arc<PathBuf>,
+    /// Every tree but `meta`.
+    trees: Trees,
     /// Hands durable events to live subscribers.
     bus: Arc<events::EventBus>,
     /// Runs every write, in batches, and makes it durable.
@@ -113,7 +120,7 @@ impl Store {
         let events = db.open_tree(events::RECORDS_TREE)?;
         let next_event_id = events::next_event_id(&events)?;
         let bus = Arc::new(events::EventBus::new(next_event_id - 1));
-        let trees = WriteTrees {
+        let trees = Trees {
             sessions: db.open_tree("sessionid_session")?,
             messages: db.open_tree("sessionidseq_message")?,
             message_locations: db.open_tree("messageid_sessionidseq")?,
@@ -130,18 +137,7 @@ impl Store {
         let writer = Writer::start(db.clone(), path, trees.clone(), bus.clone(), next_event_id)?;
         let store = Store {
             path: Arc::new(path.to_path_buf()),
-            sessions: trees.sessions,
-            messages: trees.messages,
-            message_locations: trees.message_locations,
-            children: trees.children,
-            user_sessions: trees.user_sessions,
-            agent_sessions: trees.agent_sessions,
-            expirations: trees.expirations,
-            warnings: trees.warnings,
-            counters: trees.counters,
-            purges: trees.purges,
-            events: trees.events,
-            event_index: trees.event_index,
+            trees,
             bus,
             writer: Arc::new(writer),
             db,

@@ -219,7 +219,8 @@ impl Store {
     /// # Errors
     /// Storage failures and undecodable records.
     pub fn session(&self, id: Uuid) -> Result<Option<Session>> {
-        self.sessions
+        self.trees
+            .sessions
             .get(keys::session(id))?
             .map(|bytes| codec::decode(&bytes))
             .transpose()
@@ -298,7 +299,7 @@ impl Store {
         to: Timestamp,
     ) -> Result<Vec<Uuid>> {
         let mut ids = Vec::new();
-        for deadlines in [&self.warnings, &self.expirations] {
+        for deadlines in [&self.trees.warnings, &self.trees.expirations] {
             let range =
                 keys::deadline(from, Uuid::nil()).to_vec()..keys::deadline_upper_bound(to).to_vec();
             for key in deadlines.range(range).keys() {
@@ -375,7 +376,8 @@ impl Store {
     /// # Errors
     /// Storage failures.
     pub fn pending_purges(&self) -> Result<Vec<Uuid>> {
-        self.purges
+        self.trees
+            .purges
             .iter()
             .keys()
             .map(|key| keys::parse_session(&key?))
@@ -391,7 +393,8 @@ impl Store {
         cutoff: Timestamp,
         limit: usize,
     ) -> Result<Vec<(Timestamp, Uuid)>> {
-        self.expirations
+        self.trees
+            .expirations
             .range(..keys::deadline_upper_bound(cutoff))
             .keys()
             .take(limit)
@@ -405,8 +408,8 @@ impl Store {
     /// Storage failures.
     pub fn counts(&self, now: Timestamp) -> Result<SessionCounts> {
         let total = self.counter(Counter::Sessions)?;
-        let expired = count_keys(&self.expirations, now)?;
-        let warned = count_keys(&self.warnings, now)?;
+        let expired = count_keys(&self.trees.expirations, now)?;
+        let warned = count_keys(&self.trees.warnings, now)?;
         Ok(SessionCounts {
             total,
             active: total.saturating_sub(expired),
@@ -470,7 +473,8 @@ impl Store {
                         std::ops::Bound::Excluded(keys::session(after).to_vec())
                     });
                     Box::new(
-                        self.sessions
+                        self.trees
+                            .sessions
                             .range::<Vec<u8>, _>((std::ops::Bound::Unbounded, upper))
                             .values()
                             .rev()
@@ -479,10 +483,10 @@ impl Store {
                 }
                 // A user usually has fewer sessions than an agent: walk the user's index.
                 (Some(owner), _) => {
-                    Box::new(self.owned_sessions(&self.user_sessions, owner, query.after))
+                    Box::new(self.owned_sessions(&self.trees.user_sessions, owner, query.after))
                 }
                 (None, Some(owner)) => {
-                    Box::new(self.owned_sessions(&self.agent_sessions, owner, query.after))
+                    Box::new(self.owned_sessions(&self.trees.agent_sessions, owner, query.after))
                 }
             };
         let mut selected = Vec::new();
@@ -528,7 +532,7 @@ impl Store {
     }
 
     fn counter(&self, counter: Counter) -> Result<u64> {
-        match self.counters.get(keys::counter(counter))? {
+        match self.trees.counters.get(keys::counter(counter))? {
             Some(bytes) => keys::parse_count(&bytes),
             None => Ok(0),
         }

@@ -18,11 +18,11 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::thread;
 
 use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
-use sled::{Transactional, Tree};
+use sled::Transactional;
 use tokio::sync::oneshot;
 
 use super::events::{EventBus, EventLog};
-use super::{broken, Failure, TxResult};
+use super::{broken, Failure, Trees, TxResult};
 use crate::domain::{Event, SessionError};
 use crate::error::{Error, Result};
 
@@ -32,24 +32,7 @@ const MAX_BATCH: usize = 128;
 /// A batch slower than this is logged, with where its time went.
 const SLOW_BATCH: std::time::Duration = std::time::Duration::from_millis(100);
 
-/// Every tree a write may change.
-#[derive(Clone)]
-pub(super) struct WriteTrees {
-    pub(super) sessions: Tree,
-    pub(super) messages: Tree,
-    pub(super) message_locations: Tree,
-    pub(super) children: Tree,
-    pub(super) user_sessions: Tree,
-    pub(super) agent_sessions: Tree,
-    pub(super) expirations: Tree,
-    pub(super) warnings: Tree,
-    pub(super) counters: Tree,
-    pub(super) purges: Tree,
-    pub(super) events: Tree,
-    pub(super) event_index: Tree,
-}
-
-/// The trees of [`WriteTrees`] inside the batch transaction.
+/// The trees of [`Trees`] inside the batch transaction.
 pub(super) struct WriteTx<'a> {
     pub(super) sessions: &'a TransactionalTree,
     pub(super) messages: &'a TransactionalTree,
@@ -194,7 +177,7 @@ impl Writer {
     pub(super) fn start(
         db: sled::Db,
         path: &Path,
-        trees: WriteTrees,
+        trees: Trees,
         bus: Arc<EventBus>,
         next_event_id: u64,
     ) -> Result<Writer> {
@@ -288,7 +271,7 @@ struct Committed {
 /// with its error and the transaction runs again without it, so no write sees another's
 /// uncommitted changes that end up discarded.
 fn commit(
-    trees: &WriteTrees,
+    trees: &Trees,
     bus: &EventBus,
     next_event_id: &mut u64,
     batch: Vec<Box<dyn Job>>,
