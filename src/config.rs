@@ -113,7 +113,9 @@ pub struct ServeConfig {
     pub event_retention_minutes: u64,
 
     /// How long a request with `transport: "http"` or `"sse"` waits for the agent's reply.
-    #[arg(long, env = "SESSIOND_REPLY_TIMEOUT_SECONDS", default_value_t = 30)]
+    /// Below the 30 s after which elizaOS's client gives up on a request, so that client sees
+    /// `agentResponse: null` rather than its own timeout.
+    #[arg(long, env = "SESSIOND_REPLY_TIMEOUT_SECONDS", default_value_t = 25)]
     pub reply_timeout_seconds: u64,
 
     /// sled's page cache budget in MiB; bounds resident memory.
@@ -153,16 +155,25 @@ pub struct ServeConfig {
 }
 
 impl Default for ServeConfig {
-    /// The same values as `sessiond serve` with no flags and no environment.
+    /// The same values as `sessiond serve` with no flags and no environment. Reads nothing:
+    /// an application that embeds sessiond, or a test, is not changed by the variables of
+    /// the process it runs in.
     fn default() -> Self {
+        use clap::{CommandFactory, FromArgMatches};
         #[derive(Parser)]
         struct Defaults {
             #[command(flatten)]
             config: ServeConfig,
         }
-        // Parsing an empty argument list cannot fail: every field has a default or is optional.
-        // Environment variables are read by clap, so tests should set fields explicitly.
-        Defaults::parse_from(["sessiond"]).config
+        let command = Defaults::command().mut_args(|arg| arg.env(None));
+        // An empty argument list cannot fail to parse: every field has a default or is
+        // optional, and no environment variable is consulted.
+        let matches = command
+            .try_get_matches_from(["sessiond"])
+            .expect("every serve flag has a default");
+        Defaults::from_arg_matches(&matches)
+            .expect("every serve flag has a default")
+            .config
     }
 }
 
@@ -300,6 +311,20 @@ mod tests {
         assert_eq!(config.max_body_bytes, 65536);
         assert_eq!(config.sweep_interval(), Duration::from_secs(60));
         assert_eq!(config.validate(), Ok(()));
+    }
+
+    #[test]
+    fn defaults_read_no_environment_while_the_command_line_does() {
+        // A variable no other test reads.
+        std::env::set_var("SESSIOND_REPLY_TIMEOUT_SECONDS", "7");
+        let from_default = ServeConfig::default();
+        let cli = Cli::try_parse_from(["sessiond", "serve"]);
+        std::env::remove_var("SESSIOND_REPLY_TIMEOUT_SECONDS");
+        assert_eq!(from_default.reply_timeout_seconds, 25);
+        let Command::Serve(from_cli) = cli.unwrap().command else {
+            panic!("serve parses as Serve")
+        };
+        assert_eq!(from_cli.reply_timeout_seconds, 7);
     }
 
     #[test]

@@ -187,6 +187,19 @@ mod tests {
         assert_eq!(store.counts(T0 + 10 * MINUTE).unwrap().total, 0);
     }
 
+    /// Whether `id` is still stored after the loop has had about 200 ms of real time to act:
+    /// deletes run on the writer thread, which paused time does not wait for.
+    async fn still_stored_after_a_while(store: &Store, id: Uuid) -> bool {
+        for _ in 0..40 {
+            tokio::task::yield_now().await;
+            if store.session(id).unwrap().is_none() {
+                return false;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        true
+    }
+
     #[tokio::test(start_paused = true)]
     async fn the_loop_sweeps_on_its_interval_and_stops_when_told() {
         let (store, _dir) = temp_store();
@@ -205,18 +218,22 @@ mod tests {
             schedule,
             shutdown.clone(),
         ));
+        // The first sweep runs at once and finds nothing expired.
+        assert!(still_stored_after_a_while(&store, doomed.id).await);
+
+        // Expired now, but the next sweep is due only a whole interval after the first.
         clock.set(T0 + 6 * MINUTE);
-        // The first tick fires at once; the sweep itself runs on a blocking thread, which
-        // paused time does not wait for, so poll until it has landed.
-        for _ in 0..200 {
-            if store.session(doomed.id).unwrap().is_none() {
-                break;
-            }
-            tokio::time::advance(Duration::from_secs(60)).await;
-            tokio::task::yield_now().await;
-            std::thread::sleep(std::time::Duration::from_millis(5));
-        }
-        assert!(store.session(doomed.id).unwrap().is_none());
+        tokio::time::advance(Duration::from_secs(59)).await;
+        assert!(
+            still_stored_after_a_while(&store, doomed.id).await,
+            "swept before the interval passed"
+        );
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert!(
+            !still_stored_after_a_while(&store, doomed.id).await,
+            "not swept once the interval passed"
+        );
+
         shutdown.cancel();
         tokio::time::timeout(Duration::from_secs(5), task)
             .await

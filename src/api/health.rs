@@ -9,20 +9,22 @@ use warp::{Filter, Rejection};
 
 use super::error::{respond, ApiError};
 use super::views::json;
-use super::{sessions_prefix, with_state, AppState};
+use super::{sessions_prefix, with_state, AppState, SharedState};
 
 /// The health route's path; it never requires the API key.
 pub(super) const PATH: &str = "/api/messaging/sessions/health";
 
 /// The health route.
 pub(super) fn routes(
-    state: &AppState,
+    state: &SharedState,
 ) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
     health_check(state)
 }
 
 /// GET /sessions/health
-fn health_check(state: &AppState) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+fn health_check(
+    state: &SharedState,
+) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
     sessions_prefix()
         .and(warp::path("health"))
         .and(warp::path::end())

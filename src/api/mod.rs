@@ -25,7 +25,7 @@ pub use error::{handle_rejection, ApiError};
 use crate::domain::{Clock, TimeoutPolicy};
 use crate::store::Store;
 
-/// Everything a handler needs; the routes share one copy behind an `Arc`.
+/// Everything a handler needs.
 #[derive(Clone, Debug)]
 pub struct AppState {
     /// The store.
@@ -65,13 +65,16 @@ impl AppState {
     }
 }
 
-/// Hands the state to a handler. Shared behind one `Arc`: warp clones a filter's closure
-/// for every request that reaches it, and a clone of the state itself costs a score of
-/// reference counts and a lock (the cancellation token).
+/// The one copy of the state every route shares. Behind an `Arc`: warp clones a filter's
+/// closure for every request that reaches it, and a clone of the state itself costs a score
+/// of reference counts and a lock (the cancellation token).
+type SharedState = Arc<AppState>;
+
+/// Hands the shared state to a handler.
 fn with_state(
-    state: &AppState,
-) -> impl Filter<Extract = (Arc<AppState>,), Error = std::convert::Infallible> + Clone {
-    let state = Arc::new(state.clone());
+    state: &SharedState,
+) -> impl Filter<Extract = (SharedState,), Error = std::convert::Infallible> + Clone {
+    let state = state.clone();
     warp::any().map(move || state.clone())
 }
 
@@ -85,14 +88,15 @@ fn sessions_prefix() -> impl Filter<Extract = (), Error = warp::Rejection> + Clo
 /// Every route, behind the API-key check, with every rejection rendered as the envelope.
 /// Mount this in another warp app to embed sessiond.
 pub fn routes(state: &AppState) -> BoxedFilter<(warp::reply::Response,)> {
-    let api = health::routes(state)
-        .or(sessions::routes(state))
+    let shared = Arc::new(state.clone());
+    let api = health::routes(&shared)
+        .or(sessions::routes(&shared))
         .unify()
-        .or(messages::routes(state))
+        .or(messages::routes(&shared))
         .unify()
-        .or(events::routes(state))
+        .or(events::routes(&shared))
         .unify()
-        .or(feather::routes(state))
+        .or(feather::routes(&shared))
         .unify()
         .or(openapi::routes())
         .unify();

@@ -256,4 +256,19 @@ mod tests {
         }
         assert_eq!(listed, ROUTES.len());
     }
+
+    /// The schemas spell the content limit as a literal (the derive takes no constant).
+    #[test]
+    fn the_documented_content_limit_is_the_enforced_one() {
+        let document: serde_json::Value =
+            serde_json::from_str(document()).expect("the document is JSON");
+        for schema in ["CreateMessageRequest", "FeatherMessageRequest"] {
+            let content = &document["components"]["schemas"][schema]["properties"]["content"];
+            assert_eq!(
+                content["maxLength"],
+                crate::domain::message::MAX_CONTENT_CHARS,
+                "{schema}.content"
+            );
+        }
+    }
 }

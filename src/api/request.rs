@@ -203,7 +203,7 @@ pub fn content_field(object: &JsonObject) -> Result<String, ApiError> {
             let chars = text.chars().count();
             if chars > MAX_CONTENT_CHARS {
                 Err(ApiError::invalid_content(
-                    "Content exceeds maximum length of 4000 characters",
+                    &format!("Content exceeds maximum length of {MAX_CONTENT_CHARS} characters"),
                     format!("content has {chars} characters"),
                 ))
             } else {

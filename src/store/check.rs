@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use uuid::Uuid;
 
 use super::events::{self, StoredEvents};
-use super::keys::{self, Counter};
+use super::keys;
 use super::{codec, Store};
 use crate::domain::{Message, Session};
 use crate::error::Result;
@@ -178,12 +178,7 @@ impl Store {
                     expected_seq - 1
                 ));
             }
-            for counter in [
-                Counter::Sessions,
-                Counter::Agent(session.agent_id),
-                Counter::User(session.user_id),
-                Counter::Pair(session.agent_id, session.user_id),
-            ] {
+            for counter in super::sessions::counters_of(&session) {
                 *counts.entry(keys::counter(counter)).or_default() += 1;
             }
         }
@@ -459,7 +454,10 @@ mod tests {
         store
             .trees
             .counters
-            .insert(keys::counter(Counter::Sessions), &keys::count_value(7))
+            .insert(
+                keys::counter(keys::Counter::Sessions),
+                &keys::count_value(7),
+            )
             .unwrap();
         let report = store.check().unwrap();
         let all = report.problems.join("\n");

@@ -163,7 +163,7 @@ pub(crate) enum EventOwner {
 }
 
 /// `ownerideventid` key: owner kind byte ++ owner id ++ event id (BE). One tree indexes the
-/// log three ways, so writes stay within sled's ten trees per transaction.
+/// log three ways (by session, agent and user).
 pub(crate) fn owner_event(owner: EventOwner, id: u64) -> [u8; 1 + ID_LEN + U64_LEN] {
     let (tag, owner_id) = match owner {
         EventOwner::Session(id) => (b's', id),

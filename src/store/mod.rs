@@ -145,11 +145,6 @@ impl Store {
         Ok(store)
     }
 
-    /// The directory the store lives in.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     /// Flushes and syncs now, blocking the calling thread.
     ///
     /// # Errors

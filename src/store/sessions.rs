@@ -122,7 +122,8 @@ impl WriteTx<'_> {
     }
 }
 
-fn counters_of(session: &Session) -> [Counter; 4] {
+/// The counters a session counts in.
+pub(super) fn counters_of(session: &Session) -> [Counter; 4] {
     [
         Counter::Sessions,
         Counter::Agent(session.agent_id),
