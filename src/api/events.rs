@@ -18,8 +18,8 @@ use warp::{Filter, Rejection, Reply};
 use super::error::{respond, ApiError};
 use super::request::Query;
 use super::sessions::{load_active, query, session_path};
-use super::views::{MessageView, SessionInfo};
-use super::{with_state, AppState};
+use super::views::{MessageView, SessionContext, SessionInfo};
+use super::{with_state, AppState, SharedState};
 use crate::domain::{Event, EventData, EventFilter};
 use crate::store::{Store, Subscription, STREAM_BUFFER};
 
@@ -30,14 +30,14 @@ const REPLAY_BATCH: usize = 256;
 
 /// Both event routes.
 pub(super) fn routes(
-    state: &AppState,
+    state: &SharedState,
 ) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
     session_events(state).or(owner_events(state)).unify()
 }
 
 /// GET /sessions/{sessionId}/events
 fn session_events(
-    state: &AppState,
+    state: &SharedState,
 ) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
     session_path()
         .and(warp::path("events"))
@@ -50,7 +50,9 @@ fn session_events(
 }
 
 /// GET /events?agentId=… or ?userId=…
-fn owner_events(state: &AppState) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+fn owner_events(
+    state: &SharedState,
+) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
     warp::path("api")
         .and(warp::path("messaging"))
         .and(warp::path("events"))
@@ -249,7 +251,18 @@ pub(super) fn replay_then_live(
 /// The JSON an event carries.
 pub(super) fn event_data(event: &Event) -> String {
     let rendered = match &event.data {
-        EventData::Message(message) => serde_json::to_string(&MessageView::new(message)),
+        EventData::Message {
+            message,
+            session_metadata_json,
+        } => {
+            let context = SessionContext::new(
+                event.session_id,
+                event.agent_id,
+                event.user_id,
+                session_metadata_json,
+            );
+            serde_json::to_string(&MessageView::new(message, &context))
+        }
         EventData::Session(session) if event.kind.ends_session() => {
             serde_json::to_string(&SessionInfo::closed(session))
         }
@@ -260,8 +273,19 @@ pub(super) fn event_data(event: &Event) -> String {
 }
 
 fn to_sse(event: &Event) -> sse::Event {
-    sse::Event::default()
-        .id(event.id.to_string())
-        .event(event.kind.name())
-        .data(event_data(event))
+    sse_event(Some(event.id), event.kind.name(), &event_data(event))
+}
+
+/// One Server-Sent Event, written `id: `, `event: `, `data: ` with a space after each colon,
+/// as the SSE specification's examples do: hand-written readers test for `data: `. warp
+/// writes `field:value`, and every SSE reader drops one space at the start of a value, so
+/// the space goes into the value. `data` is one line of JSON.
+pub(super) fn sse_event(id: Option<u64>, name: &str, data: &str) -> sse::Event {
+    let event = sse::Event::default()
+        .event(format!(" {name}"))
+        .data(format!(" {data}"));
+    match id {
+        Some(id) => event.id(format!(" {id}")),
+        None => event,
+    }
 }

@@ -15,21 +15,21 @@ use warp::{Filter, Rejection};
 
 use super::error::{respond, ApiError};
 use super::request::{is_json_content_type, read_body_bytes};
-use super::views::{json as json_reply, MessageView};
-use super::{with_state, AppState};
+use super::views::{json as json_reply, MessageView, SessionContext};
+use super::{with_state, AppState, SharedState};
 use crate::domain::message::MAX_CONTENT_CHARS;
 use crate::domain::NewMessage;
 
 /// The route.
 pub(super) fn routes(
-    state: &AppState,
+    state: &SharedState,
 ) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
     feather_message_create(state)
 }
 
 /// POST /v1/ask-feather/sessions/{session_id}/messages
 fn feather_message_create(
-    state: &AppState,
+    state: &SharedState,
 ) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
     warp::path("v1")
         .and(warp::path("ask-feather"))
@@ -193,7 +193,7 @@ fn check_fields(object: &Map<String, Value>) -> (Option<String>, Option<String>,
                 problems.push(problem(
                     "string_too_long",
                     json!(["body", "content"]),
-                    "String should have at most 4000 characters",
+                    &format!("String should have at most {MAX_CONTENT_CHARS} characters"),
                     json!(text),
                     Some(json!({ "max_length": MAX_CONTENT_CHARS })),
                 ));
@@ -308,7 +308,7 @@ where
         .await??;
     Ok(json_reply(
         StatusCode::OK,
-        &MessageView::new(&appended.message),
+        &MessageView::new(&appended.message, &SessionContext::of(&appended.session)),
     ))
 }
 

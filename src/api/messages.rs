@@ -12,8 +12,8 @@ use super::request::{
     Query,
 };
 use super::sessions::{json_body, load_active, query, session_path};
-use super::views::{json, MessageCreated, MessageView};
-use super::{with_state, AppState};
+use super::views::{json, MessageCreated, MessageView, SessionContext};
+use super::{with_state, AppState, SharedState};
 use std::sync::Arc;
 
 use futures_util::StreamExt;
@@ -21,7 +21,7 @@ use tokio::sync::mpsc;
 use warp::sse;
 use warp::Reply;
 
-use super::events::KEEP_ALIVE;
+use super::events::{sse_event, KEEP_ALIVE};
 use crate::domain::{Event, EventData, EventFilter, Message, NewMessage, SessionError};
 use crate::store::{MessageQuery, STREAM_BUFFER};
 
@@ -30,7 +30,7 @@ const PAGE_LIMIT: (usize, usize) = (50, 100);
 
 /// Every message route.
 pub(super) fn routes(
-    state: &AppState,
+    state: &SharedState,
 ) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
     messages_create(state)
         .or(messages_list(state))
@@ -43,7 +43,7 @@ pub(super) fn routes(
 
 /// POST /sessions/{sessionId}/messages
 fn messages_create(
-    state: &AppState,
+    state: &SharedState,
 ) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
     session_path()
         .and(warp::path("messages"))
@@ -57,7 +57,7 @@ fn messages_create(
 
 /// GET /sessions/{sessionId}/messages
 fn messages_list(
-    state: &AppState,
+    state: &SharedState,
 ) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
     session_path()
         .and(warp::path("messages"))
@@ -70,7 +70,9 @@ fn messages_list(
 }
 
 /// GET /sessions/{sessionId}/messages/{messageId}
-fn message_get(state: &AppState) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+fn message_get(
+    state: &SharedState,
+) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
     session_path()
         .and(warp::path("messages"))
         .and(warp::path::param::<String>())
@@ -83,7 +85,7 @@ fn message_get(state: &AppState) -> impl Filter<Extract = (Response,), Error = R
 
 /// GET /sessions/{sessionId}/messages/{messageId}/thread
 fn message_thread(
-    state: &AppState,
+    state: &SharedState,
 ) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
     session_path()
         .and(warp::path("messages"))
@@ -174,7 +176,14 @@ async fn create_message(
         .append_message(session_id, new, state.clock.clone())
         .await??;
     let now = state.clock.now();
-    let created = MessageCreated::new(&appended.message, &appended.session, appended.renewal, now);
+    let context = SessionContext::of(&appended.session);
+    let created = MessageCreated::new(
+        &appended.message,
+        &appended.session,
+        &context,
+        appended.renewal,
+        now,
+    );
     match (transport, replies) {
         (Transport::Http, Some(mut replies)) => {
             let reply = wait_for_reply(&state, &appended.message, &mut replies.events).await;
@@ -183,9 +192,12 @@ async fn create_message(
                 &created.with_agent_response(reply.as_ref()),
             ))
         }
-        (Transport::Sse, Some(replies)) => {
-            Ok(reply_stream(state, appended.message, replies.events))
-        }
+        (Transport::Sse, Some(replies)) => Ok(reply_stream(
+            state,
+            appended.message,
+            context,
+            replies.events,
+        )),
         _ => Ok(json(StatusCode::CREATED, &created)),
     }
 }
@@ -231,7 +243,7 @@ async fn next_reply(
             () = &mut timeout => return Waited::TimedOut,
             event = events.recv() => match event {
                 Some(event) if replies.matches(&event) => {
-                    if let EventData::Message(reply) = &event.data {
+                    if let EventData::Message { message: reply, .. } = &event.data {
                         return Waited::Reply(reply.clone());
                     }
                 }
@@ -255,31 +267,36 @@ async fn next_reply(
 fn reply_stream(
     state: Arc<AppState>,
     message: Message,
+    context: SessionContext,
     events: mpsc::Receiver<Arc<Event>>,
 ) -> Response {
-    let first = sse::Event::default()
-        .event("user_message")
-        .data(serde_json::to_string(&MessageView::new(&message)).unwrap_or_default());
-    let following =
-        futures_util::stream::unfold(Some((state, message, events)), |waiting| async move {
-            let (state, message, mut events) = waiting?;
+    let first = sse_event(
+        None,
+        "user_message",
+        &serde_json::to_string(&MessageView::new(&message, &context)).unwrap_or_default(),
+    );
+    let following = futures_util::stream::unfold(
+        Some((state, message, context, events)),
+        |waiting| async move {
+            let (state, message, context, mut events) = waiting?;
             let timeout = tokio::time::sleep(state.reply_timeout);
             tokio::pin!(timeout);
-            let (event, next) = match next_reply(&state, &message, &mut events, timeout.as_mut())
-                .await
-            {
-                Waited::Reply(reply) => {
-                    let data = serde_json::to_string(&MessageView::new(&reply)).unwrap_or_default();
-                    (
-                        sse::Event::default().event("agent_message").data(data),
-                        Some((state, message, events)),
-                    )
-                }
-                Waited::TimedOut => (done("timeout"), None),
-                Waited::ShutDown => (done("shutdown"), None),
-            };
+            let (event, next) =
+                match next_reply(&state, &message, &mut events, timeout.as_mut()).await {
+                    Waited::Reply(reply) => {
+                        let data = serde_json::to_string(&MessageView::new(&reply, &context))
+                            .unwrap_or_default();
+                        (
+                            sse_event(None, "agent_message", &data),
+                            Some((state, message, context, events)),
+                        )
+                    }
+                    Waited::TimedOut => (done("timeout"), None),
+                    Waited::ShutDown => (done("shutdown"), None),
+                };
             Some((event, next))
-        });
+        },
+    );
     let stream = futures_util::stream::once(async { first })
         .chain(following)
         .map(Ok::<_, std::convert::Infallible>);
@@ -287,9 +304,11 @@ fn reply_stream(
 }
 
 fn done(reason: &str) -> sse::Event {
-    sse::Event::default()
-        .event("done")
-        .data(serde_json::json!({ "reason": reason }).to_string())
+    sse_event(
+        None,
+        "done",
+        &serde_json::json!({ "reason": reason }).to_string(),
+    )
 }
 
 /// One page of messages.
@@ -334,12 +353,11 @@ enum ReplyEventName {
     Done,
 }
 
-/// The body of `GET …/messages/{messageId}/thread` (built with `json!` in `get_thread`).
-#[derive(utoipa::ToSchema)]
-#[allow(dead_code, reason = "a schema for the OpenAPI document only")]
-struct MessageThread {
+/// The body of `GET …/messages/{messageId}/thread`.
+#[derive(Serialize, utoipa::ToSchema)]
+struct MessageThread<'a> {
     /// The branch from the root down to the message, oldest first.
-    messages: Vec<MessageView<'static>>,
+    messages: Vec<MessageView<'a>>,
 }
 
 #[utoipa::path(
@@ -379,6 +397,7 @@ async fn list_messages(
     };
     let (session, _) = load_active(&state, session_id)?;
     let page = state.store.page_messages(&session, &message_query)??;
+    let context = SessionContext::of(&session);
     let cursors = match (page.messages.first(), page.messages.last()) {
         (Some(newest), Some(oldest)) => Some(Cursors {
             before: oldest.created_at.as_millis(),
@@ -391,7 +410,11 @@ async fn list_messages(
     Ok(json(
         StatusCode::OK,
         &MessageList {
-            messages: page.messages.iter().map(MessageView::new).collect(),
+            messages: page
+                .messages
+                .iter()
+                .map(|message| MessageView::new(message, &context))
+                .collect(),
             has_more: page.has_more,
             cursors,
         },
@@ -422,7 +445,7 @@ async fn get_message(
 ) -> Result<Response, ApiError> {
     let session_id = path_uuid("sessionId", &id)?;
     let message_id = path_uuid("messageId", &message_id)?;
-    load_active(&state, session_id)?;
+    let (session, _) = load_active(&state, session_id)?;
     let message =
         state
             .store
@@ -431,7 +454,10 @@ async fn get_message(
                 session_id,
                 message_id,
             })?;
-    Ok(json(StatusCode::OK, &MessageView::new(&message)))
+    Ok(json(
+        StatusCode::OK,
+        &MessageView::new(&message, &SessionContext::of(&session)),
+    ))
 }
 
 #[utoipa::path(
@@ -458,7 +484,7 @@ async fn get_thread(
 ) -> Result<Response, ApiError> {
     let session_id = path_uuid("sessionId", &id)?;
     let message_id = path_uuid("messageId", &message_id)?;
-    load_active(&state, session_id)?;
+    let (session, _) = load_active(&state, session_id)?;
     let thread =
         state
             .store
@@ -467,8 +493,14 @@ async fn get_thread(
                 session_id,
                 message_id,
             })?;
+    let context = SessionContext::of(&session);
     Ok(json(
         StatusCode::OK,
-        &serde_json::json!({ "messages": thread.iter().map(MessageView::new).collect::<Vec<_>>() }),
+        &MessageThread {
+            messages: thread
+                .iter()
+                .map(|message| MessageView::new(message, &context))
+                .collect(),
+        },
     ))
 }

@@ -15,18 +15,19 @@ use super::request::{
     timeout_patch, uuid_field, JsonObject, Query,
 };
 use super::views::{json, SessionCreated, SessionInfo};
-use super::{sessions_prefix, with_state, AppState};
+use super::{sessions_prefix, with_state, AppState, SharedState};
 use crate::domain::{EventKind, Renewal, Session, SessionError, Timestamp};
 use crate::store::{SessionQuery, StatusFilter};
 
-/// Default and largest page size of the session list.
-const LIST_LIMIT: (usize, usize) = (100, 1000);
+/// Default and largest page size of the session list. The default is the largest: elizaOS's
+/// client lists sessions without parameters and reads one page.
+const LIST_LIMIT: (usize, usize) = (1000, 1000);
 /// Prefix of list cursors, so a token from elsewhere is recognised as foreign.
 const CURSOR_PREFIX: &str = "s1.";
 
 /// Every session route.
 pub(super) fn routes(
-    state: &AppState,
+    state: &SharedState,
 ) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
     sessions_create(state)
         .or(sessions_list(state))
@@ -70,7 +71,7 @@ pub(super) fn session_path() -> impl Filter<Extract = (String,), Error = Rejecti
 
 /// POST /sessions
 fn sessions_create(
-    state: &AppState,
+    state: &SharedState,
 ) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
     sessions_prefix()
         .and(warp::path::end())
@@ -83,7 +84,7 @@ fn sessions_create(
 
 /// GET /sessions
 fn sessions_list(
-    state: &AppState,
+    state: &SharedState,
 ) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
     sessions_prefix()
         .and(warp::path::end())
@@ -95,7 +96,9 @@ fn sessions_list(
 }
 
 /// GET /sessions/{sessionId}
-fn session_get(state: &AppState) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+fn session_get(
+    state: &SharedState,
+) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
     session_path()
         .and(warp::path::end())
         .and(warp::get())
@@ -106,7 +109,7 @@ fn session_get(state: &AppState) -> impl Filter<Extract = (Response,), Error = R
 
 /// DELETE /sessions/{sessionId}
 fn session_delete(
-    state: &AppState,
+    state: &SharedState,
 ) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
     session_path()
         .and(warp::path::end())
@@ -118,7 +121,7 @@ fn session_delete(
 
 /// POST /sessions/{sessionId}/renew
 fn session_renew(
-    state: &AppState,
+    state: &SharedState,
 ) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
     session_path()
         .and(warp::path("renew"))
@@ -131,7 +134,7 @@ fn session_renew(
 
 /// POST /sessions/{sessionId}/heartbeat
 fn session_heartbeat(
-    state: &AppState,
+    state: &SharedState,
 ) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
     session_path()
         .and(warp::path("heartbeat"))
@@ -144,7 +147,7 @@ fn session_heartbeat(
 
 /// PATCH /sessions/{sessionId}/timeout
 fn session_timeout_update(
-    state: &AppState,
+    state: &SharedState,
 ) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
     session_path()
         .and(warp::path("timeout"))
@@ -284,7 +287,7 @@ fn cursor_for(id: Uuid) -> String {
         ("agentId" = Option<Uuid>, Query, description = "Only this agent's sessions."),
         ("userId" = Option<Uuid>, Query, description = "Only this user's sessions."),
         ("status" = inline(Option<ListStatus>), Query, description = "Which sessions (default `active`)."),
-        ("limit" = Option<i64>, Query, minimum = 1, maximum = 1000, description = "Page size: 1..=1000, default 100; a plain decimal integer, clamped into range."),
+        ("limit" = Option<i64>, Query, minimum = 1, maximum = 1000, description = "Page size: 1..=1000, default 1000; a plain decimal integer, clamped into range."),
         ("cursor" = Option<String>, Query, description = "The `nextCursor` of the previous page."),
     ),
     responses(
@@ -425,6 +428,7 @@ async fn renew_session(id: String, state: Arc<AppState>) -> Result<Response, Api
         Renewal::Unchanged => Err(SessionError::MaxDurationReached {
             id,
             expires_at: session.expires_at(),
+            at_max_duration: session.expires_at() == session.hard_deadline(),
         }),
     })
     .await

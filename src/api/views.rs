@@ -2,6 +2,7 @@
 
 use serde::Serialize;
 use serde_json::value::RawValue;
+use serde_json::{Map, Value};
 use uuid::Uuid;
 use warp::http::StatusCode;
 use warp::reply::Response;
@@ -51,6 +52,8 @@ impl From<TimeoutConfig> for TimeoutConfigView {
 #[serde(rename_all = "camelCase")]
 pub struct SessionCreated<'a> {
     session_id: Uuid,
+    /// The session's channel, as elizaOS clients follow replies by it: the session id.
+    channel_id: Uuid,
     agent_id: Uuid,
     user_id: Uuid,
     #[schema(format = DateTime)]
@@ -67,6 +70,7 @@ impl<'a> SessionCreated<'a> {
     pub fn new(s: &'a Session) -> Self {
         SessionCreated {
             session_id: s.id,
+            channel_id: s.id,
             agent_id: s.agent_id,
             user_id: s.user_id,
             created_at: s.created_at.to_rfc3339(),
@@ -82,6 +86,8 @@ impl<'a> SessionCreated<'a> {
 #[serde(rename_all = "camelCase")]
 pub struct SessionInfo<'a> {
     session_id: Uuid,
+    /// The session's channel, as elizaOS clients follow replies by it: the session id.
+    channel_id: Uuid,
     agent_id: Uuid,
     user_id: Uuid,
     #[schema(format = DateTime)]
@@ -104,6 +110,7 @@ impl<'a> SessionInfo<'a> {
     pub fn new(s: &'a Session, now: Timestamp) -> Self {
         SessionInfo {
             session_id: s.id,
+            channel_id: s.id,
             agent_id: s.agent_id,
             user_id: s.user_id,
             created_at: s.created_at.to_rfc3339(),
@@ -152,6 +159,68 @@ impl<'a> From<&'a Attachment> for AttachmentView<'a> {
     }
 }
 
+/// What a session adds to the metadata of each of its messages, as elizaOS does: the
+/// session's own metadata keys, then `sessionId`, `agentId` and `userId`. Built once per
+/// answer; only the client's own metadata is stored with a message.
+pub struct SessionContext(Map<String, Value>);
+
+impl SessionContext {
+    /// The context of `session`.
+    pub fn of(session: &Session) -> Self {
+        SessionContext::new(
+            session.id,
+            session.agent_id,
+            session.user_id,
+            &session.metadata_json,
+        )
+    }
+
+    /// The context of a session known by its ids and its stored metadata.
+    pub fn new(session_id: Uuid, agent_id: Uuid, user_id: Uuid, metadata_json: &str) -> Self {
+        let mut context = object(metadata_json);
+        for (key, id) in [
+            ("sessionId", session_id),
+            ("agentId", agent_id),
+            ("userId", user_id),
+        ] {
+            context.insert(key.to_owned(), Value::String(id.to_string()));
+        }
+        SessionContext(context)
+    }
+}
+
+/// Stored metadata as an object. Text that is somehow not a JSON object (it was validated on
+/// the way in) degrades to `{}` rather than failing the response.
+fn object(text: &str) -> Map<String, Value> {
+    serde_json::from_str(text).unwrap_or_else(|_| {
+        tracing::warn!("stored metadata is not a JSON object; answering {{}}");
+        Map::new()
+    })
+}
+
+/// A message's metadata as answered: its session's context, then the message's own keys,
+/// which win on a clash.
+struct MergedMetadata<'a> {
+    context: &'a SessionContext,
+    own: Map<String, Value>,
+}
+
+impl Serialize for MergedMetadata<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let inherited = self
+            .context
+            .0
+            .iter()
+            .filter(|(key, _)| !self.own.contains_key(*key));
+        let mut map = serializer.serialize_map(None)?;
+        for (key, value) in inherited.chain(&self.own) {
+            map.serialize_entry(key, value)?;
+        }
+        map.end()
+    }
+}
+
 /// Message.
 #[derive(Serialize, utoipa::ToSchema)]
 #[schema(as = Message)]
@@ -167,14 +236,16 @@ pub struct MessageView<'a> {
     is_agent: bool,
     #[schema(format = DateTime)]
     created_at: String,
+    /// The message's own metadata over its session's: the session's metadata keys,
+    /// `sessionId`, `agentId` and `userId`, then the keys sent with the message.
     #[schema(value_type = Object)]
-    metadata: &'a RawValue,
+    metadata: MergedMetadata<'a>,
     attachments: Vec<AttachmentView<'a>>,
 }
 
 impl<'a> MessageView<'a> {
-    /// The view of a message.
-    pub fn new(m: &'a Message) -> Self {
+    /// The view of a message of the session `context` describes.
+    pub fn new(m: &'a Message, context: &'a SessionContext) -> Self {
         MessageView {
             id: m.id,
             session_id: m.session_id,
@@ -184,8 +255,45 @@ impl<'a> MessageView<'a> {
             author_id: m.author_id,
             is_agent: m.is_agent,
             created_at: m.created_at.to_rfc3339(),
-            metadata: raw(&m.metadata_json),
+            metadata: MergedMetadata {
+                context,
+                own: object(&m.metadata_json),
+            },
             attachments: m.attachments.iter().map(AttachmentView::from).collect(),
+        }
+    }
+}
+
+/// `agentResponse`: the agent's reply as a Message, plus the fields of elizaOS's
+/// `AgentResponseContent`: `text` (the content) and, when the reply's own metadata has
+/// them, `thought` and `actions`.
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentResponse<'a> {
+    #[serde(flatten)]
+    message: MessageView<'a>,
+    /// The reply's content.
+    text: &'a str,
+    /// `metadata.thought` of the reply, when it has one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
+    thought: Option<Value>,
+    /// `metadata.actions` of the reply, when it has them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Vec<String>>)]
+    actions: Option<Value>,
+}
+
+impl<'a> AgentResponse<'a> {
+    /// The view of `reply`, an agent's message of the session `context` describes.
+    pub fn new(reply: &'a Message, context: &'a SessionContext) -> Self {
+        let message = MessageView::new(reply, context);
+        let own = &message.metadata.own;
+        AgentResponse {
+            text: &reply.content,
+            thought: own.get("thought").cloned(),
+            actions: own.get("actions").cloned(),
+            message,
         }
     }
 }
@@ -210,15 +318,21 @@ pub struct MessageCreated<'a> {
     session_status: SessionStatus,
     /// Only for `transport: "http"`: the agent's reply, or null when none came in time.
     #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<MessageView<'static>>)]
-    agent_response: Option<Option<MessageView<'a>>>,
+    #[schema(value_type = Option<AgentResponse<'static>>)]
+    agent_response: Option<Option<AgentResponse<'a>>>,
 }
 
 impl<'a> MessageCreated<'a> {
-    /// The view of an append at `now`.
-    pub fn new(message: &'a Message, session: &Session, renewal: Renewal, now: Timestamp) -> Self {
+    /// The view of an append at `now`; `context` is that of `session`.
+    pub fn new(
+        message: &'a Message,
+        session: &Session,
+        context: &'a SessionContext,
+        renewal: Renewal,
+        now: Timestamp,
+    ) -> Self {
         MessageCreated {
-            message: MessageView::new(message),
+            message: MessageView::new(message, context),
             session_status: SessionStatus {
                 expires_at: session.expires_at().to_rfc3339(),
                 renewal_count: session.renewal_count,
@@ -231,7 +345,8 @@ impl<'a> MessageCreated<'a> {
 
     /// Adds the outcome of waiting for the agent's reply.
     pub fn with_agent_response(mut self, reply: Option<&'a Message>) -> Self {
-        self.agent_response = Some(reply.map(MessageView::new));
+        let context = self.message.metadata.context;
+        self.agent_response = Some(reply.map(|reply| AgentResponse::new(reply, context)));
         self
     }
 }

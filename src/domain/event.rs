@@ -51,7 +51,12 @@ pub enum EventData {
     /// The session as it was right after the change.
     Session(Session),
     /// The message appended.
-    Message(Message),
+    Message {
+        /// The message.
+        message: Message,
+        /// Its session's metadata (compact JSON text), which answers show with each message.
+        session_metadata_json: String,
+    },
 }
 
 /// One event of the log.
@@ -103,7 +108,7 @@ impl EventFilter {
                 message_id,
             } => {
                 event.session_id == session_id
-                    && matches!(&event.data, EventData::Message(m) if m.is_agent && m.parent_id == Some(message_id))
+                    && matches!(&event.data, EventData::Message { message: m, .. } if m.is_agent && m.parent_id == Some(message_id))
             }
         }
     }

@@ -171,13 +171,23 @@ pub enum SessionError {
         /// When it expired.
         expires_at: Timestamp,
     },
-    /// A manual renewal could not move `expiresAt` later.
-    #[error("session {id} already expires at its maximum duration ({expires_at})")]
+    /// A manual renewal could not move `expiresAt` later by a millisecond.
+    #[error(
+        "session {id} {}",
+        if *at_max_duration {
+            format!("already expires at its maximum duration ({expires_at})")
+        } else {
+            format!("was renewed within this millisecond and expires at {expires_at}; renew again later")
+        }
+    )]
     MaxDurationReached {
         /// The session id.
         id: Uuid,
         /// Its unchanged expiry.
         expires_at: Timestamp,
+        /// Whether that expiry is the max-duration cap (else a renewal in the same
+        /// millisecond came first).
+        at_max_duration: bool,
     },
     /// The message named as parent is not a message of this session.
     #[error("message {parent_id} is not a message of session {session_id}")]
@@ -344,10 +354,12 @@ impl Session {
         }
     }
 
-    /// Renews at `now` if that moves `expiresAt` later; otherwise changes nothing.
+    /// Renews at `now` if that moves `expiresAt` later by at least a millisecond, the unit
+    /// clients see it in; otherwise changes nothing. So every renewal a client is told of
+    /// shows a later `expiresAt` than the one before.
     pub fn renew(&mut self, now: Timestamp) -> Renewal {
         let candidate = (now + minutes(self.timeout.timeout_minutes)).min(self.hard_deadline());
-        if candidate > self.expires_at() {
+        if candidate.as_millis() > self.expires_at().as_millis() {
             self.renewed_at = now;
             self.renewal_count += 1;
             Renewal::Renewed
@@ -607,6 +619,27 @@ mod tests {
         let before = session.clone();
         assert_eq!(session.renew(T0), Renewal::Unchanged);
         assert_eq!(session, before);
+    }
+
+    #[test]
+    fn a_renewal_must_move_the_shown_expiry_by_a_millisecond() {
+        let us = Duration::from_micros(1);
+        let mut session = session_at(T0, config(30, 720, 5, true));
+        // Later by microseconds, inside the same shown millisecond: not a renewal.
+        let before = session.clone();
+        assert_eq!(session.renew(T0 + 999 * us), Renewal::Unchanged);
+        assert_eq!(session, before);
+        // The first instant whose expiry shows one millisecond later renews.
+        assert_eq!(session.renew(T0 + MS), Renewal::Renewed);
+        assert_eq!(
+            session.expires_at().as_millis(),
+            (T0 + MS + 30 * MINUTE).as_millis()
+        );
+        // From mid-millisecond, the next shown millisecond is what counts.
+        let mut session = session_at(T0 + 500 * us, config(30, 720, 5, true));
+        assert_eq!(session.renew(T0 + 999 * us), Renewal::Unchanged);
+        assert_eq!(session.renew(T0 + MS), Renewal::Renewed);
+        assert_eq!(session.renewal_count, 1);
     }
 
     #[test]

@@ -8,9 +8,9 @@ use serde::{Deserialize, Serialize};
 
 /// An instant as microseconds since the Unix epoch.
 ///
-/// Microseconds, not milliseconds: two renewals of one session in the same millisecond
-/// must still be ordered, or the second could not move `expiresAt` later. Clients only
-/// ever see milliseconds.
+/// Finer than clients see it (milliseconds), so that instants within one millisecond keep
+/// their order. Rules that clients must be able to observe, such as "a renewal moves
+/// `expiresAt` later", compare whole milliseconds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Timestamp(u64);
 

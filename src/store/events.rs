@@ -157,7 +157,10 @@ impl<'a> EventLog<'a> {
             at,
             EventKind::Message,
             session,
-            EventData::Message(message.clone()),
+            EventData::Message {
+                message: message.clone(),
+                session_metadata_json: session.metadata_json.clone(),
+            },
         );
     }
 
@@ -188,7 +191,7 @@ impl<'a> EventLog<'a> {
                     kind: event.kind,
                     data: match &event.data {
                         EventData::Session(s) => StoredData::Session(s.clone()),
-                        EventData::Message(m) => StoredData::MessageSeq(m.seq),
+                        EventData::Message { message, .. } => StoredData::MessageSeq(message.seq),
                     },
                 })
                 .collect(),
@@ -389,20 +392,36 @@ impl Store {
     }
 
     /// The events of the record at `first_id` (none if it was trimmed), skipping message
-    /// events whose message was deleted since.
+    /// events whose session or message was deleted since.
     fn record_events(&self, first_id: u64) -> Result<Vec<Event>> {
         let Some(bytes) = self.trees.events.get(keys::event(first_id))? else {
             return Ok(Vec::new());
         };
         let record: StoredEvents = codec::decode(&bytes)?;
+        // Read once, for the first message event: a record concerns one session.
+        let mut session_metadata_json: Option<Option<String>> = None;
         let mut events = Vec::with_capacity(record.entries.len());
         for (id, entry) in (first_id..).zip(record.entries) {
             let data = match entry.data {
                 StoredData::Session(session) => EventData::Session(session),
-                StoredData::MessageSeq(seq) => match self.message_at(record.session_id, seq)? {
-                    Some(message) => EventData::Message(message),
-                    None => continue,
-                },
+                StoredData::MessageSeq(seq) => {
+                    if session_metadata_json.is_none() {
+                        session_metadata_json = Some(
+                            self.session(record.session_id)?
+                                .map(|session| session.metadata_json),
+                        );
+                    }
+                    let (Some(Some(metadata)), Some(message)) = (
+                        &session_metadata_json,
+                        self.message_at(record.session_id, seq)?,
+                    ) else {
+                        continue;
+                    };
+                    EventData::Message {
+                        message,
+                        session_metadata_json: metadata.clone(),
+                    }
+                }
             };
             events.push(Event {
                 id,

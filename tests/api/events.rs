@@ -144,8 +144,11 @@ impl EventStream {
                 .lines()
                 .filter(|l| !l.is_empty() && !l.starts_with(':'))
             {
-                let (field, value) = line.split_once(':').unwrap_or((line, ""));
-                let value = value.strip_prefix(' ').unwrap_or(value);
+                // Every field is written `name: value`, with the space hand-written readers
+                // look for (`line.startsWith("data: ")`).
+                let (field, value) = line
+                    .split_once(": ")
+                    .unwrap_or_else(|| panic!("line {line:?} is not `field: value`"));
                 match field {
                     "id" => {
                         id = Some(
@@ -207,6 +210,12 @@ impl EventStream {
                 return events;
             }
         }
+    }
+
+    /// The next event named `name`, skipping the others.
+    async fn next_named(&mut self, name: &str) -> Sse {
+        let mut events = self.until_named(name).await;
+        events.pop().expect("until_named ends with the named event")
     }
 
     /// The events still to come; panics unless the stream ends within [`WAIT`].
@@ -1066,6 +1075,129 @@ async fn http_transport_returns_the_agents_reply_to_that_message_only() {
     assert_eq!(created["agentResponse"]["id"], reply["id"]);
     assert_eq!(created["agentResponse"]["content"], json!("answer"));
     assert_eq!(created["agentResponse"]["parentId"], question["id"]);
+}
+
+/// elizaOS's `sendMessageSync` reads `agentResponse.text`, and its web UI `thought` and
+/// `actions`: the reply carries them beside the Message fields.
+#[tokio::test(flavor = "multi_thread")]
+async fn http_transport_agent_response_has_the_text_thought_and_actions_of_the_reply() {
+    // Arrange
+    let app = Arc::new(spawn_app().await);
+    let session = app
+        .create_session_with(json!({"metadata": {"platform": "web"}}))
+        .await;
+    let mut agent_stream = EventStream::open(&app, &agent_events(&session.agent_id), None).await;
+
+    // Act
+    let held = tokio::spawn({
+        let (app, session_id) = (Arc::clone(&app), session.id.clone());
+        async move {
+            app.post_message(
+                &session_id,
+                &json!({"content": "question", "transport": "http"}),
+            )
+            .await
+            .expect(201)
+        }
+    });
+    let question = agent_stream.next_named("message").await.data;
+    let reply = app
+        .post_message(
+            &session.id,
+            &json!({
+                "content": "answer",
+                "authorId": session.agent_id,
+                "parentId": question["id"],
+                "metadata": {"thought": "they asked", "actions": ["REPLY"]},
+            }),
+        )
+        .await
+        .expect(201);
+    let created = tokio::time::timeout(WAIT, held)
+        .await
+        .expect("the held request is answered after the reply")
+        .expect("the request task does not panic");
+
+    // Assert
+    let response = &created["agentResponse"];
+    assert_eq!(response["text"], json!("answer"));
+    assert_eq!(response["thought"], json!("they asked"));
+    assert_eq!(response["actions"], json!(["REPLY"]));
+    assert_eq!(response["id"], reply["id"]);
+    assert_eq!(response["content"], json!("answer"));
+    assert_eq!(response["isAgent"], json!(true));
+    assert_eq!(response["metadata"], reply["metadata"]);
+    assert_eq!(response["metadata"]["platform"], json!("web"));
+    assert_eq!(response["metadata"]["sessionId"], json!(session.id));
+}
+
+/// Without thought or actions in the reply's metadata, the agentResponse has neither.
+#[tokio::test(flavor = "multi_thread")]
+async fn agent_response_omits_thought_and_actions_the_reply_does_not_have() {
+    // Arrange
+    let app = Arc::new(spawn_app().await);
+    let session = app.create_session().await;
+    let mut agent_stream = EventStream::open(&app, &agent_events(&session.agent_id), None).await;
+
+    // Act
+    let held = tokio::spawn({
+        let (app, session_id) = (Arc::clone(&app), session.id.clone());
+        async move {
+            app.post_message(&session_id, &json!({"content": "q", "transport": "http"}))
+                .await
+                .expect(201)
+        }
+    });
+    let question = agent_stream.next_named("message").await.data;
+    reply_as_agent(&app, &session, field_str(&question, "id"), "plain").await;
+    let created = tokio::time::timeout(WAIT, held).await.unwrap().unwrap();
+
+    // Assert
+    let response = created["agentResponse"].as_object().expect("a reply");
+    assert_eq!(response["text"], json!("plain"));
+    assert!(!response.contains_key("thought"), "{response:?}");
+    assert!(!response.contains_key("actions"), "{response:?}");
+}
+
+/// `message` events show the message's metadata over its session's context, live and
+/// replayed; the session's events carry `channelId`.
+#[tokio::test(flavor = "multi_thread")]
+async fn message_events_carry_the_session_context_in_their_metadata() {
+    // Arrange
+    let app = spawn_app().await;
+    let agent_id = new_id();
+    let mut live = EventStream::open(&app, &agent_events(&agent_id), None).await;
+    let session = app
+        .create_session_with(json!({
+            "agentId": agent_id,
+            "metadata": {"platform": "discord", "lang": "fr"},
+            "timeoutConfig": {"autoRenew": false},
+        }))
+        .await;
+
+    // Act
+    app.post_message(
+        &session.id,
+        &json!({"content": "hi", "metadata": {"lang": "en"}}),
+    )
+    .await
+    .expect(201);
+    let created = live.next_named("session.created").await;
+    let message = live.next_named("message").await;
+    let mut replay = EventStream::open(&app, &agent_events(&agent_id), Some(0)).await;
+    let replayed = replay.next_named("message").await;
+
+    // Assert
+    let expected = json!({
+        "platform": "discord",
+        "lang": "en",
+        "sessionId": session.id,
+        "agentId": session.agent_id,
+        "userId": session.user_id,
+    });
+    assert_eq!(message.data["metadata"], expected);
+    assert_eq!(replayed.data["metadata"], expected);
+    assert_eq!(created.data["channelId"], json!(session.id));
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 //! directory, so tests are independent and run in parallel.
 
 mod durability;
+mod elizaos;
 mod errors;
 mod events;
 mod helpers;

@@ -74,7 +74,11 @@ async fn message_response_has_every_documented_field() {
     assert_eq!(message["authorId"], json!(session.user_id));
     assert_eq!(message["isAgent"], json!(false));
     assert!(millis(&message["createdAt"]) >= millis(&session.body["createdAt"]));
-    assert_eq!(message["metadata"], metadata);
+    let mut shown = metadata.clone();
+    shown["sessionId"] = json!(session.id);
+    shown["agentId"] = json!(session.agent_id);
+    shown["userId"] = json!(session.user_id);
+    assert_eq!(message["metadata"], shown);
     assert_eq!(message["attachments"], json!([]));
     let status = &message["sessionStatus"];
     millis(&status["expiresAt"]);
