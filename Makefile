@@ -1,12 +1,12 @@
 # The two commands: `make run` and `make test`.
 CARGO ?= cargo
 
-.PHONY: run test lint bench build fuzz crash
+.PHONY: run test lint bench build fuzz elizaos crash
 
 run:
 	$(CARGO) run --release -- serve --addr 127.0.0.1:3000 --data-dir ./data
 
-test: lint fuzz
+test: lint fuzz elizaos
 	$(CARGO) test --all-targets
 	$(CARGO) test --doc
 
@@ -33,3 +33,7 @@ crash:
 # schemathesis against a live server, driven by its own OpenAPI document (tests/fuzz/run.sh).
 fuzz:
 	CARGO=$(CARGO) tests/fuzz/run.sh
+
+# The real @elizaos/api-client (installed with npm) against a live server (tests/elizaos/run.sh).
+elizaos:
+	CARGO=$(CARGO) tests/elizaos/run.sh

@@ -14,7 +14,7 @@
 //!    go on; p99 of those appends against the idle p99, and how long the sweep took.
 //!
 //! `cargo bench --bench scale` (the full size; the load takes several minutes and is kept
-//! in `target/scale-store-<sessions>` for the next run) appends a table to
+//! in `scale-store-<sessions>` in the target directory, for the next run) appends a table to
 //! `bench/results.md`. `SESSIOND_SCALE_SESSIONS` sets the size. Under
 //! `cargo test --all-targets` it runs a small smoke version.
 

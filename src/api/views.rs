@@ -266,7 +266,7 @@ impl<'a> MessageView<'a> {
 
 /// `agentResponse`: the agent's reply as a Message, plus the fields of elizaOS's
 /// `AgentResponseContent`: `text` (the content) and, when the reply's own metadata has
-/// them, `thought` and `actions`.
+/// them with those types, `thought` (a string) and `actions` (an array of strings).
 #[derive(Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct AgentResponse<'a> {
@@ -274,11 +274,11 @@ pub struct AgentResponse<'a> {
     message: MessageView<'a>,
     /// The reply's content.
     text: &'a str,
-    /// `metadata.thought` of the reply, when it has one.
+    /// `metadata.thought` of the reply, when it is a string.
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<String>)]
     thought: Option<Value>,
-    /// `metadata.actions` of the reply, when it has them.
+    /// `metadata.actions` of the reply, when it is an array of strings.
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Vec<String>>)]
     actions: Option<Value>,
@@ -289,10 +289,16 @@ impl<'a> AgentResponse<'a> {
     pub fn new(reply: &'a Message, context: &'a SessionContext) -> Self {
         let message = MessageView::new(reply, context);
         let own = &message.metadata.own;
+        let thought = own.get("thought").filter(|value| value.is_string());
+        let actions = own.get("actions").filter(|value| {
+            value
+                .as_array()
+                .is_some_and(|actions| actions.iter().all(Value::is_string))
+        });
         AgentResponse {
             text: &reply.content,
-            thought: own.get("thought").cloned(),
-            actions: own.get("actions").cloned(),
+            thought: thought.cloned(),
+            actions: actions.cloned(),
             message,
         }
     }

@@ -1131,7 +1131,8 @@ async fn http_transport_agent_response_has_the_text_thought_and_actions_of_the_r
     assert_eq!(response["metadata"]["sessionId"], json!(session.id));
 }
 
-/// Without thought or actions in the reply's metadata, the agentResponse has neither.
+/// Without a string thought or an array of string actions in the reply's metadata, the
+/// agentResponse has neither (its clients type them so).
 #[tokio::test(flavor = "multi_thread")]
 async fn agent_response_omits_thought_and_actions_the_reply_does_not_have() {
     // Arrange
@@ -1149,7 +1150,17 @@ async fn agent_response_omits_thought_and_actions_the_reply_does_not_have() {
         }
     });
     let question = agent_stream.next_named("message").await.data;
-    reply_as_agent(&app, &session, field_str(&question, "id"), "plain").await;
+    app.post_message(
+        &session.id,
+        &json!({
+            "content": "plain",
+            "authorId": session.agent_id,
+            "parentId": question["id"],
+            "metadata": {"thought": 42, "actions": ["REPLY", 1]},
+        }),
+    )
+    .await
+    .expect(201);
     let created = tokio::time::timeout(WAIT, held).await.unwrap().unwrap();
 
     // Assert

@@ -3,7 +3,7 @@
 #
 # Builds the debug binary, starts it on a free loopback port (port 0; the address is read
 # from its log) with a temporary data directory, installs schemathesis into a virtualenv
-# under target/, runs it against http://127.0.0.1:PORT/api/openapi.json and exits non-zero
+# in cargo's target directory, runs it against http://127.0.0.1:PORT/api/openapi.json and exits non-zero
 # on any failure. The server is stopped (SIGTERM, then waited for) however the run ends.
 #
 # Checks: not_a_server_error (no 5xx), status_code_conformance (only documented statuses),
@@ -27,20 +27,20 @@
 set -euo pipefail
 
 cd "$(dirname "$0")/../.."
-ROOT=$PWD
+# shellcheck source=../support/sessiond.sh
+source tests/support/sessiond.sh
+TARGET_DIR=$(cargo_target_dir)
 SCHEMATHESIS_VERSION=4.32.5
-VENV=$ROOT/target/fuzz-venv
-REPORT_DIR=$ROOT/target/fuzz-report
+VENV=$TARGET_DIR/fuzz-venv
+REPORT_DIR=$TARGET_DIR/fuzz-report
 MAX_EXAMPLES=${FUZZ_MAX_EXAMPLES:-100}
 SEED=${FUZZ_SEED:-20261121}
 # One worker: with two, hypothesis's lambda descriptions call ast.parse from two threads at
 # once, which CPython 3.11 answers now and then with "AST constructor recursion depth
 # mismatch" (a runtime error in schemathesis, not a finding).
 WORKERS=${FUZZ_WORKERS:-1}
-CARGO=${CARGO:-cargo}
 
-"$CARGO" build --quiet --bin sessiond
-BIN=$ROOT/target/debug/sessiond
+sessiond_build
 
 if [[ ! -x $VENV/bin/schemathesis ]] ||
     [[ $("$VENV/bin/python" -c 'import importlib.metadata as m; print(m.version("schemathesis"))' 2>/dev/null) != "$SCHEMATHESIS_VERSION" ]]; then
@@ -50,44 +50,18 @@ if [[ ! -x $VENV/bin/schemathesis ]] ||
 fi
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/sessiond-fuzz.XXXXXX")
-SERVER_PID=
-stop_server() {
-    if [[ -n $SERVER_PID ]] && kill -0 "$SERVER_PID" 2>/dev/null; then
-        kill -TERM "$SERVER_PID"
-        wait "$SERVER_PID" || true
-    fi
+cleanup() {
+    sessiond_stop
     rm -rf "$WORK"
 }
-trap stop_server EXIT
+trap cleanup EXIT
 
-RUST_LOG=${RUST_LOG:-warn,sessiond::app=info} "$BIN" serve \
-    --addr 127.0.0.1:0 \
-    --data-dir "$WORK/data" \
-    --min-timeout-minutes 0 \
-    --reply-timeout-seconds 1 \
-    2>"$WORK/server.log" &
-SERVER_PID=$!
-
-ADDR=
-for _ in $(seq 1 100); do
-    ADDR=$(sed -n 's/.*listening addr=\([0-9.:]*\).*/\1/p' "$WORK/server.log" | head -n 1)
-    [[ -n $ADDR ]] && break
-    if ! kill -0 "$SERVER_PID" 2>/dev/null; then
-        echo "fuzz: the server did not start:" >&2
-        cat "$WORK/server.log" >&2
-        exit 1
-    fi
-    sleep 0.1
-done
-if [[ -z $ADDR ]]; then
-    echo "fuzz: the server did not report its address:" >&2
-    cat "$WORK/server.log" >&2
-    exit 1
-fi
+sessiond_start "$WORK" --min-timeout-minutes 0 --reply-timeout-seconds 1
+ADDR=$SESSIOND_ADDR
 echo "fuzz: sessiond on http://$ADDR"
 
 status=0
-# schemathesis keeps a cache (.schemathesis/) in its working directory: keep it under target/.
+# schemathesis keeps a cache (.schemathesis/) in its working directory: keep it in the target directory.
 mkdir -p "$REPORT_DIR"
 cd "$REPORT_DIR"
 "$VENV/bin/schemathesis" run "http://$ADDR/api/openapi.json" \
@@ -105,9 +79,8 @@ cd "$REPORT_DIR"
     --report-dir "$REPORT_DIR" \
     || status=$?
 
-if grep -E ' (ERROR|WARN) ' "$WORK/server.log" >/dev/null; then
-    echo "fuzz: the server logged errors or warnings:" >&2
-    grep -E ' (ERROR|WARN) ' "$WORK/server.log" | head -n 50 >&2
+if ! sessiond_log_problems "$WORK"; then
+    echo "fuzz: the server logged the errors or warnings above" >&2
     [[ $status -ne 0 ]] || status=1
 fi
 exit "$status"

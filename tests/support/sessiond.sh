@@ -1,0 +1,68 @@
+# Helpers for the scripts that test a live sessiond (sourced, not run): where cargo puts
+# things, building the binary, and starting and stopping a server on a free port.
+#
+# Nothing here assumes the default target directory: cargo is asked (CARGO_TARGET_DIR, a
+# .cargo/config.toml or the default all give the right answer).
+
+CARGO=${CARGO:-cargo}
+
+# Prints cargo's target directory.
+cargo_target_dir() {
+    "$CARGO" metadata --format-version 1 --no-deps |
+        sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p'
+}
+
+# sessiond_build [CARGO-FLAG…]: builds the binary (debug, or e.g. --release); sets
+# SESSIOND_BIN to the executable cargo reports.
+sessiond_build() {
+    SESSIOND_BIN=$("$CARGO" build --quiet --bin sessiond --message-format=json "$@" |
+        sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | tail -n 1)
+    if [[ ! -x $SESSIOND_BIN ]]; then
+        echo "cargo did not report the sessiond executable" >&2
+        return 1
+    fi
+}
+
+# sessiond_start DIR [FLAG…]: starts `sessiond serve` on a free loopback port with its data
+# in DIR/data and its log in DIR/server.log, plus the flags given; waits until it listens.
+# Sets SESSIOND_PID and SESSIOND_ADDR (host:port). Call sessiond_stop however the script ends.
+sessiond_start() {
+    local dir=$1
+    shift
+    RUST_LOG=${RUST_LOG:-warn,sessiond::app=info} "$SESSIOND_BIN" serve \
+        --addr 127.0.0.1:0 \
+        --data-dir "$dir/data" \
+        "$@" \
+        2>"$dir/server.log" &
+    SESSIOND_PID=$!
+    SESSIOND_ADDR=
+    for _ in $(seq 1 100); do
+        SESSIOND_ADDR=$(sed -n 's/.*listening addr=\([0-9.:]*\).*/\1/p' "$dir/server.log" | head -n 1)
+        [[ -n $SESSIOND_ADDR ]] && return 0
+        if ! kill -0 "$SESSIOND_PID" 2>/dev/null; then
+            echo "sessiond did not start:" >&2
+            cat "$dir/server.log" >&2
+            return 1
+        fi
+        sleep 0.1
+    done
+    echo "sessiond did not report its address:" >&2
+    cat "$dir/server.log" >&2
+    return 1
+}
+
+# Stops the server started by sessiond_start (SIGTERM, then waits for it).
+sessiond_stop() {
+    if [[ -n ${SESSIOND_PID:-} ]] && kill -0 "$SESSIOND_PID" 2>/dev/null; then
+        kill -TERM "$SESSIOND_PID"
+        wait "$SESSIOND_PID" || true
+    fi
+}
+
+# sessiond_log_problems DIR: prints the server's errors and warnings; fails when there are any.
+sessiond_log_problems() {
+    if grep -E ' (ERROR|WARN) ' "$1/server.log" >/dev/null; then
+        grep -E ' (ERROR|WARN) ' "$1/server.log" | head -n 50 >&2
+        return 1
+    fi
+}
