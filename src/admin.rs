@@ -12,15 +12,7 @@ fn open_existing(data_dir: &Path) -> Result<Store> {
     if !data_dir.join("db").is_file() {
         return Err(Error::Config(format!("no store in {}", data_dir.display())));
     }
-    Store::open(data_dir, &StoreOptions::default()).map_err(|error| match error {
-        Error::Storage(sled::Error::Io(e)) if crate::store::is_held_lock(&e) => {
-            Error::Config(format!(
-                "the store in {} is in use (is sessiond running on it?)",
-                data_dir.display()
-            ))
-        }
-        other => other,
-    })
+    Store::open(data_dir, &StoreOptions::default())
 }
 
 /// Verifies the store in `data_dir`.

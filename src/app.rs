@@ -91,6 +91,7 @@ pub async fn start_with_clock(config: ServeConfig, clock: Arc<dyn Clock>) -> Res
         config.expired_retention(),
         shutdown.clone(),
     ));
+    tracing::info!(settings = ?config.redacted(), "settings in effect");
     tracing::info!(%addr, data_dir = %config.data_dir.display(), "sessiond listening");
     Ok(RunningServer {
         addr,

@@ -51,8 +51,9 @@ pub struct StoreArgs {
 /// Everything `sessiond serve` can be told. Every flag also reads an environment variable.
 #[derive(Clone, Debug, Args)]
 pub struct ServeConfig {
-    /// Address to listen on. Without an API key, keep it on loopback.
-    #[arg(long, env = "SESSIOND_ADDR", default_value = DEFAULT_ADDR)]
+    /// Address to listen on, an IP and a port (a host name such as localhost is resolved
+    /// once, at start). Without an API key, keep it on loopback.
+    #[arg(long, env = "SESSIOND_ADDR", default_value = DEFAULT_ADDR, value_parser = parse_addr)]
     pub addr: SocketAddr,
 
     /// Directory of the store (created if missing).
@@ -123,8 +124,13 @@ pub struct ServeConfig {
     pub cache_mb: u64,
 
     /// Listen on a non-loopback address without an API key (anyone who can reach the port
-    /// can then read and write every conversation).
-    #[arg(long, env = "SESSIOND_ALLOW_UNAUTHENTICATED")]
+    /// can then read and write every conversation). The variable takes true/false, 1/0,
+    /// yes/no or on/off.
+    #[arg(
+        long,
+        env = "SESSIOND_ALLOW_UNAUTHENTICATED",
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
     pub allow_unauthenticated: bool,
 
     /// A browser origin allowed to call the API (CORS); repeat for more. None by default.
@@ -152,6 +158,26 @@ pub struct ServeConfig {
     /// (event streams send a keep-alive every 15 s, so keep this above that).
     #[arg(long, env = "SESSIOND_IDLE_TIMEOUT_SECONDS", default_value_t = 60)]
     pub idle_timeout_seconds: u64,
+}
+
+/// `--addr`: an IP and a port, or a host name and a port resolved now (IPv4 preferred, as
+/// `localhost` then means what most clients try first).
+fn parse_addr(text: &str) -> Result<SocketAddr, String> {
+    use std::net::ToSocketAddrs;
+    if let Ok(addr) = text.parse() {
+        return Ok(addr);
+    }
+    let hint = "give an IP address and a port, e.g. 127.0.0.1:3000";
+    let resolved: Vec<SocketAddr> = text
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot resolve {text:?} ({e}); {hint}"))?
+        .collect();
+    resolved
+        .iter()
+        .find(|addr| addr.is_ipv4())
+        .or(resolved.first())
+        .copied()
+        .ok_or_else(|| format!("{text:?} resolves to no address; {hint}"))
 }
 
 impl Default for ServeConfig {
@@ -250,6 +276,14 @@ impl ServeConfig {
             }
         }
         Ok(())
+    }
+
+    /// The settings as they may be logged: every field, the API key only as `<set>`.
+    pub fn redacted(&self) -> ServeConfig {
+        ServeConfig {
+            api_key: self.api_key.as_ref().map(|_| "<set>".to_owned()),
+            ..self.clone()
+        }
     }
 
     /// The timeout defaults and bounds sessions are checked against.
@@ -399,6 +433,40 @@ mod tests {
             ..ServeConfig::default()
         };
         assert!(config.validate().unwrap_err().contains("empty"));
+    }
+
+    #[test]
+    fn the_unauthenticated_opt_out_takes_the_usual_spellings_of_yes_and_no() {
+        // A variable no other test reads.
+        let parse = |value: &str| {
+            std::env::set_var("SESSIOND_ALLOW_UNAUTHENTICATED", value);
+            let cli = Cli::try_parse_from(["sessiond", "serve"]);
+            std::env::remove_var("SESSIOND_ALLOW_UNAUTHENTICATED");
+            cli.map(|cli| match cli.command {
+                Command::Serve(config) => config.allow_unauthenticated,
+                _ => unreachable!("serve parses as Serve"),
+            })
+        };
+        for yes in ["1", "yes", "true", "on", "YES"] {
+            assert_eq!(parse(yes).ok(), Some(true), "{yes}");
+        }
+        for no in ["0", "no", "false", "off"] {
+            assert_eq!(parse(no).ok(), Some(false), "{no}");
+        }
+        assert!(parse("maybe").is_err());
+    }
+
+    #[test]
+    fn addr_takes_an_ip_or_a_host_name_resolved_at_start() {
+        assert_eq!(
+            parse_addr("127.0.0.1:3000"),
+            Ok("127.0.0.1:3000".parse().unwrap())
+        );
+        assert_eq!(parse_addr("[::1]:3000"), Ok("[::1]:3000".parse().unwrap()));
+        let local = parse_addr("localhost:3000").expect("localhost resolves");
+        assert!(local.ip().is_loopback() && local.port() == 3000, "{local}");
+        let error = parse_addr("3000").unwrap_err();
+        assert!(error.contains("127.0.0.1:3000"), "{error}");
     }
 
     #[test]

@@ -31,6 +31,9 @@ pub enum Error {
     /// The configuration is inconsistent.
     #[error("{0}")]
     Config(String),
+    /// Another process (or handle) holds the store.
+    #[error("the store in {0} is in use (is sessiond running on it?)")]
+    InUse(String),
     /// A write panicked; it changed nothing, and the writes batched with it went on.
     #[error("a write failed unexpectedly: {0}")]
     Panicked(String),

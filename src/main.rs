@@ -61,7 +61,7 @@ fn main() -> ExitCode {
 fn exit_with(error: &sessiond::Error) -> ExitCode {
     eprintln!("sessiond: {error}");
     match error {
-        sessiond::Error::Config(_) => ExitCode::from(2),
+        sessiond::Error::Config(_) | sessiond::Error::InUse(_) => ExitCode::from(2),
         _ => ExitCode::FAILURE,
     }
 }

@@ -222,6 +222,16 @@ impl ApiError {
         )
     }
 
+    /// 400 INVALID_LAST_EVENT_ID.
+    pub fn invalid_last_event_id(given: &str) -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "INVALID_LAST_EVENT_ID",
+            "Invalid Last-Event-ID",
+            format!("Last-Event-ID {given:?} must be an event id, a decimal integer"),
+        )
+    }
+
     /// 404 NOT_FOUND for an unknown route.
     pub fn route_not_found() -> Self {
         Self::new(
@@ -230,6 +240,22 @@ impl ApiError {
             "Not found",
             "no such route",
         )
+    }
+
+    /// 404 NOT_FOUND for a path outside every route, with a hint when it lacks the
+    /// `/api/messaging` prefix that every sessions route has.
+    pub fn path_not_found(path: &str) -> Self {
+        let mut error = Self::route_not_found();
+        if path.starts_with("/sessions") || path.starts_with("/events") {
+            error.details = format!(
+                "no route {path}; the sessions API is under /api/messaging: did you mean /api/messaging{path}?"
+            );
+        } else {
+            error.details = format!(
+                "no route {path}; the sessions API is under /api/messaging, its description at /api/openapi.json"
+            );
+        }
+        error
     }
 
     /// 405 METHOD_NOT_ALLOWED.
@@ -343,6 +369,19 @@ impl From<SessionError> for ApiError {
                 details,
             ),
         }
+    }
+}
+
+impl From<crate::store::UnknownEventId> for ApiError {
+    fn from(error: crate::store::UnknownEventId) -> Self {
+        ApiError::new(
+            StatusCode::CONFLICT,
+            "LAST_EVENT_ID_UNKNOWN",
+            "Last-Event-ID was never issued by this store",
+            format!(
+                "{error}; the store was replaced or restored since: reconnect without Last-Event-ID to follow new events, or with Last-Event-ID: 0 to replay every event kept"
+            ),
+        )
     }
 }
 

@@ -1,15 +1,14 @@
 //! Server-Sent Events: one session's events, or every event of an agent or a user.
 //!
-//! A stream subscribes first, then replays the store from `Last-Event-ID` up to the id the
-//! subscription says was published before it, then forwards live events: nothing is lost at
+//! Each stream is [`crate::store::Store::events`]: it replays the store from `Last-Event-ID`
+//! up to the id published when it subscribed, then forwards live events: nothing is lost at
 //! the seam and nothing is sent twice.
 
-use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::{Stream, StreamExt};
+use futures_util::StreamExt;
 use warp::http::HeaderMap;
 use warp::reply::Response;
 use warp::sse;
@@ -21,12 +20,9 @@ use super::sessions::{load_active, query, session_path};
 use super::views::{MessageView, SessionContext, SessionInfo};
 use super::{with_state, AppState, SharedState};
 use crate::domain::{Event, EventData, EventFilter};
-use crate::store::{Store, Subscription, STREAM_BUFFER};
 
 /// A comment line at least this often keeps idle streams (and proxies) alive.
 pub(super) const KEEP_ALIVE: Duration = Duration::from_secs(15);
-/// Events read from the store per replay step.
-const REPLAY_BATCH: usize = 256;
 
 /// Both event routes.
 pub(super) fn routes(
@@ -97,15 +93,22 @@ enum StreamEventName {
     SessionDeleted,
 }
 
-/// The `Last-Event-ID` header, if it holds an event id.
-fn last_event_id(headers: &HeaderMap) -> Option<u64> {
-    headers
-        .get("last-event-id")?
+/// The `Last-Event-ID` header: absent, or a plain decimal event id.
+///
+/// # Errors
+/// 400 INVALID_LAST_EVENT_ID for anything else.
+fn last_event_id(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
+    let Some(value) = headers.get("last-event-id") else {
+        return Ok(None);
+    };
+    value
         .to_str()
-        .ok()?
-        .trim()
-        .parse()
         .ok()
+        .map(str::trim)
+        .filter(|text| !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()))
+        .and_then(|text| text.parse().ok())
+        .map(Some)
+        .ok_or_else(|| ApiError::invalid_last_event_id(&String::from_utf8_lossy(value.as_bytes())))
 }
 
 #[utoipa::path(
@@ -119,9 +122,10 @@ fn last_event_id(headers: &HeaderMap) -> Option<u64> {
     ),
     responses(
         (status = 200, description = "Server-Sent Events: `id:` (a global, increasing integer), `event:` (the name) and `data:` (the Message or the SessionInfo); a comment line at least every 15 s. The schema is that of each event.", content_type = "text/event-stream", body = StreamEvent),
-        (status = 400, description = "INVALID_UUID.", body = super::error::Envelope),
+        (status = 400, description = "INVALID_UUID or INVALID_LAST_EVENT_ID.", body = super::error::Envelope),
         super::openapi::ServerErrors,
         super::openapi::MissingOrExpired,
+        (status = 409, description = "LAST_EVENT_ID_UNKNOWN: Last-Event-ID is ahead of the newest event, so this store never issued it.", body = super::error::Envelope),
     ),
 )]
 async fn stream_session_events(
@@ -130,12 +134,9 @@ async fn stream_session_events(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let id = super::request::path_uuid("sessionId", &id)?;
+    let last_event_id = last_event_id(&headers)?;
     load_active(&state, id)?;
-    Ok(event_stream(
-        &state,
-        EventFilter::Session(id),
-        last_event_id(&headers),
-    ))
+    event_stream(&state, EventFilter::Session(id), last_event_id)
 }
 
 #[utoipa::path(
@@ -150,8 +151,9 @@ async fn stream_session_events(
     ),
     responses(
         (status = 200, description = "Server-Sent Events: `id:` (a global, increasing integer), `event:` (the name) and `data:` (the Message or the SessionInfo); a comment line at least every 15 s. The schema is that of each event.", content_type = "text/event-stream", body = StreamEvent),
-        (status = 400, description = "INVALID_UUID, or INVALID_QUERY unless exactly one of agentId and userId is given.", body = super::error::Envelope),
+        (status = 400, description = "INVALID_UUID, INVALID_LAST_EVENT_ID, or INVALID_QUERY unless exactly one of agentId and userId is given.", body = super::error::Envelope),
         (status = 401, description = "UNAUTHORIZED: an API key is configured and X-API-Key is missing or wrong.", body = super::error::Envelope),
+        (status = 409, description = "LAST_EVENT_ID_UNKNOWN: Last-Event-ID is ahead of the newest event, so this store never issued it.", body = super::error::Envelope),
     ),
 )]
 async fn stream_owner_events(
@@ -168,84 +170,21 @@ async fn stream_owner_events(
             ))
         }
     };
-    Ok(event_stream(&state, filter, last_event_id(&headers)))
+    event_stream(&state, filter, last_event_id(&headers)?)
 }
 
 /// The SSE response for `filter`, resuming after `last_event_id` when given.
-fn event_stream(state: &AppState, filter: EventFilter, last_event_id: Option<u64>) -> Response {
-    let subscription = state.store.subscribe(filter, STREAM_BUFFER);
-    let events = replay_then_live(state.store.clone(), filter, last_event_id, subscription)
+fn event_stream(
+    state: &AppState,
+    filter: EventFilter,
+    last_event_id: Option<u64>,
+) -> Result<Response, ApiError> {
+    let events = state
+        .store
+        .events(filter, last_event_id)?
         .map(|event| Ok::<_, Infallible>(to_sse(&event)))
         .take_until(state.shutdown.clone().cancelled_owned());
-    sse::reply(sse::keep_alive().interval(KEEP_ALIVE).stream(events)).into_response()
-}
-
-struct Cursor {
-    store: Store,
-    filter: EventFilter,
-    /// The newest id sent (or skipped over).
-    sent_through: u64,
-    replay_through: u64,
-    replayed: VecDeque<Event>,
-    live: tokio::sync::mpsc::Receiver<Arc<Event>>,
-    ended: bool,
-}
-
-/// Events after `after` from the store, then live ones, each once, in id order. A session
-/// stream ends after the session's `session.expired` or `session.deleted`.
-pub(super) fn replay_then_live(
-    store: Store,
-    filter: EventFilter,
-    after: Option<u64>,
-    subscription: Subscription,
-) -> impl Stream<Item = Arc<Event>> + Send {
-    let cursor = Cursor {
-        store,
-        filter,
-        // Without Last-Event-ID the stream starts with what happens next.
-        sent_through: after.unwrap_or(subscription.replay_through),
-        replay_through: subscription.replay_through,
-        replayed: VecDeque::new(),
-        live: subscription.events,
-        ended: false,
-    };
-    futures_util::stream::unfold(cursor, |mut cursor| async move {
-        if cursor.ended {
-            return None;
-        }
-        let event = loop {
-            if let Some(event) = cursor.replayed.pop_front() {
-                break Arc::new(event);
-            }
-            if cursor.sent_through < cursor.replay_through {
-                let batch = cursor.store.events_after(
-                    cursor.filter,
-                    cursor.sent_through,
-                    cursor.replay_through,
-                    REPLAY_BATCH,
-                );
-                match batch {
-                    Ok(batch) if batch.is_empty() => cursor.sent_through = cursor.replay_through,
-                    Ok(batch) => cursor.replayed.extend(batch),
-                    Err(error) => {
-                        tracing::error!(%error, "replaying events failed; ending the stream");
-                        return None;
-                    }
-                }
-                continue;
-            }
-            // Live: `None` when cut off for falling behind or at shutdown; the client
-            // resumes with Last-Event-ID.
-            let event = cursor.live.recv().await?;
-            if event.id > cursor.sent_through {
-                break event;
-            }
-        };
-        cursor.sent_through = event.id;
-        cursor.ended =
-            matches!(cursor.filter, EventFilter::Session(_)) && event.kind.ends_session();
-        Some((event, cursor))
-    })
+    Ok(sse::reply(sse::keep_alive().interval(KEEP_ALIVE).stream(events)).into_response())
 }
 
 /// The JSON an event carries.

@@ -10,6 +10,7 @@
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use futures_util::Stream;
 use serde::{Deserialize, Serialize};
 use sled::transaction::TransactionalTree;
 use tokio::sync::mpsc;
@@ -331,6 +332,34 @@ impl EventBus {
 /// Buffer of a stream subscriber: how far it may fall behind before it is cut off.
 pub const STREAM_BUFFER: usize = 8192;
 
+/// Events read from the store per replay step.
+const REPLAY_BATCH: usize = 256;
+
+/// A resume point this store never issued: ahead of its newest event. The store was
+/// replaced or restored since the reader saw that id; replaying "after" it would silently
+/// skip everything until the new ids pass it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("event id {given} is ahead of the newest event ({newest}): this store never issued it")]
+pub struct UnknownEventId {
+    /// The id the reader resumes after.
+    pub given: u64,
+    /// The newest id this store has published.
+    pub newest: u64,
+}
+
+/// Where [`Store::events`] stands: what was sent, what the store still has to replay, and
+/// the live subscription behind it.
+struct EventCursor {
+    store: Store,
+    filter: EventFilter,
+    /// The newest id sent (or skipped over).
+    sent_through: u64,
+    replay_through: u64,
+    replayed: VecDeque<Event>,
+    live: mpsc::Receiver<Arc<Event>>,
+    ended: bool,
+}
+
 impl Store {
     /// Subscribes to events matching `filter` published from now on.
     pub fn subscribe(&self, filter: EventFilter, capacity: usize) -> Subscription {
@@ -340,6 +369,77 @@ impl Store {
     /// Ends every live subscription.
     pub fn close_subscriptions(&self) {
         self.bus.close_all();
+    }
+
+    /// Every event matching `filter` after the id `after` — from the store, then live as it
+    /// becomes durable — each once, in id order. Without `after`, the events from now on;
+    /// `Some(0)` replays every event still kept. A session's stream ends after its
+    /// `session.expired` or `session.deleted`. Any stream ends when its reader falls
+    /// [`STREAM_BUFFER`] events behind or the store closes: resume after the last id seen.
+    ///
+    /// # Errors
+    /// [`UnknownEventId`] when `after` is ahead of every event this store has published.
+    pub fn events(
+        &self,
+        filter: EventFilter,
+        after: Option<u64>,
+    ) -> Result<impl Stream<Item = Arc<Event>> + Send + 'static, UnknownEventId> {
+        let subscription = self.subscribe(filter, STREAM_BUFFER);
+        let newest = subscription.replay_through;
+        if let Some(given) = after.filter(|&given| given > newest) {
+            return Err(UnknownEventId { given, newest });
+        }
+        let cursor = EventCursor {
+            store: self.clone(),
+            filter,
+            sent_through: after.unwrap_or(newest),
+            replay_through: newest,
+            replayed: VecDeque::new(),
+            live: subscription.events,
+            ended: false,
+        };
+        Ok(futures_util::stream::unfold(
+            cursor,
+            |mut cursor| async move {
+                if cursor.ended {
+                    return None;
+                }
+                let event = loop {
+                    if let Some(event) = cursor.replayed.pop_front() {
+                        break Arc::new(event);
+                    }
+                    if cursor.sent_through < cursor.replay_through {
+                        let batch = cursor.store.events_after(
+                            cursor.filter,
+                            cursor.sent_through,
+                            cursor.replay_through,
+                            REPLAY_BATCH,
+                        );
+                        match batch {
+                            Ok(batch) if batch.is_empty() => {
+                                cursor.sent_through = cursor.replay_through;
+                            }
+                            Ok(batch) => cursor.replayed.extend(batch),
+                            Err(error) => {
+                                tracing::error!(%error, "replaying events failed; ending the stream");
+                                return None;
+                            }
+                        }
+                        continue;
+                    }
+                    // Live: `None` when cut off for falling behind or at shutdown; the reader
+                    // resumes after the last id it saw.
+                    let event = cursor.live.recv().await?;
+                    if event.id > cursor.sent_through {
+                        break event;
+                    }
+                };
+                cursor.sent_through = event.id;
+                cursor.ended =
+                    matches!(cursor.filter, EventFilter::Session(_)) && event.kind.ends_session();
+                Some((event, cursor))
+            },
+        ))
     }
 
     /// Stored events matching `filter` with ids in `(after, through]`, oldest first, at most
@@ -484,14 +584,17 @@ impl Store {
     }
 }
 
-/// The id after the newest stored event.
+/// The id after the newest stored event. A log with no event starts at the current time in
+/// microseconds, so a new store's ids are above those of any store made before it: a reader
+/// that kept its Last-Event-ID across a wiped or replaced store gets a replay, not silence.
+/// (The newest record is never trimmed, so only a new store has none.)
 pub(super) fn next_event_id(events: &sled::Tree) -> Result<u64> {
     Ok(match events.last()? {
         Some((key, value)) => {
             let record: StoredEvents = codec::decode(&value)?;
             keys::parse_event(&key)? + record.entries.len() as u64
         }
-        None => 1,
+        None => Timestamp::now().as_micros().max(1),
     })
 }
 

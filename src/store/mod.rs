@@ -24,7 +24,7 @@ use crate::domain::SessionError;
 use crate::error::{Error, Result};
 
 pub use check::{CheckReport, TreeStats};
-pub use events::{Subscription, STREAM_BUFFER};
+pub use events::{Subscription, UnknownEventId, STREAM_BUFFER};
 pub use messages::{Appended, MessagePage, MessageQuery};
 pub use sessions::{SessionCounts, SessionPage, SessionQuery, StatusFilter};
 
@@ -218,7 +218,10 @@ fn open_db(path: &Path, options: &StoreOptions) -> Result<sled::Db> {
             .use_compression(cfg!(feature = "compression"))
             .open();
         match opened {
-            Err(sled::Error::Io(e)) if is_held_lock(&e) && started.elapsed() < LOCK_WAIT => {
+            Err(sled::Error::Io(e)) if is_held_lock(&e) => {
+                if started.elapsed() >= LOCK_WAIT {
+                    return Err(Error::InUse(path.display().to_string()));
+                }
                 std::thread::sleep(std::time::Duration::from_millis(10));
             }
             other => return Ok(other?),

@@ -1378,3 +1378,94 @@ async fn event_streams_require_the_api_key_when_one_is_configured() {
     without_key.expect_error(401, "UNAUTHORIZED");
     assert_eq!(with_key.next().await.name, "session.created");
 }
+
+// ---------------------------------------------------------------------------------------------
+// Last-Event-ID from another store, or malformed
+
+/// GETs an event stream with a raw `Last-Event-ID` header; the answer is an error, so it
+/// comes at once.
+async fn open_with_raw_last_event_id(
+    app: &TestApp,
+    path: &str,
+    last_event_id: &str,
+) -> crate::helpers::Reply {
+    app.send(
+        app.api(Method::GET, path)
+            .header("Last-Event-ID", last_event_id),
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_new_store_issues_event_ids_above_every_earlier_stores() {
+    // Arrange: an agent's reader follows one store, which is then wiped and replaced.
+    let old = spawn_app().await;
+    let agent_id = new_id();
+    let mut stream = EventStream::open(&old, &agent_events(&agent_id), None).await;
+    old.create_session_with(json!({"agentId": agent_id})).await;
+    let last_seen = stream.next().await.id();
+    drop(stream);
+    drop(old);
+    let new = spawn_app().await;
+    let session = new.create_session_with(json!({"agentId": agent_id})).await;
+
+    // Act: the reader resumes after the id it kept.
+    let mut resumed = EventStream::open(&new, &agent_events(&agent_id), Some(last_seen)).await;
+    let first = resumed.next().await;
+
+    // Assert: nothing is skipped.
+    assert!(first.id() > last_seen, "{} after {last_seen}", first.id());
+    assert_eq!(first.name, "session.created");
+    assert_eq!(first.data["sessionId"], json!(session.id));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_last_event_id_ahead_of_the_newest_event_is_409_last_event_id_unknown() {
+    // Arrange: the newest event this store has issued.
+    let app = spawn_app().await;
+    let session = app.create_session().await;
+    let mut stream = EventStream::open(&app, &session_events(&session.id), Some(0)).await;
+    let newest = stream.next().await.id();
+
+    // Act
+    let agent = open_with_raw_last_event_id(
+        &app,
+        &agent_events(&session.agent_id),
+        &(newest + 1_000).to_string(),
+    )
+    .await;
+    let one = open_with_raw_last_event_id(
+        &app,
+        &session_events(&session.id),
+        &(newest + 1).to_string(),
+    )
+    .await;
+    let mut current = EventStream::open(&app, &agent_events(&session.agent_id), Some(newest)).await;
+
+    // Assert
+    let error = agent.expect_error(409, "LAST_EVENT_ID_UNKNOWN");
+    let details = field_str(&error, "details");
+    assert!(details.contains(&(newest + 1_000).to_string()), "{details}");
+    assert!(details.contains("Last-Event-ID: 0"), "{details}");
+    one.expect_error(409, "LAST_EVENT_ID_UNKNOWN");
+    // The newest id itself is a place to resume from.
+    app.heartbeat(&session.id).await.expect(200);
+    assert!(current.next().await.id() > newest);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_malformed_last_event_id_is_400_invalid_last_event_id() {
+    // Arrange
+    let app = spawn_app().await;
+    let session = app.create_session().await;
+
+    for bad in ["abc", "-1", "1.5", "+3", "", "99999999999999999999999"] {
+        // Act
+        let agent = open_with_raw_last_event_id(&app, &agent_events(&session.agent_id), bad).await;
+        let one = open_with_raw_last_event_id(&app, &session_events(&session.id), bad).await;
+
+        // Assert
+        agent.expect_error(400, "INVALID_LAST_EVENT_ID");
+        one.expect_error(400, "INVALID_LAST_EVENT_ID");
+    }
+}
