@@ -44,6 +44,7 @@ impl Server {
             }
         }
         let _ = child.kill();
+        let _ = child.wait();
         panic!("the server did not start:\n{log}");
     }
 }
