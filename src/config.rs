@@ -154,8 +154,9 @@ pub struct ServeConfig {
     )]
     pub header_read_timeout_seconds: u64,
 
-    /// Seconds a connection may pass with no byte read or written before it is closed
-    /// (event streams send a keep-alive every 15 s, so keep this above that).
+    /// Seconds a connection may pass with no byte read or written before it is closed. A
+    /// connection whose request the server is still answering (a held reply, an event
+    /// stream) is not idle.
     #[arg(long, env = "SESSIOND_IDLE_TIMEOUT_SECONDS", default_value_t = 60)]
     pub idle_timeout_seconds: u64,
 }

@@ -4,10 +4,13 @@
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -25,7 +28,8 @@ pub struct ConnectionLimits {
     /// A client must send a whole request head within this long of connecting or of its
     /// previous response.
     pub header_read_timeout: Duration,
-    /// A connection with no bytes read or written for this long is closed.
+    /// A connection with no bytes read or written for this long is closed, unless the
+    /// server is answering one of its requests (a held reply, an event stream).
     pub idle_timeout: Duration,
     /// How long shutdown waits for in-flight requests before closing their connections.
     pub drain_timeout: Duration,
@@ -71,8 +75,16 @@ pub async fn serve(
             },
         };
         let _ = stream.set_nodelay(true);
-        let io = TokioIo::new(IdleTimeout::new(stream, limits.idle_timeout));
-        let service = hyper_util::service::TowerToHyperService::new(warp::service(routes.clone()));
+        let answering = Arc::new(AtomicUsize::new(0));
+        let io = TokioIo::new(IdleTimeout::new(
+            stream,
+            limits.idle_timeout,
+            answering.clone(),
+        ));
+        let service = Tracked {
+            inner: hyper_util::service::TowerToHyperService::new(warp::service(routes.clone())),
+            answering,
+        };
         let connection = graceful.watch(
             builder
                 .serve_connection_with_upgrades(io, service)
@@ -97,19 +109,173 @@ pub async fn serve(
     while connections.join_next().await.is_some() {}
 }
 
-/// A stream that fails with `TimedOut` once no byte has moved either way for `timeout`.
+/// One request and its answer, as the idle timeout sees them. Once the request has been
+/// read whole (or its body given up) and until its response has been sent whole, the wait
+/// is the server's — a held reply, an event stream — and the connection is not idle.
+struct Exchange {
+    /// The connection's count of requests being answered.
+    answering: Arc<AtomicUsize>,
+    /// (request read, response done).
+    state: Mutex<(bool, bool)>,
+}
+
+impl Exchange {
+    fn new(answering: Arc<AtomicUsize>) -> Arc<Self> {
+        Arc::new(Exchange {
+            answering,
+            state: Mutex::new((false, false)),
+        })
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, (bool, bool)> {
+        // Two booleans: a panic cannot leave them half-updated.
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn request_read(&self) {
+        let mut state = self.state();
+        if !state.0 {
+            state.0 = true;
+            if !state.1 {
+                self.answering.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+    }
+
+    fn response_done(&self) {
+        let mut state = self.state();
+        if !state.1 {
+            state.1 = true;
+            if state.0 {
+                self.answering.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+    }
+}
+
+/// The connection's service, with each request's [`Exchange`] tracked.
+struct Tracked<S> {
+    inner: S,
+    answering: Arc<AtomicUsize>,
+}
+
+impl<S, B> hyper::service::Service<Request<Incoming>> for Tracked<S>
+where
+    S: hyper::service::Service<Request<TrackedBody<Incoming>>, Response = Response<B>>,
+    S::Future: Send + 'static,
+{
+    type Response = Response<TrackedBody<B>>;
+    type Error = S::Error;
+    type Future =
+        Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send + 'static>>;
+
+    fn call(&self, request: Request<Incoming>) -> Self::Future {
+        let exchange = Exchange::new(self.answering.clone());
+        let request = request.map(|body| TrackedBody::request(body, exchange.clone()));
+        // Dropped unanswered (the client went away), the guard still ends the exchange.
+        let answer = ResponseGuard(exchange);
+        let response = self.inner.call(request);
+        Box::pin(async move {
+            let response = response.await?;
+            Ok(response.map(|body| TrackedBody {
+                inner: body,
+                end: BodyEnd::Response(answer),
+            }))
+        })
+    }
+}
+
+/// Ends the response side of an exchange when dropped.
+struct ResponseGuard(Arc<Exchange>);
+
+impl Drop for ResponseGuard {
+    fn drop(&mut self) {
+        self.0.response_done();
+    }
+}
+
+/// What reaching (or dropping) the end of a body means for its exchange.
+enum BodyEnd {
+    Request(Arc<Exchange>),
+    Response(ResponseGuard),
+}
+
+/// A request or response body that reports its end to its exchange.
+struct TrackedBody<B> {
+    inner: B,
+    end: BodyEnd,
+}
+
+impl<B: Body> TrackedBody<B> {
+    fn request(inner: B, exchange: Arc<Exchange>) -> Self {
+        if inner.is_end_stream() {
+            exchange.request_read();
+        }
+        TrackedBody {
+            inner,
+            end: BodyEnd::Request(exchange),
+        }
+    }
+
+    fn ended(&self) {
+        match &self.end {
+            BodyEnd::Request(exchange) => exchange.request_read(),
+            BodyEnd::Response(guard) => guard.0.response_done(),
+        }
+    }
+}
+
+impl<B> Drop for TrackedBody<B> {
+    fn drop(&mut self) {
+        // A request body given up unread leaves nothing to wait for from the client.
+        if let BodyEnd::Request(exchange) = &self.end {
+            exchange.request_read();
+        }
+    }
+}
+
+impl<B: Body + Unpin> Body for TrackedBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if matches!(polled, Poll::Ready(None)) {
+            self.ended();
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// A stream that fails with `TimedOut` once no byte has moved either way for `timeout`
+/// while no request is being answered.
 struct IdleTimeout {
     stream: TcpStream,
     timeout: Duration,
     deadline: Pin<Box<Sleep>>,
+    answering: Arc<AtomicUsize>,
 }
 
 impl IdleTimeout {
-    fn new(stream: TcpStream, timeout: Duration) -> Self {
+    fn new(stream: TcpStream, timeout: Duration, answering: Arc<AtomicUsize>) -> Self {
         IdleTimeout {
             stream,
             timeout,
             deadline: Box::pin(tokio::time::sleep(timeout)),
+            answering,
         }
     }
 
@@ -119,12 +285,17 @@ impl IdleTimeout {
 
     /// When the inner operation is pending, fails it if the connection has been idle too long.
     fn check_idle<T>(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<T>> {
-        match self.deadline.as_mut().poll(cx) {
-            Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                "connection idle too long",
-            ))),
-            Poll::Pending => Poll::Pending,
+        loop {
+            match self.deadline.as_mut().poll(cx) {
+                Poll::Ready(()) if self.answering.load(Ordering::SeqCst) > 0 => self.moved(),
+                Poll::Ready(()) => {
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "connection idle too long",
+                    )))
+                }
+                Poll::Pending => return Poll::Pending,
+            }
         }
     }
 }

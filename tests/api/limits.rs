@@ -6,6 +6,7 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use reqwest::Method;
+use serde_json::{json, Value};
 
 use crate::helpers::{spawn_app, spawn_app_with, API};
 
@@ -166,4 +167,44 @@ async fn another_origin_is_refused_with_the_envelope_and_no_cors_by_default() {
     let body: serde_json::Value = refused.json().await.expect("the envelope");
     assert_eq!(body["error"]["code"], "CORS_FORBIDDEN");
     assert!(plain.headers().get("access-control-allow-origin").is_none());
+}
+
+/// A connection waiting on the server — a held reply, a reply stream — is not idle: with a
+/// reply timeout longer than the idle timeout, both end with their answer.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reply_wait_longer_than_the_idle_timeout_still_gets_its_answer() {
+    // Arrange
+    let app = spawn_app_with(|c| {
+        c.idle_timeout_seconds = 1;
+        c.reply_timeout_seconds = 3;
+    })
+    .await;
+    let session = app.create_session().await;
+    let path = format!("{API}/sessions/{}/messages", session.id);
+
+    // Act
+    let held = app
+        .post(
+            &format!("/sessions/{}/messages", session.id),
+            &json!({"content": "q", "transport": "http"}),
+        )
+        .await;
+    let streamed = app
+        .request(Method::POST, &path)
+        .json(&json!({"content": "q2", "transport": "sse"}))
+        .send()
+        .await
+        .expect("the stream answers")
+        .text()
+        .await
+        .expect("the stream ends normally, not cut");
+
+    // Assert
+    let held = held.expect(201);
+    assert_eq!(held["agentResponse"], Value::Null);
+    assert!(streamed.contains("event: user_message"), "{streamed}");
+    assert!(
+        streamed.contains("event: done\ndata: {\"reason\":\"timeout\"}"),
+        "{streamed}"
+    );
 }
