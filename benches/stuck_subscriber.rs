@@ -218,7 +218,7 @@ async fn healthy_subscriber(
         .error_for_status()?;
     Ok(tokio::spawn(async move {
         let mut body = response.bytes_stream();
-        let needle = b"event:message\n";
+        let needle = b"event: message\n";
         let mut carry: Vec<u8> = Vec::new();
         while let Some(Ok(chunk)) = body.next().await {
             carry.extend_from_slice(&chunk);

@@ -1,33 +1,150 @@
-//! Building and running the server: bind, open the store, spawn the sweeper, serve, and
-//! shut down in order.
+//! Building and running sessiond: embedded in another program ([`Sessiond`]: the store,
+//! the background tasks, the routes), or as a server of its own ([`start`]: the same behind
+//! an HTTP listener), and shutting down in order.
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 
+use futures_util::StreamExt;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
+use warp::filters::BoxedFilter;
 
 use crate::api::{self, AppState};
 use crate::config::ServeConfig;
-use crate::domain::{Clock, SystemClock};
+use crate::domain::{Clock, EventFilter, SystemClock};
 use crate::error::{Error, Result};
-use crate::store::{Store, StoreOptions};
+use crate::store::{EventStream, Store, StoreOptions, UnknownEventId};
 use crate::{notifier, sweeper};
 
-/// A server running on the current tokio runtime.
+/// sessiond inside another program, on its tokio runtime: the store, the background tasks
+/// that sweep expired sessions and send `session.expiring`/`session.expired`, the HTTP
+/// routes to mount in a warp app, and the events in-process. [`Sessiond::shutdown`] stops
+/// it all and closes the store.
+#[derive(Debug)]
+pub struct Sessiond {
+    state: AppState,
+    sweeper: JoinHandle<()>,
+    notifier: JoinHandle<()>,
+}
+
+impl Sessiond {
+    /// Checks the settings, opens (or creates) the store in `config.data_dir` and starts
+    /// the background tasks, with the system clock. Reads no environment variable: every
+    /// setting comes from `config` (start from [`ServeConfig::default`]).
+    ///
+    /// # Errors
+    /// [`Error::Config`] for inconsistent settings or an unusable data directory,
+    /// [`Error::InUse`] when another process (another instance of the app) has the store
+    /// open, and store errors from opening.
+    pub async fn open(config: &ServeConfig) -> Result<Sessiond> {
+        Sessiond::open_with_clock(config, Arc::new(SystemClock)).await
+    }
+
+    /// [`Sessiond::open`] with an injected clock.
+    ///
+    /// # Errors
+    /// As [`Sessiond::open`].
+    pub async fn open_with_clock(config: &ServeConfig, clock: Arc<dyn Clock>) -> Result<Sessiond> {
+        config.validate().map_err(Error::Config)?;
+        check_data_dir(&config.data_dir)?;
+        let (path, options) = (
+            config.data_dir.clone(),
+            StoreOptions {
+                cache_capacity_bytes: config.cache_mb * 1024 * 1024,
+            },
+        );
+        let store = tokio::task::spawn_blocking(move || Store::open(&path, &options))
+            .await
+            .map_err(|e| Error::Io(std::io::Error::other(e)))??;
+        let state = AppState::new(store.clone(), config, clock.clone());
+        let schedule = sweeper::SweepSchedule {
+            interval: config.sweep_interval(),
+            expired_retention: config.expired_retention(),
+            event_retention: config.event_retention(),
+        };
+        let sweeper = tokio::spawn(sweeper::run_until_stopped(
+            store.clone(),
+            clock.clone(),
+            schedule,
+            state.shutdown.clone(),
+        ));
+        // Catch up on notices that fell due while the store was closed, back to the oldest
+        // expired session still kept.
+        let notifier = tokio::spawn(notifier::run_until_stopped(
+            store,
+            clock,
+            config.expired_retention(),
+            state.shutdown.clone(),
+        ));
+        Ok(Sessiond {
+            state,
+            sweeper,
+            notifier,
+        })
+    }
+
+    /// The HTTP API, to mount in a warp app: it answers the paths under `/api/messaging`,
+    /// `/api/openapi.json` and `/v1/ask-feather`, and rejects every other path, so it can
+    /// be mounted before or after the app's own routes.
+    pub fn routes(&self) -> BoxedFilter<(warp::reply::Response,)> {
+        api::routes(&self.state)
+    }
+
+    /// The store, to use directly.
+    pub fn store(&self) -> &Store {
+        &self.state.store
+    }
+
+    /// Every event matching `filter` after the event id `after` (`None`: from now on;
+    /// `Some(0)`: every event kept), in order, from the store and then live; see
+    /// [`Store::events`]. The stream also ends at [`Sessiond::shutdown`].
+    ///
+    /// # Errors
+    /// [`UnknownEventId`] when `after` is ahead of every event this store has published.
+    pub fn events(
+        &self,
+        filter: EventFilter,
+        after: Option<u64>,
+    ) -> std::result::Result<EventStream, UnknownEventId> {
+        let stream = self.state.store.events(filter, after)?;
+        Ok(Box::pin(
+            stream.take_until(self.state.shutdown.clone().cancelled_owned()),
+        ))
+    }
+
+    /// Stops the background tasks, ends event streams and held requests at once, and
+    /// flushes and closes the store, so its directory can be reopened at once. Stop serving
+    /// [`Sessiond::routes`] and drop them and every [`Sessiond::events`] stream first: they
+    /// hold the store, which closes only once nothing else holds it.
+    ///
+    /// # Errors
+    /// The final flush failed, or the store could not be closed.
+    pub async fn shutdown(self) -> Result<()> {
+        self.state.shutdown.cancel();
+        self.state.store.close_subscriptions();
+        for (task, name) in [(self.sweeper, "sweeper"), (self.notifier, "notifier")] {
+            if let Err(error) = task.await {
+                tracing::error!(%error, "{name} task failed");
+            }
+        }
+        let store = self.state.store;
+        tokio::task::spawn_blocking(move || store.flush().and_then(|()| store.close()))
+            .await
+            .map_err(|e| Error::Io(std::io::Error::other(e)))??;
+        Ok(())
+    }
+}
+
+/// A server running on the current tokio runtime: [`Sessiond`] behind its own HTTP
+/// listener.
 #[derive(Debug)]
 pub struct RunningServer {
     addr: SocketAddr,
-    store: Store,
-    /// Cancelled to begin shutdown; the HTTP server, event streams, held requests and the
-    /// background tasks all watch it.
-    shutdown: CancellationToken,
+    sessiond: Sessiond,
     http: JoinHandle<()>,
-    sweeper: JoinHandle<()>,
-    notifier: JoinHandle<()>,
 }
 
 /// Checks the settings and the data directory, binds, opens the store and starts serving
@@ -35,7 +152,8 @@ pub struct RunningServer {
 ///
 /// # Errors
 /// [`Error::Config`] for inconsistent settings, an unusable data directory or an address
-/// that cannot be bound (nothing is opened then); store errors from opening.
+/// that cannot be bound (nothing is opened then); [`Error::InUse`] and other store errors
+/// from opening.
 pub async fn start(config: ServeConfig) -> Result<RunningServer> {
     start_with_clock(config, Arc::new(SystemClock)).await
 }
@@ -46,60 +164,25 @@ pub async fn start(config: ServeConfig) -> Result<RunningServer> {
 /// As [`start`].
 pub async fn start_with_clock(config: ServeConfig, clock: Arc<dyn Clock>) -> Result<RunningServer> {
     config.validate().map_err(Error::Config)?;
-    check_data_dir(&config.data_dir)?;
     // Bind ourselves: warp's `run(addr)` panics when the bind fails (and our own loop adds
     // the connection limits).
     let listener = TcpListener::bind(config.addr)
         .await
         .map_err(|e| Error::Config(format!("cannot listen on {}: {e}", config.addr)))?;
     let addr = listener.local_addr()?;
-
-    let (path, options) = (
-        config.data_dir.clone(),
-        StoreOptions {
-            cache_capacity_bytes: config.cache_mb * 1024 * 1024,
-        },
-    );
-    let store = tokio::task::spawn_blocking(move || Store::open(&path, &options))
-        .await
-        .map_err(|e| Error::Io(std::io::Error::other(e)))??;
-
-    let state = AppState::new(store.clone(), &config, clock.clone());
-    let shutdown = state.shutdown.clone();
+    let sessiond = Sessiond::open_with_clock(&config, clock).await?;
     let http = tokio::spawn(crate::http::serve(
         listener,
-        api::routes(&state),
+        api::server_routes(&sessiond.state),
         config.connection_limits(),
-        shutdown.clone(),
-    ));
-    let schedule = sweeper::SweepSchedule {
-        interval: config.sweep_interval(),
-        expired_retention: config.expired_retention(),
-        event_retention: config.event_retention(),
-    };
-    let sweeper = tokio::spawn(sweeper::run_until_stopped(
-        store.clone(),
-        clock.clone(),
-        schedule,
-        shutdown.clone(),
-    ));
-    // Catch up on notices that fell due while the server was down, back to the oldest
-    // expired session still kept.
-    let notifier = tokio::spawn(notifier::run_until_stopped(
-        store.clone(),
-        clock,
-        config.expired_retention(),
-        shutdown.clone(),
+        sessiond.state.shutdown.clone(),
     ));
     tracing::info!(settings = ?config.redacted(), "settings in effect");
     tracing::info!(%addr, data_dir = %config.data_dir.display(), "sessiond listening");
     Ok(RunningServer {
         addr,
-        store,
-        shutdown,
+        sessiond,
         http,
-        sweeper,
-        notifier,
     })
 }
 
@@ -111,7 +194,7 @@ impl RunningServer {
 
     /// The store the server writes to.
     pub fn store(&self) -> &Store {
-        &self.store
+        self.sessiond.store()
     }
 
     /// Stops the server and waits until it has stopped and the store is closed, so the data
@@ -121,22 +204,14 @@ impl RunningServer {
     /// The final flush failed, or the store could not be closed.
     pub async fn shutdown(self) -> Result<()> {
         // Order: the token stops accepting, ends event streams and answers held requests
-        // at once; warp's graceful shutdown then lets in-flight requests finish; then the
+        // at once; the graceful shutdown then lets in-flight requests finish; then the
         // background tasks stop; then a flush puts everything on disk before exit.
-        self.shutdown.cancel();
-        self.store.close_subscriptions();
+        self.sessiond.state.shutdown.cancel();
+        self.sessiond.state.store.close_subscriptions();
         if let Err(error) = self.http.await {
             tracing::error!(%error, "HTTP server task failed");
         }
-        for (task, name) in [(self.sweeper, "sweeper"), (self.notifier, "notifier")] {
-            if let Err(error) = task.await {
-                tracing::error!(%error, "{name} task failed");
-            }
-        }
-        let store = self.store;
-        tokio::task::spawn_blocking(move || store.flush().and_then(|()| store.close()))
-            .await
-            .map_err(|e| Error::Io(std::io::Error::other(e)))??;
+        self.sessiond.shutdown().await?;
         tracing::info!("sessiond stopped");
         Ok(())
     }

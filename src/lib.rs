@@ -17,7 +17,51 @@
 //! `store -> domain`.
 //!
 //! # Embedding
-//! Start the whole server inside your own tokio runtime, and stop it:
+//! Open sessiond inside your own tokio runtime with [`app::Sessiond`]: it owns the store
+//! and the background tasks, hands you the routes to mount in your warp app and the events
+//! in-process, and stops it all on `shutdown`. [`config::ServeConfig::default`] reads no
+//! environment variable.
+//! ```
+//! # #[tokio::main(flavor = "multi_thread")]
+//! # async fn main() -> sessiond::Result<()> {
+//! use futures_util::StreamExt;
+//! use warp::Filter;
+//!
+//! let data = tempfile::tempdir()?;
+//! let config = sessiond::config::ServeConfig {
+//!     data_dir: data.path().to_path_buf(),
+//!     ..Default::default()
+//! };
+//! let sessiond = sessiond::app::Sessiond::open(&config).await?;
+//! // Its routes claim only their own paths, so the order of mounting does not matter.
+//! let app = sessiond.routes().or(warp::path("version").map(|| "1.0"));
+//! let health = warp::test::request().path("/api/messaging/sessions/health").reply(&app).await;
+//! assert_eq!(health.status(), 200);
+//! let version = warp::test::request().path("/version").reply(&app).await;
+//! assert_eq!(version.body(), "1.0");
+//!
+//! // Every event of one agent's sessions, in-process.
+//! let agent_id = uuid::Uuid::now_v7();
+//! let mut events = sessiond.events(sessiond::domain::EventFilter::Agent(agent_id), None)
+//!     .expect("None is always a place to start");
+//! let created = warp::test::request()
+//!     .method("POST")
+//!     .path("/api/messaging/sessions")
+//!     .json(&serde_json::json!({ "agentId": agent_id, "userId": uuid::Uuid::now_v7() }))
+//!     .reply(&app)
+//!     .await;
+//! assert_eq!(created.status(), 201);
+//! let event = events.next().await.expect("session.created");
+//! assert_eq!(event.kind.name(), "session.created");
+//!
+//! // warp::serve(app).incoming(listener).graceful(signal).run().await;
+//! // The routes and event streams hold the store: drop them before shutting down.
+//! drop((app, events));
+//! sessiond.shutdown().await?;
+//! # Ok(())
+//! # }
+//! ```
+//! Or run the whole server, with its own listener:
 //! ```
 //! # #[tokio::main(flavor = "multi_thread")]
 //! # async fn main() -> sessiond::Result<()> {
@@ -30,25 +74,6 @@
 //! let server = sessiond::app::start(config).await?;
 //! println!("sessiond on http://{}", server.local_addr());
 //! server.shutdown().await?;
-//! # Ok(())
-//! # }
-//! ```
-//! Or mount the routes in your own warp app:
-//! ```
-//! # #[tokio::main(flavor = "multi_thread")]
-//! # async fn main() -> sessiond::Result<()> {
-//! use std::sync::Arc;
-//! use warp::Filter;
-//!
-//! let data = tempfile::tempdir()?;
-//! let config = sessiond::config::ServeConfig { data_dir: data.path().to_path_buf(), ..Default::default() };
-//! let store = sessiond::store::Store::open(data.path(), &Default::default())?;
-//! let state = sessiond::api::AppState::new(store, &config, Arc::new(sessiond::domain::SystemClock));
-//! let app = warp::path("version").map(|| "1.0").or(sessiond::api::routes(&state));
-//!
-//! let health = warp::test::request().path("/api/messaging/sessions/health").reply(&app).await;
-//! assert_eq!(health.status(), 200);
-//! // warp::serve(app).incoming(listener).run().await;
 //! # Ok(())
 //! # }
 //! ```

@@ -85,31 +85,97 @@ fn sessions_prefix() -> impl Filter<Extract = (), Error = warp::Rejection> + Clo
         .and(warp::path("sessions"))
 }
 
+/// The paths sessiond answers: everything under these belongs to it.
+const OWN_PATHS: [&str; 3] = ["/api/messaging/", openapi::PATH, "/v1/ask-feather/"];
+
+/// Passes the requests whose path belongs to sessiond and rejects the others as not found,
+/// so that an app embedding the routes keeps its own.
+fn own_paths() -> impl Filter<Extract = (), Error = warp::Rejection> + Clone {
+    warp::path::full()
+        .and_then(|path: warp::path::FullPath| async move {
+            let path = path.as_str();
+            if OWN_PATHS
+                .iter()
+                .any(|own| path == own.trim_end_matches('/') || path.starts_with(own))
+            {
+                Ok(())
+            } else {
+                Err(warp::reject::not_found())
+            }
+        })
+        .untuple_one()
+}
+
 /// Every route, behind the API-key check, with every rejection rendered as the envelope.
-/// Mount this in another warp app to embed sessiond.
+/// Claims only sessiond's own paths (`/api/messaging/…`, `/api/openapi.json`,
+/// `/v1/ask-feather/…`) and rejects the others, so it can be mounted in another warp app
+/// before or after that app's routes.
 pub fn routes(state: &AppState) -> BoxedFilter<(warp::reply::Response,)> {
     let shared = Arc::new(state.clone());
-    let api = health::routes(&shared)
-        .or(sessions::routes(&shared))
+    // The claim comes first: CORS's own recover would answer every path.
+    own_paths()
+        .and(with_cors(state, guarded(state, api(&shared))))
+        .boxed()
+}
+
+/// The routes of sessiond's own server: [`routes`], and the envelope for every other path
+/// (401 without the key, as the key is checked before routing; else 404 with a hint).
+pub(crate) fn server_routes(state: &AppState) -> BoxedFilter<(warp::reply::Response,)> {
+    let shared = Arc::new(state.clone());
+    let unknown = warp::path::full()
+        .and_then(|path: warp::path::FullPath| async move {
+            Err::<warp::reply::Response, _>(warp::reject::custom(ApiError::path_not_found(
+                path.as_str(),
+            )))
+        })
+        .boxed();
+    let all = own_paths()
+        .and(guarded(state, api(&shared)))
+        .or(guarded(state, unknown))
         .unify()
-        .or(messages::routes(&shared))
+        .boxed();
+    with_cors(state, all)
+}
+
+/// The routes themselves.
+fn api(shared: &SharedState) -> BoxedFilter<(warp::reply::Response,)> {
+    health::routes(shared)
+        .or(sessions::routes(shared))
         .unify()
-        .or(events::routes(&shared))
+        .or(messages::routes(shared))
         .unify()
-        .or(feather::routes(&shared))
+        .or(events::routes(shared))
+        .unify()
+        .or(feather::routes(shared))
         .unify()
         .or(openapi::routes())
-        .unify();
-    let app = authorize(state.api_key.clone())
-        .and(api)
+        .unify()
+        .boxed()
+}
+
+/// `routes` behind the API-key check, every rejection rendered as the envelope.
+fn guarded(
+    state: &AppState,
+    routes: BoxedFilter<(warp::reply::Response,)>,
+) -> BoxedFilter<(warp::reply::Response,)> {
+    authorize(state.api_key.clone())
+        .and(routes)
         .recover(handle_rejection)
         .unify()
-        .map(Reply::into_response);
+        .map(Reply::into_response)
+        .boxed()
+}
+
+/// CORS for the configured origins, if any: outside the envelope, so error responses carry
+/// CORS headers too; the second recover renders CORS's own refusals (a preflight from
+/// another origin).
+fn with_cors(
+    state: &AppState,
+    app: BoxedFilter<(warp::reply::Response,)>,
+) -> BoxedFilter<(warp::reply::Response,)> {
     if state.cors_origins.is_empty() {
-        return app.boxed();
+        return app;
     }
-    // Outside the first recover, so error responses carry CORS headers too; the second
-    // recover renders CORS's own refusals (a preflight from another origin).
     let cors = warp::cors()
         .allow_origins(state.cors_origins.iter().map(String::as_str))
         .allow_methods(["GET", "POST", "PATCH", "DELETE"])

@@ -332,6 +332,9 @@ impl EventBus {
 /// Buffer of a stream subscriber: how far it may fall behind before it is cut off.
 pub const STREAM_BUFFER: usize = 8192;
 
+/// A stream of events, in id order (see [`Store::events`]). `Sync`, as an HTTP body must be.
+pub type EventStream = std::pin::Pin<Box<dyn Stream<Item = Arc<Event>> + Send + Sync>>;
+
 /// Events read from the store per replay step.
 const REPLAY_BATCH: usize = 256;
 
@@ -383,7 +386,7 @@ impl Store {
         &self,
         filter: EventFilter,
         after: Option<u64>,
-    ) -> Result<impl Stream<Item = Arc<Event>> + Send + 'static, UnknownEventId> {
+    ) -> Result<EventStream, UnknownEventId> {
         let subscription = self.subscribe(filter, STREAM_BUFFER);
         let newest = subscription.replay_through;
         if let Some(given) = after.filter(|&given| given > newest) {
@@ -398,7 +401,7 @@ impl Store {
             live: subscription.events,
             ended: false,
         };
-        Ok(futures_util::stream::unfold(
+        Ok(Box::pin(futures_util::stream::unfold(
             cursor,
             |mut cursor| async move {
                 if cursor.ended {
@@ -439,7 +442,7 @@ impl Store {
                     matches!(cursor.filter, EventFilter::Session(_)) && event.kind.ends_session();
                 Some((event, cursor))
             },
-        ))
+        )))
     }
 
     /// Stored events matching `filter` with ids in `(after, through]`, oldest first, at most

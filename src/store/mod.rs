@@ -24,7 +24,7 @@ use crate::domain::SessionError;
 use crate::error::{Error, Result};
 
 pub use check::{CheckReport, TreeStats};
-pub use events::{Subscription, UnknownEventId, STREAM_BUFFER};
+pub use events::{EventStream, Subscription, UnknownEventId, STREAM_BUFFER};
 pub use messages::{Appended, MessagePage, MessageQuery};
 pub use sessions::{SessionCounts, SessionPage, SessionQuery, StatusFilter};
 
@@ -163,6 +163,12 @@ impl Store {
         let deadline = std::time::Instant::now() + CLOSE_WAIT;
         while Arc::strong_count(&self.writer) > 1 && std::time::Instant::now() < deadline {
             std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        let others = Arc::strong_count(&self.writer) - 1;
+        if others > 0 {
+            return Err(Error::Io(std::io::Error::other(format!(
+                "the store is still held by {others} other handle(s) (routes or event streams not dropped); it closes when the last one is dropped"
+            ))));
         }
         let log_path = self.path.join("db");
         drop(self);

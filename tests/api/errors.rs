@@ -61,6 +61,27 @@ async fn unknown_route_is_a_404_not_found_envelope() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_path_without_the_api_prefix_is_404_with_a_hint_to_the_prefixed_path() {
+    // Arrange
+    let app = spawn_app().await;
+
+    // Act
+    let sessions = app.send(app.request(Method::GET, "/sessions")).await;
+    let elsewhere = app.send(app.request(Method::GET, "/favicon.ico")).await;
+
+    // Assert
+    let error = sessions.expect_error(404, "NOT_FOUND");
+    let details = error["details"].as_str().expect("details");
+    assert!(
+        details.contains("did you mean /api/messaging/sessions?"),
+        "{details}"
+    );
+    let error = elsewhere.expect_error(404, "NOT_FOUND");
+    let details = error["details"].as_str().expect("details");
+    assert!(details.contains("/api/openapi.json"), "{details}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn wrong_method_on_an_existing_route_is_a_405_envelope() {
     // Arrange
     let app = spawn_app().await;
