@@ -12,6 +12,10 @@ use sessiond::domain::{EventData, EventFilter};
 use uuid::Uuid;
 use warp::{Filter, Reply};
 
+#[allow(dead_code)] // its `main` only runs as the example
+#[path = "../examples/desktop.rs"]
+mod desktop;
+
 const WAIT: Duration = Duration::from_secs(10);
 
 fn config(dir: &std::path::Path) -> ServeConfig {
@@ -201,4 +205,35 @@ async fn a_second_instance_on_the_same_directory_is_told_the_store_is_in_use() {
         "{second:?}"
     );
     first.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_desktop_example_answers_through_its_embedded_agent_and_shuts_down_cleanly() {
+    // Arrange
+    let dir = tempfile::tempdir().unwrap();
+
+    // Act
+    let summary = desktop::run(dir.path().to_path_buf()).await.unwrap();
+    let again = desktop::run(dir.path().to_path_buf()).await.unwrap();
+
+    // Assert: answered twice on the same store, so the first run closed it.
+    assert_eq!(summary.question, "Hello from the desktop");
+    assert_eq!(summary.answer, "You said: Hello from the desktop");
+    assert_eq!(again.answer, summary.answer);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_desktop_example_refuses_a_store_another_instance_holds() {
+    let dir = tempfile::tempdir().unwrap();
+    let running = Sessiond::open(&config(dir.path())).await.unwrap();
+    let second = desktop::run(dir.path().to_path_buf()).await;
+    let error = second.expect_err("the store is in use");
+    assert!(
+        matches!(
+            error.downcast_ref::<sessiond::Error>(),
+            Some(sessiond::Error::InUse(_))
+        ),
+        "{error}"
+    );
+    running.shutdown().await.unwrap();
 }
