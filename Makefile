@@ -1,12 +1,14 @@
 # The two commands: `make run` and `make test`.
 CARGO ?= cargo
 
-.PHONY: run test lint bench build fuzz elizaos crash
+.PHONY: run test lint bench build fuzz elizaos readme crash
 
+# Settings come from the environment (SESSIOND_ADDR, SESSIOND_DATA_DIR, …; defaults
+# 127.0.0.1:3000 and ./data) or from make: `make run ADDR=… DATA=… ARGS="--api-key …"`.
 run:
-	$(CARGO) run --release -- serve --addr 127.0.0.1:3000 --data-dir ./data
+	$(CARGO) run --release -- serve $(if $(ADDR),--addr $(ADDR)) $(if $(DATA),--data-dir $(DATA)) $(ARGS)
 
-test: lint fuzz elizaos
+test: lint fuzz elizaos readme
 	$(CARGO) test --all-targets
 	$(CARGO) test --doc
 
@@ -37,3 +39,7 @@ fuzz:
 # The real @elizaos/api-client (installed with npm) against a live server (tests/elizaos/run.sh).
 elizaos:
 	CARGO=$(CARGO) tests/elizaos/run.sh
+
+# The README's walk-through, as written there, against a live server (tests/readme/run.sh).
+readme:
+	CARGO=$(CARGO) tests/readme/run.sh

@@ -141,3 +141,30 @@ fn addr_accepts_localhost() {
     let server = Server::start_at("localhost:0", dir.path(), &[]);
     assert!(server.log.contains("addr=127.0.0.1:"), "{}", server.log);
 }
+
+#[test]
+fn make_run_leaves_address_and_data_directory_to_the_environment_unless_given() {
+    let dry_run = |args: &[&str]| {
+        let output = Command::new("make")
+            .args(["--no-print-directory", "-n", "run"])
+            .args(args)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .env_remove("ADDR")
+            .env_remove("DATA")
+            .env_remove("ARGS")
+            .output()
+            .expect("make runs");
+        assert!(output.status.success(), "{output:?}");
+        String::from_utf8(output.stdout).expect("UTF-8")
+    };
+    let plain = dry_run(&[]);
+    assert!(
+        !plain.contains("--addr") && !plain.contains("--data-dir"),
+        "{plain}"
+    );
+    let given = dry_run(&["ADDR=127.0.0.1:3001", "DATA=/tmp/d", "ARGS=--api-key k"]);
+    assert!(
+        given.contains("serve --addr 127.0.0.1:3001 --data-dir /tmp/d --api-key k"),
+        "{given}"
+    );
+}
