@@ -25,6 +25,16 @@ async fn session_with_context(app: &TestApp) -> Session {
     .await
 }
 
+/// Posts "hi" with `{"lang": "en"}` of its own; asserts 201.
+async fn post_in_english(app: &TestApp, session: &Session) -> Value {
+    app.post_message(
+        &session.id,
+        &json!({"content": "hi", "metadata": {"lang": "en"}}),
+    )
+    .await
+    .expect(201)
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn every_session_answer_carries_channel_id_equal_to_the_session_id() {
     // Arrange
@@ -59,13 +69,7 @@ async fn every_message_answer_shows_its_metadata_over_the_session_context() {
     let session = session_with_context(&app).await;
 
     // Act
-    let posted = app
-        .post_message(
-            &session.id,
-            &json!({"content": "hi", "metadata": {"lang": "en"}}),
-        )
-        .await
-        .expect(201);
+    let posted = post_in_english(&app, &session).await;
     let id = field_str(&posted, "id");
     let page = app.list_messages(&session.id, "").await.expect(200);
     let one = app
@@ -106,13 +110,7 @@ async fn only_the_clients_own_metadata_is_stored_with_a_message() {
     let session = session_with_context(&app).await;
 
     // Act
-    let posted = app
-        .post_message(
-            &session.id,
-            &json!({"content": "hi", "metadata": {"lang": "en"}}),
-        )
-        .await
-        .expect(201);
+    let posted = post_in_english(&app, &session).await;
 
     // Assert
     let stored = app

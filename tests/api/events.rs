@@ -300,6 +300,26 @@ async fn reply_as_agent(app: &TestApp, session: &Session, parent_id: &str, conte
     .expect(201)
 }
 
+/// Sends `content` with `transport: "http"` on a task of its own: the request is held
+/// until the agent replies (or the reply timeout passes); the task ends with the 201 body.
+fn send_held(
+    app: &Arc<TestApp>,
+    session_id: &str,
+    content: &str,
+) -> tokio::task::JoinHandle<Value> {
+    let (app, session_id) = (Arc::clone(app), session_id.to_owned());
+    let body = json!({"content": content, "transport": "http"});
+    tokio::spawn(async move { app.post_message(&session_id, &body).await.expect(201) })
+}
+
+/// The 201 body of a request [`send_held`] sent, once it is answered (within [`WAIT`]).
+async fn answered(held: tokio::task::JoinHandle<Value>) -> Value {
+    tokio::time::timeout(WAIT, held)
+        .await
+        .expect("the held request is answered after the reply")
+        .expect("the request task does not panic")
+}
+
 /// Creates a session whose activity never renews it, so that its streams carry only the
 /// events a test causes (no `session.renewed` after each message).
 async fn quiet_session(app: &TestApp) -> Session {
@@ -1046,17 +1066,7 @@ async fn http_transport_returns_the_agents_reply_to_that_message_only() {
     let mut agent_stream = EventStream::open(&app, &agent_events(&session.agent_id), None).await;
 
     // Act: send, and answer as the agent once the message shows on the agent's stream.
-    let held = tokio::spawn({
-        let (app, session_id) = (Arc::clone(&app), session.id.clone());
-        async move {
-            app.post_message(
-                &session_id,
-                &json!({"content": "question", "transport": "http"}),
-            )
-            .await
-            .expect(201)
-        }
-    });
+    let held = send_held(&app, &session.id, "question");
     let question = loop {
         let event = agent_stream.next().await;
         if event.name == "message" && event.data["content"] == json!("question") {
@@ -1065,10 +1075,7 @@ async fn http_transport_returns_the_agents_reply_to_that_message_only() {
     };
     reply_as_agent(&app, &session, field_str(&earlier, "id"), "not this one").await;
     let reply = reply_as_agent(&app, &session, field_str(&question, "id"), "answer").await;
-    let created = tokio::time::timeout(WAIT, held)
-        .await
-        .expect("the held request is answered after the reply")
-        .expect("the request task does not panic");
+    let created = answered(held).await;
 
     // Assert
     assert_eq!(created["id"], question["id"]);
@@ -1089,17 +1096,7 @@ async fn http_transport_agent_response_has_the_text_thought_and_actions_of_the_r
     let mut agent_stream = EventStream::open(&app, &agent_events(&session.agent_id), None).await;
 
     // Act
-    let held = tokio::spawn({
-        let (app, session_id) = (Arc::clone(&app), session.id.clone());
-        async move {
-            app.post_message(
-                &session_id,
-                &json!({"content": "question", "transport": "http"}),
-            )
-            .await
-            .expect(201)
-        }
-    });
+    let held = send_held(&app, &session.id, "question");
     let question = agent_stream.next_named("message").await.data;
     let reply = app
         .post_message(
@@ -1113,10 +1110,7 @@ async fn http_transport_agent_response_has_the_text_thought_and_actions_of_the_r
         )
         .await
         .expect(201);
-    let created = tokio::time::timeout(WAIT, held)
-        .await
-        .expect("the held request is answered after the reply")
-        .expect("the request task does not panic");
+    let created = answered(held).await;
 
     // Assert
     let response = &created["agentResponse"];
@@ -1141,14 +1135,7 @@ async fn agent_response_omits_thought_and_actions_the_reply_does_not_have() {
     let mut agent_stream = EventStream::open(&app, &agent_events(&session.agent_id), None).await;
 
     // Act
-    let held = tokio::spawn({
-        let (app, session_id) = (Arc::clone(&app), session.id.clone());
-        async move {
-            app.post_message(&session_id, &json!({"content": "q", "transport": "http"}))
-                .await
-                .expect(201)
-        }
-    });
+    let held = send_held(&app, &session.id, "q");
     let question = agent_stream.next_named("message").await.data;
     app.post_message(
         &session.id,
@@ -1161,7 +1148,7 @@ async fn agent_response_omits_thought_and_actions_the_reply_does_not_have() {
     )
     .await
     .expect(201);
-    let created = tokio::time::timeout(WAIT, held).await.unwrap().unwrap();
+    let created = answered(held).await;
 
     // Assert
     let response = created["agentResponse"].as_object().expect("a reply");
