@@ -2,7 +2,7 @@
 //!
 //! Handlers return `Result<Response, ApiError>`; only warp's own rejections (unknown route,
 //! wrong method) and the API-key check travel as rejections, and all of them meet the one
-//! [`handle_rejection`] at the top.
+//! `handle_rejection` at the top.
 
 mod error;
 mod events;
@@ -20,14 +20,14 @@ use std::time::Instant;
 use warp::filters::BoxedFilter;
 use warp::{Filter, Reply};
 
-pub use error::{handle_rejection, ApiError};
+pub(crate) use error::{handle_rejection, ApiError};
 
 use crate::domain::{Clock, TimeoutPolicy};
 use crate::store::Store;
 
 /// Everything a handler needs.
 #[derive(Clone, Debug)]
-pub struct AppState {
+pub(crate) struct AppState {
     /// The store.
     pub store: Store,
     /// Where handlers read the time.
@@ -110,7 +110,7 @@ fn own_paths() -> impl Filter<Extract = (), Error = warp::Rejection> + Clone {
 /// Claims only sessiond's own paths (`/api/messaging/…`, `/api/openapi.json`,
 /// `/v1/ask-feather/…`) and rejects the others, so it can be mounted in another warp app
 /// before or after that app's routes.
-pub fn routes(state: &AppState) -> BoxedFilter<(warp::reply::Response,)> {
+pub(crate) fn routes(state: &AppState) -> BoxedFilter<(warp::reply::Response,)> {
     let shared = Arc::new(state.clone());
     // The claim comes first: CORS's own recover would answer every path.
     own_paths()
