@@ -269,6 +269,12 @@ impl ServeConfig {
                     .into(),
             );
         }
+        if self.header_read_timeout_seconds > self.idle_timeout_seconds {
+            return Err(format!(
+                "--header-read-timeout-seconds ({}) must not exceed --idle-timeout-seconds ({}): a client still sending its headers would be cut off as idle first",
+                self.header_read_timeout_seconds, self.idle_timeout_seconds
+            ));
+        }
         for origin in &self.cors_origins {
             if origin.parse::<warp::http::HeaderValue>().is_err() || !origin.contains("://") {
                 return Err(format!(
@@ -403,6 +409,22 @@ mod tests {
             .validate()
             .unwrap_err()
             .contains("--warning-threshold-minutes"));
+    }
+
+    #[test]
+    fn a_header_timeout_beyond_the_idle_timeout_is_refused() {
+        let config = ServeConfig {
+            header_read_timeout_seconds: 20,
+            idle_timeout_seconds: 10,
+            ..ServeConfig::default()
+        };
+        let error = config.validate().unwrap_err();
+        assert!(error.contains("--header-read-timeout-seconds (20)"), "{error}");
+        let equal = ServeConfig {
+            header_read_timeout_seconds: 10,
+            ..config
+        };
+        assert_eq!(equal.validate(), Ok(()));
     }
 
     #[test]

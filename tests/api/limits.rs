@@ -56,7 +56,11 @@ async fn a_client_that_never_finishes_its_headers_is_disconnected() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_connection_that_moves_no_bytes_is_closed_after_the_idle_timeout() {
     // Arrange: a body announced but never sent.
-    let app = spawn_app_with(|c| c.idle_timeout_seconds = 1).await;
+    let app = spawn_app_with(|c| {
+        c.idle_timeout_seconds = 1;
+        c.header_read_timeout_seconds = 1;
+    })
+    .await;
     let addr = app.addr;
 
     // Act
@@ -176,6 +180,7 @@ async fn a_reply_wait_longer_than_the_idle_timeout_still_gets_its_answer() {
     // Arrange
     let app = spawn_app_with(|c| {
         c.idle_timeout_seconds = 1;
+        c.header_read_timeout_seconds = 1;
         c.reply_timeout_seconds = 3;
     })
     .await;
