@@ -10,7 +10,8 @@
 //! - [`sweeper`]: the background task that removes expired sessions and old events.
 //! - [`notifier`]: the background task that pushes `session.expiring`/`session.expired`.
 //! - [`http`]: the connection loop: connection cap, header-read and idle timeouts.
-//! - [`app`]: start-up and graceful shutdown.
+//! - [`app`]: [`app::Sessiond`] embedded in another program, or [`app::start`] as a server
+//!   of its own; graceful shutdown.
 //! - [`admin`]: the offline commands `check` and `stats`.
 //!
 //! Data flows one way: `api -> domain + store`, `sweeper`/`notifier -> domain + store`,
