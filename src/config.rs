@@ -419,7 +419,10 @@ mod tests {
             ..ServeConfig::default()
         };
         let error = config.validate().unwrap_err();
-        assert!(error.contains("--header-read-timeout-seconds (20)"), "{error}");
+        assert!(
+            error.contains("--header-read-timeout-seconds (20)"),
+            "{error}"
+        );
         let equal = ServeConfig {
             header_read_timeout_seconds: 10,
             ..config

@@ -27,6 +27,9 @@ use crate::store::{MessageQuery, STREAM_BUFFER};
 
 /// Default and largest page size of a message page.
 const PAGE_LIMIT: (usize, usize) = (50, 100);
+/// Default and largest number of messages of a thread: bounds one answer's size and the
+/// reads behind it.
+const THREAD_LIMIT: (usize, usize) = (1000, 1000);
 
 /// Every message route.
 pub(super) fn routes(
@@ -94,6 +97,7 @@ fn message_thread(
         .and(warp::path::end())
         .and(warp::get())
         .and(with_state(state))
+        .and(query())
         .then(get_thread)
         .map(respond)
 }
@@ -356,8 +360,12 @@ enum ReplyEventName {
 /// The body of `GET …/messages/{messageId}/thread`.
 #[derive(Serialize, utoipa::ToSchema)]
 struct MessageThread<'a> {
-    /// The branch from the root down to the message, oldest first.
+    /// The last `limit` messages of the branch from the root down to the message, oldest
+    /// first.
     messages: Vec<MessageView<'a>>,
+    /// Whether the branch goes further up than the first message listed.
+    #[serde(rename = "hasMore")]
+    has_more: bool,
 }
 
 #[utoipa::path(
@@ -468,10 +476,11 @@ async fn get_message(
     params(
         ("sessionId" = Uuid, Path, description = "The session id (any standard textual UUID form)."),
         ("messageId" = Uuid, Path, description = "The message id (any standard textual UUID form)."),
+        ("limit" = Option<i64>, Query, minimum = 1, maximum = 1000, description = "At most this many messages, the last of the branch: 1..=1000, default 1000; a plain decimal integer, clamped into range."),
     ),
     responses(
-        (status = 200, description = "The branch, oldest first.", body = MessageThread),
-        (status = 400, description = "INVALID_UUID.", body = super::error::Envelope),
+        (status = 200, description = "The last `limit` messages of the branch, oldest first.", body = MessageThread),
+        (status = 400, description = "INVALID_UUID or INVALID_PAGINATION.", body = super::error::Envelope),
         super::openapi::ServerErrors,
         (status = 404, description = "SESSION_NOT_FOUND or MESSAGE_NOT_FOUND.", body = super::error::Envelope),
         super::openapi::Expired,
@@ -481,26 +490,23 @@ async fn get_thread(
     id: String,
     message_id: String,
     state: Arc<AppState>,
+    query: Query,
 ) -> Result<Response, ApiError> {
     let session_id = path_uuid("sessionId", &id)?;
     let message_id = path_uuid("messageId", &message_id)?;
+    let limit = query.limit(THREAD_LIMIT.0, THREAD_LIMIT.1)?;
     let (session, _) = load_active(&state, session_id)?;
-    let thread =
-        state
-            .store
-            .thread(session_id, message_id)?
-            .ok_or(SessionError::MessageNotFound {
-                session_id,
-                message_id,
-            })?;
+    let thread = state.store.thread(session_id, message_id, limit)??;
     let context = SessionContext::of(&session);
     Ok(json(
         StatusCode::OK,
         &MessageThread {
             messages: thread
+                .messages
                 .iter()
                 .map(|message| MessageView::new(message, &context))
                 .collect(),
+            has_more: thread.has_more,
         },
     ))
 }

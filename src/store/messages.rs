@@ -210,28 +210,73 @@ impl Store {
             .transpose()
     }
 
-    /// The branch from the root down to `message_id`, oldest first; `None` if the message
-    /// is not in this session.
+    /// The last `limit` messages of the branch from the root down to `message_id`, oldest
+    /// first, and whether the branch goes further up. Walks at most `limit + 1` messages.
+    ///
+    /// Returns `Ok(Err(MessageNotFound))` when the message is not in this session, and
+    /// `Ok(Err(NotFound))` when the session was deleted while the branch was read.
     ///
     /// # Errors
-    /// Storage failures, or a parent link that leads nowhere (corruption).
-    pub fn thread(&self, session_id: Uuid, message_id: Uuid) -> Result<Option<Vec<Message>>> {
+    /// Storage failures, or a parent link that leads nowhere in a session still stored
+    /// (corruption).
+    pub fn thread(
+        &self,
+        session_id: Uuid,
+        message_id: Uuid,
+        limit: usize,
+    ) -> Result<Result<MessagePage, SessionError>> {
         let Some(mut current) = self.message(session_id, message_id)? else {
-            return Ok(None);
+            return Ok(Err(SessionError::MessageNotFound {
+                session_id,
+                message_id,
+            }));
         };
         let mut branch = Vec::new();
-        loop {
+        let has_more = loop {
             let parent = current.parent_id;
             branch.push(current);
-            let Some(parent_id) = parent else { break };
-            current = self.message(session_id, parent_id)?.ok_or_else(|| {
-                Error::corrupt(format!(
-                    "parent {parent_id} of a message in session {session_id} is missing"
-                ))
-            })?;
-        }
+            let Some(parent_id) = parent else { break false };
+            if branch.len() == limit {
+                break true;
+            }
+            current = match self.message(session_id, parent_id)? {
+                Some(message) => message,
+                None => {
+                    return self
+                        .vanished(session_id, || format!("parent {parent_id} is missing"))
+                        .map(Err)
+                }
+            };
+        };
         branch.reverse();
-        Ok(Some(branch))
+        Ok(Ok(MessagePage {
+            messages: branch,
+            has_more,
+        }))
+    }
+
+    /// Explains a message that a read expected and did not find. Messages are never
+    /// removed from a session that is still stored (a delete removes the session first, or
+    /// with them), so the session being gone means a delete raced the read.
+    ///
+    /// # Errors
+    /// [`Error::Corrupt`] when the session is still stored: the message should be there.
+    fn vanished(&self, session_id: Uuid, what: impl FnOnce() -> String) -> Result<SessionError> {
+        if self.session(session_id)?.is_none() {
+            Ok(SessionError::NotFound(session_id))
+        } else {
+            Err(Error::corrupt(format!("session {session_id}: {}", what())))
+        }
+    }
+
+    /// Message `seq` of a session, which its count says exists.
+    fn counted_message(&self, session_id: Uuid, seq: u64) -> Result<Result<Message, SessionError>> {
+        match self.message_at(session_id, seq)? {
+            Some(message) => Ok(Ok(message)),
+            None => self
+                .vanished(session_id, || format!("message {seq} is missing"))
+                .map(Err),
+        }
     }
 
     /// One page of a session's messages.
@@ -265,25 +310,26 @@ impl Store {
         }
         if let Some(after_ms) = query.after_ms {
             // Messages after `after_ms` start at the first seq stored later than it.
-            low = low.max(
-                self.first_seq_where(session, |ms| i128::from(ms) > i128::from(after_ms))? - 1,
-            );
+            match self.first_seq_where(session, |ms| i128::from(ms) > i128::from(after_ms))? {
+                Ok(first) => low = low.max(first - 1),
+                Err(gone) => return Ok(Err(gone)),
+            }
         }
         if let Some(before_ms) = query.before_ms {
-            high = high
-                .min(self.first_seq_where(session, |ms| i128::from(ms) >= i128::from(before_ms))?);
+            match self.first_seq_where(session, |ms| i128::from(ms) >= i128::from(before_ms))? {
+                Ok(first) => high = high.min(first),
+                Err(gone) => return Ok(Err(gone)),
+            }
         }
-        let page = if low.saturating_add(1) >= high {
-            MessagePage {
+        if low.saturating_add(1) >= high {
+            return Ok(Ok(MessagePage {
                 messages: Vec::new(),
                 has_more: false,
-            }
-        } else {
-            let oldest_first = query.after_seq.is_some() || query.after_ms.is_some();
-            let newest_first = query.before_seq.is_some() || query.before_ms.is_some();
-            self.read_page(session.id, query, low, high, oldest_first && !newest_first)?
-        };
-        Ok(Ok(page))
+            }));
+        }
+        let oldest_first = query.after_seq.is_some() || query.after_ms.is_some();
+        let newest_first = query.before_seq.is_some() || query.before_ms.is_some();
+        self.read_page(session.id, query, low, high, oldest_first && !newest_first)
     }
 
     /// Reads up to `limit` messages in (low, high): the oldest ones when `ascending`, else
@@ -295,7 +341,7 @@ impl Store {
         low: u64,
         high: u64,
         ascending: bool,
-    ) -> Result<MessagePage> {
+    ) -> Result<Result<MessagePage, SessionError>> {
         let seqs: Box<dyn DoubleEndedIterator<Item = Result<u64>>> = match query.parent_id {
             None => Box::new(
                 self.trees
@@ -320,37 +366,39 @@ impl Store {
         let has_more = seqs.len() > query.limit;
         let mut messages = Vec::with_capacity(query.limit.min(seqs.len()));
         for seq in seqs.into_iter().take(query.limit) {
-            let message = self.message_at(session_id, seq)?.ok_or_else(|| {
-                Error::corrupt(format!("message {seq} of session {session_id} is missing"))
-            })?;
-            messages.push(message);
+            match self.counted_message(session_id, seq)? {
+                Ok(message) => messages.push(message),
+                Err(gone) => return Ok(Err(gone)),
+            }
         }
         if ascending {
             messages.reverse();
         }
-        Ok(MessagePage { messages, has_more })
+        Ok(Ok(MessagePage { messages, has_more }))
     }
 
     /// The smallest seq in 1..=count whose creation time (epoch ms) satisfies `pred`, or
     /// count + 1 if none does. `pred` must be monotone in seq (false… then true…), which
     /// holds because message times never go backwards.
-    fn first_seq_where(&self, session: &Session, pred: impl Fn(u64) -> bool) -> Result<u64> {
+    fn first_seq_where(
+        &self,
+        session: &Session,
+        pred: impl Fn(u64) -> bool,
+    ) -> Result<Result<u64, SessionError>> {
         let (mut low, mut high) = (1, session.message_count + 1);
         while low < high {
             let mid = low + (high - low) / 2;
-            let message = self.message_at(session.id, mid)?.ok_or_else(|| {
-                Error::corrupt(format!(
-                    "message {mid} of session {} is missing",
-                    session.id
-                ))
-            })?;
+            let message = match self.counted_message(session.id, mid)? {
+                Ok(message) => message,
+                Err(gone) => return Ok(Err(gone)),
+            };
             if pred(message.created_at.as_millis()) {
                 high = mid;
             } else {
                 low = mid + 1;
             }
         }
-        Ok(low)
+        Ok(Ok(low))
     }
 
     /// Removes a deleted session's messages and their index entries, newest first, in
@@ -516,6 +564,65 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_thread_is_the_last_limit_messages_of_the_branch_oldest_first() {
+        let (store, _dir) = temp_store();
+        let session = created_session(&store, T0).await;
+        let clock = Arc::new(ManualClock::new(T0));
+        append_texts(&store, session.id, &clock, 5).await;
+        let leaf = store.message_at(session.id, 5).unwrap().unwrap();
+        let thread = |limit| store.thread(session.id, leaf.id, limit).unwrap().unwrap();
+
+        let last_two = thread(2);
+        let whole = thread(5);
+        let more_than_all = thread(6);
+
+        assert_eq!(seqs(&last_two), vec![4, 5]);
+        assert!(last_two.has_more);
+        assert_eq!(seqs(&whole), vec![1, 2, 3, 4, 5]);
+        assert!(!whole.has_more);
+        assert_eq!(seqs(&more_than_all), vec![1, 2, 3, 4, 5]);
+        assert!(!more_than_all.has_more);
+    }
+
+    /// A read that lists a session's messages and then fetches them can meet a delete in
+    /// between: that answers as a deleted session, while a message missing from a session
+    /// that is still stored is corruption.
+    #[tokio::test]
+    async fn a_read_racing_a_delete_finds_the_session_gone_not_the_store_corrupt() {
+        let (store, _dir) = temp_store();
+        let session = created_session(&store, T0).await;
+        let clock = Arc::new(ManualClock::new(T0));
+        append_texts(&store, session.id, &clock, 3).await;
+        // What a handler read before the delete.
+        let seen = store.session(session.id).unwrap().unwrap();
+        let before_ms = MessageQuery {
+            limit: 10,
+            before_ms: Some(i64::MAX),
+            ..Default::default()
+        };
+
+        store.delete_session(session.id, T0).await.unwrap();
+        let raced = store.page_messages(&seen, &before_ms).unwrap();
+
+        assert_eq!(raced.unwrap_err(), SessionError::NotFound(session.id));
+
+        // The same gap in a session still stored is reported as corruption.
+        let (store, _dir) = temp_store();
+        let session = created_session(&store, T0).await;
+        append_texts(&store, session.id, &clock, 3).await;
+        store
+            .trees
+            .messages
+            .remove(keys::message(session.id, 2))
+            .unwrap();
+        let seen = store.session(session.id).unwrap().unwrap();
+        assert!(matches!(
+            store.page_messages(&seen, &before_ms),
+            Err(Error::Corrupt(_))
+        ));
+    }
+
+    #[tokio::test]
     async fn branches_and_threads_follow_parents() {
         let (store, _dir) = temp_store();
         let session = created_session(&store, T0).await;
@@ -544,7 +651,11 @@ mod tests {
             },
         );
         assert_eq!(seqs(&replies), vec![edit.seq, first.seq]);
-        let thread = store.thread(session.id, after_edit.id).unwrap().unwrap();
+        let thread = store
+            .thread(session.id, after_edit.id, 1000)
+            .unwrap()
+            .unwrap()
+            .messages;
         assert_eq!(
             thread.iter().map(|m| m.id).collect::<Vec<_>>(),
             vec![root.id, edit.id, after_edit.id]

@@ -1216,3 +1216,72 @@ async fn thread_runs_from_the_root_to_the_message_oldest_first() {
         json!("reply to the edit")
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn thread_limit_gives_the_last_messages_of_the_branch_and_says_when_it_goes_further() {
+    // Arrange
+    let app = spawn_app().await;
+    let session = app.create_session().await;
+    let messages = app.append_many(&session.id, 4).await;
+    let leaf = field_str(&messages[3], "id");
+    let path = format!("/sessions/{}/messages/{leaf}/thread", session.id);
+
+    // Act
+    let last_two = app.get(&format!("{path}?limit=2")).await.expect(200);
+    let whole = app.get(&path).await.expect(200);
+    let clamped = app.get(&format!("{path}?limit=0")).await.expect(200);
+    let malformed = app.get(&format!("{path}?limit=two")).await;
+
+    // Assert
+    assert_eq!(seqs(&last_two["messages"]), vec![3, 4]);
+    assert_eq!(last_two["hasMore"], json!(true));
+    assert_eq!(seqs(&whole["messages"]), vec![1, 2, 3, 4]);
+    assert_eq!(whole["hasMore"], json!(false));
+    assert_eq!(seqs(&clamped["messages"]), vec![4]);
+    malformed.expect_error(400, "INVALID_PAGINATION");
+}
+
+/// Readers paging and walking threads while the session is deleted see it whole or gone:
+/// never a 5xx.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn reads_racing_a_delete_answer_200_or_404_never_5xx() {
+    for _ in 0..5 {
+        // Arrange: more messages than one delete write removes, so a purge follows.
+        let app = Arc::new(spawn_app().await);
+        let session = app.create_session().await;
+        let messages = app.append_many(&session.id, 300).await;
+        let leaf = field_str(&messages[299], "id").to_owned();
+        let paths = [
+            format!(
+                "/sessions/{}/messages?limit=100&before=99999999999999",
+                session.id
+            ),
+            format!("/sessions/{}/messages?limit=100&afterSeq=0", session.id),
+            format!("/sessions/{}/messages/{leaf}/thread", session.id),
+        ];
+
+        // Act
+        let mut readers = JoinSet::new();
+        for path in paths.iter().cycle().take(12).cloned() {
+            let app = Arc::clone(&app);
+            readers.spawn(async move {
+                let mut statuses = Vec::new();
+                for _ in 0..10 {
+                    statuses.push(app.get(&path).await.status.as_u16());
+                }
+                statuses
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        app.delete_session(&session.id).await.expect(200);
+        let statuses: Vec<u16> = readers.join_all().await.into_iter().flatten().collect();
+
+        // Assert
+        assert!(
+            statuses
+                .iter()
+                .all(|&status| status == 200 || status == 404),
+            "{statuses:?}"
+        );
+    }
+}
