@@ -228,7 +228,9 @@ pub async fn run(config: ServeConfig, shutdown: impl Future<Output = ()>) -> Res
     server.shutdown().await
 }
 
-/// Completes on Ctrl-C (SIGINT) or SIGTERM.
+/// Completes on the first signal that asks the process to stop: Ctrl-C (SIGINT), SIGTERM,
+/// SIGHUP (the terminal went away) or SIGQUIT. Each stops sessiond the same graceful way;
+/// none is left to its default of ending the process without a drain.
 pub async fn shutdown_signal() {
     let interrupt = async {
         if let Err(error) = tokio::signal::ctrl_c().await {
@@ -237,22 +239,35 @@ pub async fn shutdown_signal() {
         }
     };
     #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(error) => {
-                tracing::error!(%error, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
+    let others = async {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut streams = Vec::new();
+        for (kind, name) in [
+            (SignalKind::terminate(), "SIGTERM"),
+            (SignalKind::hangup(), "SIGHUP"),
+            (SignalKind::quit(), "SIGQUIT"),
+        ] {
+            match signal(kind) {
+                Ok(stream) => streams.push((stream, name)),
+                Err(error) => tracing::error!(%error, "cannot listen for {name}"),
             }
         }
+        if streams.is_empty() {
+            std::future::pending::<()>().await;
+        }
+        let received = futures_util::future::select_all(
+            streams
+                .iter_mut()
+                .map(|(stream, name)| Box::pin(async move { (stream.recv().await, *name) })),
+        )
+        .await;
+        tracing::info!(signal = received.0 .1, "stopping on a signal");
     };
     #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
+    let others = std::future::pending::<()>();
     tokio::select! {
         () = interrupt => {}
-        () = terminate => {}
+        () = others => {}
     }
 }
 

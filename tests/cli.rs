@@ -13,6 +13,8 @@ struct Server {
     child: Child,
     /// Everything it logged up to and including "sessiond listening".
     log: String,
+    /// What it logged after that.
+    later: std::sync::Arc<std::sync::Mutex<String>>,
 }
 
 impl Server {
@@ -39,13 +41,48 @@ impl Server {
             log.push('\n');
             if line.contains("sessiond listening") {
                 // Keep draining, so the server never blocks on a full pipe.
-                std::thread::spawn(move || lines.for_each(drop));
-                return Server { child, log };
+                let later = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+                let sink = later.clone();
+                std::thread::spawn(move || {
+                    for line in lines.map_while(Result::ok) {
+                        let mut sink = sink.lock().unwrap();
+                        sink.push_str(&line);
+                        sink.push('\n');
+                    }
+                });
+                return Server { child, log, later };
             }
         }
         let _ = child.kill();
         let _ = child.wait();
         panic!("the server did not start:\n{log}");
+    }
+}
+
+impl Server {
+    /// Sends `signal` (a `kill` name such as HUP) and waits for the process to end; returns
+    /// its exit code and what it logged meanwhile.
+    fn stop_with(&mut self, signal: &str) -> (Option<i32>, String) {
+        let sent = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("kill runs");
+        assert!(sent.success());
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let status = loop {
+            if let Some(status) = self.child.try_wait().expect("the child can be waited for") {
+                break status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "sessiond did not stop on SIG{signal}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        // The drain thread may still be reading the last lines.
+        std::thread::sleep(Duration::from_millis(100));
+        (status.code(), self.later.lock().unwrap().clone())
     }
 }
 
@@ -167,4 +204,22 @@ fn make_run_leaves_address_and_data_directory_to_the_environment_unless_given() 
         given.contains("serve --addr 127.0.0.1:3001 --data-dir /tmp/d --api-key k"),
         "{given}"
     );
+}
+
+#[test]
+fn sighup_and_sigquit_stop_the_server_as_sigterm_does() {
+    for signal in ["TERM", "HUP", "QUIT"] {
+        // Arrange
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let mut server = Server::start(dir.path(), &[]);
+
+        // Act
+        let (code, log) = server.stop_with(signal);
+
+        // Assert: a drain and a clean exit, and the store is free for the next start.
+        assert_eq!(code, Some(0), "SIG{signal}: {log}");
+        assert!(log.contains("sessiond stopped"), "SIG{signal}: {log}");
+        drop(server);
+        let _next = Server::start(dir.path(), &[]);
+    }
 }
