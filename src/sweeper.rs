@@ -187,18 +187,26 @@ mod tests {
         assert_eq!(store.counts(T0 + 10 * MINUTE).unwrap().total, 0);
     }
 
-    /// Whether `id` is still stored after the loop has had about 200 ms of real time to act:
-    /// deletes run on the writer thread, which paused time does not wait for.
-    async fn still_stored_after_a_while(store: &Store, id: Uuid) -> bool {
-        for _ in 0..40 {
+    /// Whether `id` is still stored after the loop has had `patience` of real time to act:
+    /// deletes run on the writer thread, which paused time does not wait for. The test's
+    /// task keeps the runtime busy meanwhile, so paused time does not jump ahead either.
+    async fn still_stored_after(store: &Store, id: Uuid, patience: Duration) -> bool {
+        let deadline = std::time::Instant::now() + patience;
+        while std::time::Instant::now() < deadline {
             tokio::task::yield_now().await;
             if store.session(id).unwrap().is_none() {
                 return false;
             }
-            std::thread::sleep(std::time::Duration::from_millis(5));
+            std::thread::sleep(Duration::from_millis(5));
         }
         true
     }
+
+    /// Long enough for anything the loop does at once to land; a sweep that lands later
+    /// than this would have been too early to show.
+    const MOMENT: Duration = Duration::from_millis(200);
+    /// Long enough for a due sweep to land even on a slow disk.
+    const PATIENCE: Duration = Duration::from_secs(10);
 
     #[tokio::test(start_paused = true)]
     async fn the_loop_sweeps_on_its_interval_and_stops_when_told() {
@@ -219,26 +227,32 @@ mod tests {
             shutdown.clone(),
         ));
         // The first sweep runs at once and finds nothing expired.
-        assert!(still_stored_after_a_while(&store, doomed.id).await);
+        assert!(still_stored_after(&store, doomed.id, MOMENT).await);
 
         // Expired now, but the next sweep is due only a whole interval after the first.
         clock.set(T0 + 6 * MINUTE);
         tokio::time::advance(Duration::from_secs(59)).await;
         assert!(
-            still_stored_after_a_while(&store, doomed.id).await,
+            still_stored_after(&store, doomed.id, MOMENT).await,
             "swept before the interval passed"
         );
         tokio::time::advance(Duration::from_secs(1)).await;
         assert!(
-            !still_stored_after_a_while(&store, doomed.id).await,
+            !still_stored_after(&store, doomed.id, PATIENCE).await,
             "not swept once the interval passed"
         );
 
         shutdown.cancel();
-        tokio::time::timeout(Duration::from_secs(5), task)
-            .await
-            .unwrap()
-            .unwrap();
+        let deadline = std::time::Instant::now() + PATIENCE;
+        while !task.is_finished() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the loop did not stop"
+            );
+            tokio::task::yield_now().await;
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        task.await.unwrap();
     }
 
     #[tokio::test]
