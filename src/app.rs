@@ -49,6 +49,14 @@ impl Sessiond {
     /// As [`Sessiond::open`].
     pub async fn open_with_clock(config: &ServeConfig, clock: Arc<dyn Clock>) -> Result<Sessiond> {
         config.validate().map_err(Error::Config)?;
+        // Every deadline would be decades past, and the storage engine assumes a clock
+        // after 1970.
+        if clock.now() == crate::domain::Timestamp::EPOCH {
+            return Err(Error::Config(
+                "the system clock reads 1970-01-01 or earlier; set it before starting sessiond"
+                    .into(),
+            ));
+        }
         check_data_dir(&config.data_dir)?;
         let (path, options) = (
             config.data_dir.clone(),

@@ -6,7 +6,7 @@ use futures_util::StreamExt;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::domain::{Clock, Timestamp};
+use crate::domain::{Clock, ClockVerdict, ClockWatch, Timestamp};
 use crate::error::Result;
 use crate::store::{Store, BACKGROUND_WRITES};
 
@@ -96,7 +96,8 @@ pub struct SweepSchedule {
 }
 
 /// Sweeps every `schedule.interval` until `shutdown` is cancelled. A failed sweep is logged
-/// and the loop goes on.
+/// and the loop goes on. While the wall clock disagrees with the monotonic clock (it
+/// jumped; see [`ClockWatch`]) nothing is deleted.
 pub async fn run_until_stopped(
     store: Store,
     clock: std::sync::Arc<dyn Clock>,
@@ -105,12 +106,21 @@ pub async fn run_until_stopped(
 ) {
     let mut ticks = tokio::time::interval(schedule.interval);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let started = tokio::time::Instant::now();
+    let mut watch = ClockWatch::new(clock.now(), Duration::ZERO);
     loop {
         tokio::select! {
             () = shutdown.cancelled() => break,
             _ = ticks.tick() => {}
         }
         let now = clock.now();
+        if let ClockVerdict::Jumped { by_micros } = watch.check(now, started.elapsed()) {
+            tracing::warn!(
+                jumped_seconds = by_micros / 1_000_000,
+                "the wall clock moved against the monotonic clock; holding deletions until they agree again"
+            );
+            continue;
+        }
         if let Err(error) = sweep_once(&store, now, schedule.expired_retention).await {
             tracing::error!(%error, "sweep failed; retrying at the next tick");
         }
@@ -212,7 +222,8 @@ mod tests {
     async fn the_loop_sweeps_on_its_interval_and_stops_when_told() {
         let (store, _dir) = temp_store();
         let clock = Arc::new(ManualClock::new(T0));
-        let doomed = session(5, T0);
+        // Expires 10 s after the loop starts; the wall clock keeps pace with the monotonic.
+        let doomed = session(5, T0 - 5 * MINUTE + Duration::from_secs(10));
         store.create_session(doomed.clone()).await.unwrap();
         let shutdown = CancellationToken::new();
         let schedule = SweepSchedule {
@@ -230,18 +241,67 @@ mod tests {
         assert!(still_stored_after(&store, doomed.id, MOMENT).await);
 
         // Expired now, but the next sweep is due only a whole interval after the first.
-        clock.set(T0 + 6 * MINUTE);
+        clock.set(T0 + Duration::from_secs(59));
         tokio::time::advance(Duration::from_secs(59)).await;
         assert!(
             still_stored_after(&store, doomed.id, MOMENT).await,
             "swept before the interval passed"
         );
+        clock.set(T0 + MINUTE);
         tokio::time::advance(Duration::from_secs(1)).await;
         assert!(
             !still_stored_after(&store, doomed.id, PATIENCE).await,
             "not swept once the interval passed"
         );
 
+        shutdown.cancel();
+        let deadline = std::time::Instant::now() + PATIENCE;
+        while !task.is_finished() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the loop did not stop"
+            );
+            tokio::task::yield_now().await;
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        task.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_loop_deletes_nothing_while_the_wall_clock_has_jumped() {
+        let (store, _dir) = temp_store();
+        let clock = Arc::new(ManualClock::new(T0));
+        let doomed = session(5, T0);
+        store.create_session(doomed.clone()).await.unwrap();
+        let shutdown = CancellationToken::new();
+        let schedule = SweepSchedule {
+            interval: Duration::from_secs(60),
+            expired_retention: Duration::ZERO,
+            event_retention: Duration::from_secs(3600),
+        };
+        let task = tokio::spawn(run_until_stopped(
+            store.clone(),
+            clock.clone(),
+            schedule,
+            shutdown.clone(),
+        ));
+        assert!(still_stored_after(&store, doomed.id, MOMENT).await);
+
+        // Two days ahead for a moment: the session looks long expired, and is kept.
+        clock.set(T0 + MINUTE + Duration::from_secs(2 * 24 * 3600));
+        tokio::time::advance(MINUTE).await;
+        assert!(
+            still_stored_after(&store, doomed.id, MOMENT).await,
+            "deleted on a jumped clock"
+        );
+
+        // The clock is right again, and the session really expires: it goes.
+        clock.set(T0 + 6 * MINUTE);
+        tokio::time::advance(5 * MINUTE).await;
+        assert!(
+            !still_stored_after(&store, doomed.id, PATIENCE).await,
+            "not swept once the clock agreed again"
+        );
         shutdown.cancel();
         let deadline = std::time::Instant::now() + PATIENCE;
         while !task.is_finished() {

@@ -237,3 +237,17 @@ async fn the_desktop_example_refuses_a_store_another_instance_holds() {
     );
     running.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_clock_before_1970_is_refused_before_anything_is_opened() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = std::sync::Arc::new(sessiond::domain::ManualClock::new(
+        sessiond::domain::Timestamp::EPOCH,
+    ));
+    let opened = Sessiond::open_with_clock(&config(dir.path()), clock).await;
+    match opened {
+        Err(sessiond::Error::Config(line)) => assert!(line.contains("1970"), "{line}"),
+        other => panic!("a configuration error, got {other:?}"),
+    }
+    assert!(!dir.path().join("db").exists(), "the store was opened");
+}

@@ -205,14 +205,8 @@ async fn create_session(
     let timeout = state
         .policy
         .resolve_new(timeout_config_field(&body, &state.policy)?)?;
-    let session = Session::new(
-        Uuid::now_v7(),
-        agent_id,
-        user_id,
-        timeout,
-        metadata_json,
-        state.clock.now(),
-    );
+    let now = state.clock.now();
+    let session = Session::new(now.new_v7(), agent_id, user_id, timeout, metadata_json, now);
     state.store.create_session(session.clone()).await?;
     Ok(json(StatusCode::CREATED, &SessionCreated::new(&session)))
 }

@@ -11,4 +11,4 @@ pub use session::{
     Renewal, Session, SessionError, TimeoutConfig, TimeoutConfigError, TimeoutConfigPatch,
     TimeoutPolicy,
 };
-pub use time::{Clock, ManualClock, SystemClock, Timestamp};
+pub use time::{Clock, ClockVerdict, ClockWatch, ManualClock, SystemClock, Timestamp};

@@ -46,6 +46,23 @@ impl Timestamp {
         self.0 / 1_000
     }
 
+    /// A new UUID v7 for something made at this instant. Ids follow the clock that made
+    /// them (an injected one too), sort in the order this process made them (within a
+    /// millisecond as well), and an instant read from a clock set before 1970 still makes an
+    /// id.
+    pub fn new_v7(self) -> uuid::Uuid {
+        static CONTEXT: std::sync::Mutex<uuid::timestamp::context::ContextV7> =
+            std::sync::Mutex::new(uuid::timestamp::context::ContextV7::new());
+        // The context is a counter: whatever a panic left in it still counts.
+        let context = CONTEXT
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (seconds, micros) = (self.0 / 1_000_000, self.0 % 1_000_000);
+        // Below 10^9 nanoseconds: the cast cannot truncate.
+        let nanos = (micros * 1_000) as u32;
+        uuid::Uuid::new_v7(uuid::Timestamp::from_unix(&*context, seconds, nanos))
+    }
+
     /// `self - earlier`, or zero when `earlier` is later.
     pub fn saturating_since(self, earlier: Timestamp) -> Duration {
         Duration::from_micros(self.0.saturating_sub(earlier.0))
@@ -136,6 +153,82 @@ impl Clock for ManualClock {
     }
 }
 
+/// Watches the wall clock against a monotonic one, so that destructive work (deleting
+/// expired sessions) is not done on a wall clock that jumped: a clock set days ahead for a
+/// moment would otherwise make every session expired, and delete them all.
+///
+/// The wall clock is trusted while `wall - monotonic` stays within [`ClockWatch::TOLERANCE`]
+/// of its last trusted value (slow corrections, as NTP makes, are followed). After a jump,
+/// it is trusted again once it comes back, or once the new offset has held for
+/// [`ClockWatch::SETTLE`]: a clock that was wrong before and has been corrected.
+#[derive(Clone, Copy, Debug)]
+pub struct ClockWatch {
+    /// The trusted `wall - monotonic`, in microseconds.
+    offset: i128,
+    /// An offset seen after a jump, and the monotonic time it was first seen.
+    candidate: Option<(i128, Duration)>,
+}
+
+/// What [`ClockWatch::check`] found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClockVerdict {
+    /// The wall clock moved with the monotonic one.
+    Steady,
+    /// The wall clock moved this many microseconds (signed) away from the monotonic one.
+    Jumped {
+        /// Positive: the wall clock is ahead of where it should be.
+        by_micros: i128,
+    },
+}
+
+impl ClockWatch {
+    /// The largest disagreement followed as a slow correction rather than a jump.
+    pub const TOLERANCE: Duration = Duration::from_secs(60);
+    /// How long a new offset must hold before it is trusted.
+    pub const SETTLE: Duration = Duration::from_secs(10 * 60);
+
+    /// Starts watching: the wall clock reads `wall` when the monotonic one reads `mono`.
+    pub fn new(wall: Timestamp, mono: Duration) -> Self {
+        ClockWatch {
+            offset: offset(wall, mono),
+            candidate: None,
+        }
+    }
+
+    /// Whether the wall clock reading `wall` can be trusted at monotonic time `mono`.
+    pub fn check(&mut self, wall: Timestamp, mono: Duration) -> ClockVerdict {
+        let now = offset(wall, mono);
+        let tolerance = i128::try_from(Self::TOLERANCE.as_micros()).unwrap_or(i128::MAX);
+        let drift = now - self.offset;
+        if drift.abs() <= tolerance {
+            self.offset = now;
+            self.candidate = None;
+            return ClockVerdict::Steady;
+        }
+        match self.candidate {
+            Some((candidate, since))
+                if (now - candidate).abs() <= tolerance
+                    && mono.saturating_sub(since) >= Self::SETTLE =>
+            {
+                self.offset = now;
+                self.candidate = None;
+                ClockVerdict::Steady
+            }
+            Some((candidate, _)) if (now - candidate).abs() <= tolerance => {
+                ClockVerdict::Jumped { by_micros: drift }
+            }
+            _ => {
+                self.candidate = Some((now, mono));
+                ClockVerdict::Jumped { by_micros: drift }
+            }
+        }
+    }
+}
+
+fn offset(wall: Timestamp, mono: Duration) -> i128 {
+    i128::from(wall.as_micros()) - i128::try_from(mono.as_micros()).unwrap_or(i128::MAX)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -156,6 +249,74 @@ mod tests {
         let t = Timestamp::from_micros(1_999);
         assert_eq!(t.as_millis(), 1);
         assert_eq!(t.to_rfc3339(), "1970-01-01T00:00:00.001Z");
+    }
+
+    #[test]
+    fn v7_ids_follow_the_instant_and_sort_in_the_order_made() {
+        let t = Timestamp::from_millis(1_795_255_200_123);
+        let ids: Vec<uuid::Uuid> = (0..100).map(|_| t.new_v7()).collect();
+        assert!(ids.windows(2).all(|pair| pair[0] < pair[1]), "{ids:?}");
+        let (seconds, nanos) = ids[0].get_timestamp().expect("a v7 id").to_unix();
+        assert_eq!((seconds, nanos / 1_000_000), (1_795_255_200, 123));
+        // A clock before 1970 reads as the epoch, and that still makes an id.
+        assert_eq!(Timestamp::EPOCH.new_v7().get_version_num(), 7);
+    }
+
+    #[test]
+    fn the_wall_clock_is_trusted_while_it_keeps_pace_within_the_tolerance() {
+        let start = Timestamp::from_millis(1_795_255_200_000);
+        let mut watch = ClockWatch::new(start, Duration::ZERO);
+        let minute = Duration::from_secs(60);
+        assert_eq!(watch.check(start + minute, minute), ClockVerdict::Steady);
+        // A slow correction, exactly at the tolerance, is followed.
+        let corrected = start + 2 * minute + ClockWatch::TOLERANCE;
+        assert_eq!(watch.check(corrected, 2 * minute), ClockVerdict::Steady);
+        // One microsecond past the tolerance (from the followed offset) is a jump.
+        let jumped = corrected + minute + ClockWatch::TOLERANCE + Duration::from_micros(1);
+        assert_eq!(
+            watch.check(jumped, 3 * minute),
+            ClockVerdict::Jumped {
+                by_micros: 60_000_001
+            }
+        );
+    }
+
+    #[test]
+    fn a_jump_is_distrusted_until_it_returns_or_holds_for_the_settle_time() {
+        let start = Timestamp::from_millis(1_795_255_200_000);
+        let two_days = Duration::from_secs(2 * 24 * 3600);
+        let mut watch = ClockWatch::new(start, Duration::ZERO);
+        let at = |mono: Duration| start + mono;
+        // Two days ahead for a moment, then back.
+        let t = Duration::from_secs(60);
+        assert!(matches!(
+            watch.check(at(t) + two_days, t),
+            ClockVerdict::Jumped { .. }
+        ));
+        let t = Duration::from_secs(120);
+        assert_eq!(watch.check(at(t), t), ClockVerdict::Steady);
+
+        // Two days ahead and staying: distrusted until it has held for the settle time.
+        let jump_at = Duration::from_secs(180);
+        assert!(matches!(
+            watch.check(at(jump_at) + two_days, jump_at),
+            ClockVerdict::Jumped { .. }
+        ));
+        let almost = jump_at + ClockWatch::SETTLE - Duration::from_micros(1);
+        assert!(matches!(
+            watch.check(at(almost) + two_days, almost),
+            ClockVerdict::Jumped { .. }
+        ));
+        let settled = jump_at + ClockWatch::SETTLE;
+        assert_eq!(
+            watch.check(at(settled) + two_days, settled),
+            ClockVerdict::Steady
+        );
+        let later = settled + Duration::from_secs(60);
+        assert_eq!(
+            watch.check(at(later) + two_days, later),
+            ClockVerdict::Steady
+        );
     }
 
     #[test]

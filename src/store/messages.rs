@@ -85,8 +85,9 @@ impl WriteTx<'_> {
         };
 
         let seq = session.message_count + 1;
+        let created_at = now.max(session.last_message_at);
         let message = Message {
-            id: Uuid::now_v7(),
+            id: created_at.new_v7(),
             session_id,
             seq,
             parent_id,
@@ -95,7 +96,7 @@ impl WriteTx<'_> {
             is_agent: author_id == session.agent_id,
             // Message times never go backwards, so seq order is time order and the epoch-ms
             // bounds of a page can be found by binary search over seq.
-            created_at: now.max(session.last_message_at),
+            created_at,
             metadata_json: new.metadata_json.clone(),
             attachments: new.attachments.clone(),
         };
