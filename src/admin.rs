@@ -21,9 +21,25 @@ fn open_existing(data_dir: &Path) -> Result<Store> {
 /// The store cannot be opened or read.
 pub fn check(data_dir: &Path) -> Result<CheckReport> {
     let store = open_existing(data_dir)?;
-    let report = store.check()?;
+    let report = reading_damage(data_dir, || store.check())?;
     store.close()?;
     Ok(report)
+}
+
+/// Runs a read of the whole store, turning a panic of the storage engine on damaged files
+/// into [`Error::Damaged`].
+fn reading_damage<T>(data_dir: &Path, read: impl FnOnce() -> Result<T>) -> Result<T> {
+    crate::error::catch_quietly(read).unwrap_or_else(|panic| {
+        Err(Error::Damaged {
+            path: data_dir.display().to_string(),
+            detail: format!("the storage engine failed reading it: {panic}"),
+        })
+    })
+}
+
+/// The report of `check` on a store that could not be read at all.
+pub fn render_damaged(data_dir: &Path, error: &Error) -> String {
+    format!("{}: 1 problem:\n  - {error}\n", data_dir.display())
 }
 
 /// A readable rendering of a check report.
@@ -59,8 +75,9 @@ pub fn render_check(data_dir: &Path, report: &CheckReport) -> String {
 /// The store cannot be opened or read.
 pub fn stats(data_dir: &Path) -> Result<String> {
     let store = open_existing(data_dir)?;
-    let counts = store.counts(Timestamp::now())?;
-    let trees = store.tree_stats()?;
+    let (counts, trees) = reading_damage(data_dir, || {
+        Ok((store.counts(Timestamp::now())?, store.tree_stats()?))
+    })?;
     let on_disk = store.size_on_disk()?;
     store.close()?;
     let mut out = String::new();

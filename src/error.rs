@@ -37,6 +37,38 @@ pub enum Error {
     /// A write panicked; it changed nothing, and the writes batched with it went on.
     #[error("a write failed unexpectedly: {0}")]
     Panicked(String),
+    /// The store's files are damaged: the storage engine failed on them.
+    #[error("the store in {path} is damaged ({detail}); restore it from a backup, or move the directory aside to start with an empty store")]
+    Damaged {
+        /// The data directory.
+        path: String,
+        /// What failed.
+        detail: String,
+    },
+}
+
+/// The message of a caught panic.
+pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|message| (*message).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".into())
+}
+
+/// Runs `work`, turning a panic into `Err(message)` without the panic's report on stderr:
+/// for code that fails by panicking on bad input (the storage engine on damaged files),
+/// where the caller reports the failure itself, in one line.
+pub(crate) fn catch_quietly<T>(work: impl FnOnce() -> T) -> std::result::Result<T, String> {
+    static SWAP: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _swap = SWAP
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(work));
+    std::panic::set_hook(report);
+    outcome.map_err(|panic| panic_message(panic.as_ref()))
 }
 
 impl Error {

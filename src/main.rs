@@ -14,7 +14,9 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+            // sled's own lines repeat what sessiond reports about the store, in its terms.
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,sled=off".into()),
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
@@ -30,6 +32,13 @@ fn main() -> ExitCode {
                     } else {
                         ExitCode::FAILURE
                     }
+                }
+                Err(error @ sessiond::Error::Damaged { .. }) => {
+                    print!(
+                        "{}",
+                        sessiond::admin::render_damaged(&args.data_dir, &error)
+                    );
+                    ExitCode::FAILURE
                 }
                 Err(error) => exit_with(&error),
             };
@@ -61,7 +70,9 @@ fn main() -> ExitCode {
 fn exit_with(error: &sessiond::Error) -> ExitCode {
     eprintln!("sessiond: {error}");
     match error {
-        sessiond::Error::Config(_) | sessiond::Error::InUse(_) => ExitCode::from(2),
+        sessiond::Error::Config(_)
+        | sessiond::Error::InUse(_)
+        | sessiond::Error::Damaged { .. } => ExitCode::from(2),
         _ => ExitCode::FAILURE,
     }
 }

@@ -223,3 +223,172 @@ fn sighup_and_sigquit_stop_the_server_as_sigterm_does() {
         let _next = Server::start(dir.path(), &[]);
     }
 }
+
+/// A store of `sessions` sessions, each with a long message, written through the library and
+/// closed: about 2.5 KB of log per session.
+fn write_store(dir: &Path, sessions: usize) {
+    use sessiond::domain::{NewMessage, Session, TimeoutConfig, Timestamp};
+    let runtime = tokio::runtime::Runtime::new().expect("a runtime");
+    runtime.block_on(async {
+        let store = sessiond::store::Store::open(dir, &Default::default()).expect("a new store");
+        let timeout = TimeoutConfig {
+            timeout_minutes: 60,
+            auto_renew: true,
+            max_duration_minutes: 720,
+            warning_threshold_minutes: 5,
+        };
+        for _ in 0..sessions {
+            let now = Timestamp::now();
+            let session = Session::new(
+                now.new_v7(),
+                now.new_v7(),
+                now.new_v7(),
+                timeout,
+                format!("{{\"pad\":\"{}\"}}", "x".repeat(600)),
+                now,
+            );
+            let id = session.id;
+            store.create_session(session).await.expect("stored");
+            let message = NewMessage {
+                content: "y".repeat(2000),
+                parent_id: None,
+                author_id: None,
+                metadata_json: "{}".into(),
+                attachments: Vec::new(),
+            };
+            store
+                .append_message(
+                    id,
+                    message,
+                    std::sync::Arc::new(sessiond::domain::SystemClock),
+                )
+                .await
+                .expect("stored")
+                .expect("accepted");
+        }
+        store.flush().expect("flushed");
+        store.close().expect("closed");
+    });
+}
+
+/// Copies the files of the store in `from` into `to` (a directory of files, and `blobs/`).
+fn copy_store(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to.join("blobs")).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        if entry.file_type().unwrap().is_file() {
+            std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+        }
+    }
+}
+
+#[test]
+fn a_truncated_store_is_reported_in_one_line_never_with_a_panic() {
+    // Arrange: a real store, and two copies with their log cut short.
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let original = dir.path().join("original");
+    write_store(&original, 200);
+    let log_len = std::fs::metadata(original.join("db")).unwrap().len();
+    assert!(log_len > 1024 * 1024, "the log is only {log_len} bytes");
+    let mut damaged = Vec::new();
+    for (name, len) in [("half", log_len / 2), ("short", log_len - 512 * 1024)] {
+        let copy = dir.path().join(name);
+        copy_store(&original, &copy);
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(copy.join("db"))
+            .unwrap()
+            .set_len(len)
+            .unwrap();
+        damaged.push(copy);
+    }
+
+    let mut refused = 0;
+    for store in &damaged {
+        // Act: sled either refuses the log or recovers the part before the cut, as after a
+        // crash. Either way: no panic, and a refusal is one line.
+        let serve = serve_briefly(store);
+        let stats = run(&["stats"], store);
+        let check = run(&["check"], store);
+
+        // Assert
+        let mut refusals = vec![("stats", &stats)];
+        if let Some(output) = &serve {
+            refusals.push(("serve", output));
+        }
+        for (name, output) in refusals {
+            let lines = stderr_lines(output);
+            if output.status.success() {
+                continue;
+            }
+            refused += 1;
+            assert_eq!(output.status.code(), Some(2), "{name}: {lines:?}");
+            assert_eq!(lines.len(), 1, "{name}: {lines:?}");
+            assert!(lines[0].contains("is damaged"), "{name}: {lines:?}");
+            assert!(
+                lines[0].contains(&store.display().to_string()),
+                "{name}: {lines:?}"
+            );
+        }
+        let report = String::from_utf8_lossy(&check.stdout);
+        match check.status.code() {
+            Some(0) => assert!(report.contains("clean"), "{report}"),
+            Some(1) => assert!(report.contains("problem"), "{report}"),
+            other => panic!("check exited with {other:?}: {check:?}"),
+        }
+        for output in [&stats, &check].into_iter().chain(serve.as_ref()) {
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            assert!(!stderr.contains("panicked"), "{stderr}");
+        }
+    }
+    // These cuts are known to break this log (sled panicked on them before).
+    assert!(
+        refused > 0,
+        "no copy was refused: the test no longer reaches damage"
+    );
+}
+
+/// Runs `serve` on `store` for up to 20 seconds: `Some(output)` when it exits by itself
+/// (refusing the store), `None` when it is still serving then (it is stopped).
+fn serve_briefly(store: &Path) -> Option<Output> {
+    let mut child = Command::new(BINARY)
+        .args(["serve", "--addr", "127.0.0.1:0", "--data-dir"])
+        .arg(store)
+        .env_remove("SESSIOND_API_KEY")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the binary runs");
+    let stderr = child.stderr.take().expect("stderr is piped");
+    let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let sink = log.clone();
+    let reader = std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let mut sink = sink.lock().unwrap();
+            sink.push_str(&line);
+            sink.push('\n');
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if child.try_wait().expect("waitable").is_some() {
+            let mut output = child.wait_with_output().expect("its output");
+            reader.join().expect("the reader ends with the pipe");
+            output.stderr = log.lock().unwrap().clone().into_bytes();
+            return Some(output);
+        }
+        if log.lock().unwrap().contains("sessiond listening") {
+            let _ = child.kill();
+            let _ = child.wait();
+            let _ = reader.join();
+            let log = log.lock().unwrap();
+            assert!(!log.contains("panicked"), "{log}");
+            return None;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "serve neither listened nor exited"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

@@ -215,15 +215,29 @@ pub(crate) fn is_held_lock(error: &std::io::Error) -> bool {
 
 fn open_db(path: &Path, options: &StoreOptions) -> Result<sled::Db> {
     let started = std::time::Instant::now();
+    let damaged = |detail: String| Error::Damaged {
+        path: path.display().to_string(),
+        detail,
+    };
     loop {
-        let opened = sled::Config::new()
-            .path(path)
-            .cache_capacity(options.cache_capacity_bytes)
-            // sled records the choice in the store: a compressed store needs a build with
-            // the feature, and the other way round.
-            .use_compression(cfg!(feature = "compression"))
-            .open();
+        // sled 0.34 panics on some damaged logs (a truncated one, for instance).
+        let opened = crate::error::catch_quietly(|| {
+            sled::Config::new()
+                .path(path)
+                .cache_capacity(options.cache_capacity_bytes)
+                // sled records the choice in the store: a compressed store needs a build
+                // with the feature, and the other way round.
+                .use_compression(cfg!(feature = "compression"))
+                .open()
+        })
+        .map_err(|panic| damaged(format!("the storage engine failed reading it: {panic}")))?;
         match opened {
+            Err(sled::Error::Corruption { at, .. }) => {
+                return Err(damaged(match at {
+                    Some(at) => format!("the storage engine found corrupt data at {at}"),
+                    None => "the storage engine found corrupt data".into(),
+                }));
+            }
             Err(sled::Error::Io(e)) if is_held_lock(&e) => {
                 if started.elapsed() >= LOCK_WAIT {
                     return Err(Error::InUse(path.display().to_string()));

@@ -330,7 +330,9 @@ fn commit(
                         job.run(&tx, next_id)
                     }))
                     .unwrap_or_else(|panic| {
-                        Err(broken(Error::Panicked(panic_message(panic.as_ref()))))
+                        Err(broken(Error::Panicked(crate::error::panic_message(
+                            panic.as_ref(),
+                        ))))
                     });
                     match ran {
                         Ok(mut events) => {
@@ -384,14 +386,6 @@ fn commit(
             }
         }
     }
-}
-
-fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
-    panic
-        .downcast_ref::<&str>()
-        .map(|message| (*message).to_owned())
-        .or_else(|| panic.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "a write panicked".into())
 }
 
 /// Flushes, syncs, then publishes the events the flush made durable.
