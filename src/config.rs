@@ -145,6 +145,12 @@ pub struct ServeConfig {
     #[arg(long, env = "SESSIOND_MAX_CONNECTIONS", default_value_t = 1024)]
     pub max_connections: usize,
 
+    /// Most streams open at once (event streams and `transport: "sse"` answers), below
+    /// --max-connections so that ordinary requests always have connections left; past it a
+    /// stream is refused with 503.
+    #[arg(long, env = "SESSIOND_MAX_STREAMS", default_value_t = 512)]
+    pub max_streams: usize,
+
     /// Seconds a client has to send a request's headers, after connecting or after its
     /// previous response (so also the keep-alive idle limit).
     #[arg(
@@ -262,6 +268,12 @@ impl ServeConfig {
         }
         if self.max_connections == 0 {
             return Err("--max-connections must be at least 1".into());
+        }
+        if self.max_streams == 0 || self.max_streams >= self.max_connections {
+            return Err(format!(
+                "--max-streams ({}) must be at least 1 and below --max-connections ({}), so that ordinary requests always have connections left",
+                self.max_streams, self.max_connections
+            ));
         }
         if self.header_read_timeout_seconds == 0 || self.idle_timeout_seconds == 0 {
             return Err(
@@ -409,6 +421,21 @@ mod tests {
             .validate()
             .unwrap_err()
             .contains("--warning-threshold-minutes"));
+    }
+
+    #[test]
+    fn the_stream_cap_must_leave_connections_for_ordinary_requests() {
+        let config = ServeConfig {
+            max_streams: 8,
+            max_connections: 8,
+            ..ServeConfig::default()
+        };
+        assert!(config.validate().unwrap_err().contains("--max-streams (8)"));
+        let below = ServeConfig {
+            max_streams: 7,
+            ..config
+        };
+        assert_eq!(below.validate(), Ok(()));
     }
 
     #[test]

@@ -301,6 +301,16 @@ impl ApiError {
         )
     }
 
+    /// 503 STREAMS_EXHAUSTED.
+    pub fn streams_exhausted() -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "STREAMS_EXHAUSTED",
+            "Too many open streams",
+            "the server has as many event streams open as it allows (--max-streams); retry later",
+        )
+    }
+
     /// 503 STORAGE_UNAVAILABLE: the cause is logged under a request id.
     pub fn storage_unavailable(cause: &dyn std::fmt::Display) -> Self {
         let request_id = uuid::Uuid::new_v4();

@@ -154,6 +154,7 @@ async fn stream_session_events(
         (status = 400, description = "INVALID_UUID, INVALID_LAST_EVENT_ID, or INVALID_QUERY unless exactly one of agentId and userId is given.", body = super::error::Envelope),
         (status = 401, description = "UNAUTHORIZED: an API key is configured and X-API-Key is missing or wrong.", body = super::error::Envelope),
         (status = 409, description = "LAST_EVENT_ID_UNKNOWN: Last-Event-ID is ahead of the newest event, so this store never issued it.", body = super::error::Envelope),
+        (status = 503, description = "STREAMS_EXHAUSTED: --max-streams streams are open.", body = super::error::Envelope),
     ),
 )]
 async fn stream_owner_events(
@@ -179,10 +180,13 @@ fn event_stream(
     filter: EventFilter,
     last_event_id: Option<u64>,
 ) -> Result<Response, ApiError> {
-    let events = state
-        .store
-        .events(filter, last_event_id)?
-        .map(|event| Ok::<_, Infallible>(to_sse(&event)))
+    let events = state.store.events(filter, last_event_id)?;
+    let permit = state.stream_permit()?;
+    let events = events
+        .map(move |event| {
+            let _open = &permit;
+            Ok::<_, Infallible>(to_sse(&event))
+        })
         .take_until(state.shutdown.clone().cancelled_owned());
     Ok(sse::reply(sse::keep_alive().interval(KEEP_ALIVE).stream(events)).into_response())
 }

@@ -169,6 +169,11 @@ async fn create_message(
         author_id: uuid_field(&body, "authorId")?,
     };
     let transport = transport_field(&body)?;
+    // Before the message is stored: a refused stream must not leave it behind.
+    let stream_permit = match transport {
+        Transport::Sse => Some(state.stream_permit()?),
+        Transport::Http | Transport::Websocket => None,
+    };
     // Subscribe before appending: the agent may answer before this handler looks.
     let replies = (transport != Transport::Websocket).then(|| {
         state
@@ -201,6 +206,7 @@ async fn create_message(
             appended.message,
             context,
             replies.events,
+            stream_permit,
         )),
         _ => Ok(json(StatusCode::CREATED, &created)),
     }
@@ -273,6 +279,7 @@ fn reply_stream(
     message: Message,
     context: SessionContext,
     events: mpsc::Receiver<Arc<Event>>,
+    permit: Option<tokio::sync::OwnedSemaphorePermit>,
 ) -> Response {
     let first = sse_event(
         None,
@@ -303,7 +310,10 @@ fn reply_stream(
     );
     let stream = futures_util::stream::once(async { first })
         .chain(following)
-        .map(Ok::<_, std::convert::Infallible>);
+        .map(move |event| {
+            let _open = &permit;
+            Ok::<_, std::convert::Infallible>(event)
+        });
     sse::reply(sse::keep_alive().interval(KEEP_ALIVE).stream(stream)).into_response()
 }
 

@@ -46,6 +46,21 @@ pub(crate) struct AppState {
     pub shutdown: tokio_util::sync::CancellationToken,
     /// Browser origins allowed by CORS; empty: no CORS headers at all.
     pub cors_origins: Arc<[String]>,
+    /// One permit per stream open (event streams, reply streams).
+    pub streams: Arc<tokio::sync::Semaphore>,
+}
+
+impl AppState {
+    /// A permit for one more stream, held for as long as the stream is open.
+    ///
+    /// # Errors
+    /// 503 STREAMS_EXHAUSTED when --max-streams are open; the connection is closed after it.
+    pub(crate) fn stream_permit(&self) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
+        self.streams
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| ApiError::streams_exhausted().closing())
+    }
 }
 
 impl AppState {
@@ -61,6 +76,7 @@ impl AppState {
             reply_timeout: config.reply_timeout(),
             shutdown: tokio_util::sync::CancellationToken::new(),
             cors_origins: config.cors_origins.clone().into(),
+            streams: Arc::new(tokio::sync::Semaphore::new(config.max_streams)),
         }
     }
 }

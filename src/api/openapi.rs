@@ -58,7 +58,8 @@ pub(super) enum ServerErrors {
     /// INTERNAL_ERROR: never leaks internals; logged with a request id.
     #[response(status = 500)]
     Internal(super::error::Envelope<'static>),
-    /// STORAGE_UNAVAILABLE: the store cannot write or read.
+    /// STORAGE_UNAVAILABLE: the store cannot write or read. STREAMS_EXHAUSTED, on the routes
+    /// that stream: as many streams are open as the server allows.
     #[response(status = 503)]
     StorageUnavailable(super::error::Envelope<'static>),
 }

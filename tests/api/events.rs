@@ -1456,3 +1456,63 @@ async fn a_malformed_last_event_id_is_400_invalid_last_event_id() {
         one.expect_error(400, "INVALID_LAST_EVENT_ID");
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// The stream cap
+
+#[tokio::test(flavor = "multi_thread")]
+async fn streams_past_the_cap_are_refused_with_503_while_ordinary_requests_are_served() {
+    // Arrange: two streams allowed, both taken.
+    let app = spawn_app_with(|config| {
+        config.max_streams = 2;
+        config.max_connections = 10;
+    })
+    .await;
+    let session = app.create_session().await;
+    let first = EventStream::open(&app, &session_events(&session.id), None).await;
+    let _second = EventStream::open(&app, &agent_events(&session.agent_id), None).await;
+
+    // Act
+    let third = app.get(&user_events(&session.user_id)).await;
+    let reply_stream = app
+        .post_message(&session.id, &json!({"content": "hi", "transport": "sse"}))
+        .await;
+    let ordinary = app.get(&format!("/sessions/{}", session.id)).await;
+    drop(first);
+    let deadline = Instant::now() + WAIT;
+    // Only the head: a granted stream's body never ends.
+    let reopened = loop {
+        let status = app
+            .api(Method::GET, &session_events(&session.id))
+            .send()
+            .await
+            .expect("the server answers")
+            .status();
+        if status.as_u16() != 503 || Instant::now() > deadline {
+            break status;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+
+    // Assert
+    assert_eq!(
+        third
+            .headers
+            .get("connection")
+            .and_then(|v| v.to_str().ok()),
+        Some("close")
+    );
+    third.expect_error(503, "STREAMS_EXHAUSTED");
+    reply_stream.expect_error(503, "STREAMS_EXHAUSTED");
+    let info = ordinary.expect(200);
+    assert_eq!(
+        info["messageCount"],
+        json!(0),
+        "a refused stream stored its message"
+    );
+    assert_eq!(
+        reopened.as_u16(),
+        200,
+        "a closed stream's place was not freed"
+    );
+}

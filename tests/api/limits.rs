@@ -82,9 +82,14 @@ async fn a_connection_that_moves_no_bytes_is_closed_after_the_idle_timeout() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn connections_over_the_cap_wait_until_one_closes() {
-    // Arrange: one connection at a time; the first one stays open and idle.
-    let app = spawn_app_with(|c| c.max_connections = 1).await;
+    // Arrange: two connections at a time; the first two stay open and idle.
+    let app = spawn_app_with(|c| {
+        c.max_connections = 2;
+        c.max_streams = 1;
+    })
+    .await;
     let first = TcpStream::connect(app.addr).expect("the first connection is accepted");
+    let _second = TcpStream::connect(app.addr).expect("the second connection is accepted");
     let url = app.url(&format!("{API}/sessions/health"));
     let client = reqwest::Client::builder()
         .timeout(Duration::from_millis(700))
@@ -106,7 +111,7 @@ async fn connections_over_the_cap_wait_until_one_closes() {
     // Assert
     assert!(
         while_held.is_err(),
-        "a second connection was served while the cap was taken"
+        "a third connection was served while the cap was taken"
     );
     assert_eq!(after.expect("served once the first connection closed"), 200);
 }
