@@ -160,6 +160,15 @@ pub struct ServeConfig {
     )]
     pub header_read_timeout_seconds: u64,
 
+    /// Seconds a client has to send a whole request, headers and body, after connecting or
+    /// after its previous response: a body trickled in a byte at a time is cut off.
+    #[arg(
+        long,
+        env = "SESSIOND_REQUEST_READ_TIMEOUT_SECONDS",
+        default_value_t = 30
+    )]
+    pub request_read_timeout_seconds: u64,
+
     /// Seconds a connection may pass with no byte read or written before it is closed. A
     /// connection whose request the server is still answering (a held reply, an event
     /// stream) is not idle.
@@ -281,6 +290,12 @@ impl ServeConfig {
                     .into(),
             );
         }
+        if self.request_read_timeout_seconds < self.header_read_timeout_seconds {
+            return Err(format!(
+                "--request-read-timeout-seconds ({}) must be at least --header-read-timeout-seconds ({}): a request's headers are part of it",
+                self.request_read_timeout_seconds, self.header_read_timeout_seconds
+            ));
+        }
         if self.header_read_timeout_seconds > self.idle_timeout_seconds {
             return Err(format!(
                 "--header-read-timeout-seconds ({}) must not exceed --idle-timeout-seconds ({}): a client still sending its headers would be cut off as idle first",
@@ -341,6 +356,7 @@ impl ServeConfig {
         crate::http::ConnectionLimits {
             max_connections: self.max_connections,
             header_read_timeout: Duration::from_secs(self.header_read_timeout_seconds),
+            request_read_timeout: Duration::from_secs(self.request_read_timeout_seconds),
             idle_timeout: Duration::from_secs(self.idle_timeout_seconds),
             drain_timeout: DRAIN_TIMEOUT,
         }

@@ -4,7 +4,6 @@
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -28,6 +27,9 @@ pub struct ConnectionLimits {
     /// A client must send a whole request head within this long of connecting or of its
     /// previous response.
     pub header_read_timeout: Duration,
+    /// A client must send a whole request, head and body, within this long of connecting or
+    /// of its previous response.
+    pub request_read_timeout: Duration,
     /// A connection with no bytes read or written for this long is closed, unless the
     /// server is answering one of its requests (a held reply, an event stream).
     pub idle_timeout: Duration,
@@ -75,15 +77,11 @@ pub async fn serve(
             },
         };
         let _ = stream.set_nodelay(true);
-        let answering = Arc::new(AtomicUsize::new(0));
-        let io = TokioIo::new(IdleTimeout::new(
-            stream,
-            limits.idle_timeout,
-            answering.clone(),
-        ));
+        let state = Arc::new(ConnectionState::new());
+        let io = TokioIo::new(IdleTimeout::new(stream, limits, state.clone()));
         let service = Tracked {
             inner: hyper_util::service::TowerToHyperService::new(warp::service(routes.clone())),
-            answering,
+            state,
         };
         let connection = graceful.watch(
             builder
@@ -109,20 +107,55 @@ pub async fn serve(
     while connections.join_next().await.is_some() {}
 }
 
-/// One request and its answer, as the idle timeout sees them. Once the request has been
-/// read whole (or its body given up) and until its response has been sent whole, the wait
-/// is the server's — a held reply, an event stream — and the connection is not idle.
+/// What a connection is doing, as its timeouts see it: waiting for a request (from accept,
+/// or from the end of the last exchange), reading one, or answering one.
+struct ConnectionState {
+    inner: Mutex<Phases>,
+}
+
+#[derive(Clone, Copy)]
+struct Phases {
+    /// Requests whose head has arrived and whose body has not been read whole.
+    reading: usize,
+    /// Requests read whole whose response is not finished.
+    answering: usize,
+    /// When the connection began waiting for the request it is now waiting for or reading.
+    waiting_since: Instant,
+}
+
+impl ConnectionState {
+    fn new() -> Self {
+        ConnectionState {
+            inner: Mutex::new(Phases {
+                reading: 0,
+                answering: 0,
+                waiting_since: Instant::now(),
+            }),
+        }
+    }
+
+    fn phases(&self) -> std::sync::MutexGuard<'_, Phases> {
+        // Counters and an instant: a panic cannot leave them half-updated.
+        self.inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// One request and its answer. Once the request has been read whole (or its body given
+/// up) and until its response has been sent whole, the wait is the server's — a held
+/// reply, an event stream — and the connection is not idle.
 struct Exchange {
-    /// The connection's count of requests being answered.
-    answering: Arc<AtomicUsize>,
+    connection: Arc<ConnectionState>,
     /// (request read, response done).
     state: Mutex<(bool, bool)>,
 }
 
 impl Exchange {
-    fn new(answering: Arc<AtomicUsize>) -> Arc<Self> {
+    fn new(connection: Arc<ConnectionState>) -> Arc<Self> {
+        connection.phases().reading += 1;
         Arc::new(Exchange {
-            answering,
+            connection,
             state: Mutex::new((false, false)),
         })
     }
@@ -138,8 +171,10 @@ impl Exchange {
         let mut state = self.state();
         if !state.0 {
             state.0 = true;
+            let mut phases = self.connection.phases();
+            phases.reading -= 1;
             if !state.1 {
-                self.answering.fetch_add(1, Ordering::SeqCst);
+                phases.answering += 1;
             }
         }
     }
@@ -148,8 +183,12 @@ impl Exchange {
         let mut state = self.state();
         if !state.1 {
             state.1 = true;
+            let mut phases = self.connection.phases();
             if state.0 {
-                self.answering.fetch_sub(1, Ordering::SeqCst);
+                phases.answering -= 1;
+            }
+            if phases.answering == 0 && phases.reading == 0 {
+                phases.waiting_since = Instant::now();
             }
         }
     }
@@ -158,7 +197,7 @@ impl Exchange {
 /// The connection's service, with each request's [`Exchange`] tracked.
 struct Tracked<S> {
     inner: S,
-    answering: Arc<AtomicUsize>,
+    state: Arc<ConnectionState>,
 }
 
 impl<S, B> hyper::service::Service<Request<Incoming>> for Tracked<S>
@@ -172,7 +211,7 @@ where
         Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send + 'static>>;
 
     fn call(&self, request: Request<Incoming>) -> Self::Future {
-        let exchange = Exchange::new(self.answering.clone());
+        let exchange = Exchange::new(self.state.clone());
         let request = request.map(|body| TrackedBody::request(body, exchange.clone()));
         // Dropped unanswered (the client went away), the guard still ends the exchange.
         let answer = ResponseGuard(exchange);
@@ -260,40 +299,66 @@ impl<B: Body + Unpin> Body for TrackedBody<B> {
     }
 }
 
-/// A stream that fails with `TimedOut` once no byte has moved either way for `timeout`
-/// while no request is being answered.
+/// A stream that fails with `TimedOut` when its client is too slow: no byte moved either way
+/// for the idle timeout, no whole request head within the header timeout, or no whole
+/// request within the request timeout (both counted from accept or from the end of the
+/// previous exchange). None applies while the server is answering a request.
 struct IdleTimeout {
     stream: TcpStream,
-    timeout: Duration,
+    limits: ConnectionLimits,
+    last_moved: Instant,
     deadline: Pin<Box<Sleep>>,
-    answering: Arc<AtomicUsize>,
+    state: Arc<ConnectionState>,
 }
 
 impl IdleTimeout {
-    fn new(stream: TcpStream, timeout: Duration, answering: Arc<AtomicUsize>) -> Self {
+    fn new(stream: TcpStream, limits: ConnectionLimits, state: Arc<ConnectionState>) -> Self {
+        let now = Instant::now();
         IdleTimeout {
             stream,
-            timeout,
-            deadline: Box::pin(tokio::time::sleep(timeout)),
-            answering,
+            limits,
+            last_moved: now,
+            deadline: Box::pin(tokio::time::sleep_until(now + limits.header_read_timeout)),
+            state,
         }
     }
 
     fn moved(&mut self) {
-        self.deadline.as_mut().reset(Instant::now() + self.timeout);
+        self.last_moved = Instant::now();
     }
 
-    /// When the inner operation is pending, fails it if the connection has been idle too long.
+    /// The instant the client's time runs out, or `None` while the server is answering.
+    fn due(&self) -> Option<Instant> {
+        let phases = *self.state.phases();
+        if phases.answering > 0 {
+            return None;
+        }
+        let request_limit = if phases.reading > 0 {
+            self.limits.request_read_timeout
+        } else {
+            self.limits.header_read_timeout
+        };
+        Some((self.last_moved + self.limits.idle_timeout).min(phases.waiting_since + request_limit))
+    }
+
+    /// When the inner operation is pending, fails it if the client's time has run out.
     fn check_idle<T>(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<T>> {
         loop {
+            let due = self
+                .due()
+                .unwrap_or_else(|| Instant::now() + self.limits.idle_timeout);
+            if self.deadline.deadline() != due {
+                self.deadline.as_mut().reset(due);
+            }
             match self.deadline.as_mut().poll(cx) {
-                Poll::Ready(()) if self.answering.load(Ordering::SeqCst) > 0 => self.moved(),
-                Poll::Ready(()) => {
+                // Time's up unless the phase changed since the deadline was set.
+                Poll::Ready(()) if self.due().is_some_and(|due| due <= Instant::now()) => {
                     return Poll::Ready(Err(io::Error::new(
                         io::ErrorKind::TimedOut,
-                        "connection idle too long",
+                        "the client took too long",
                     )))
                 }
+                Poll::Ready(()) => {}
                 Poll::Pending => return Poll::Pending,
             }
         }

@@ -218,3 +218,85 @@ async fn a_reply_wait_longer_than_the_idle_timeout_still_gets_its_answer() {
         "{streamed}"
     );
 }
+
+/// A connection that sends nothing at all is closed after the header timeout from accept,
+/// not held for the (longer) idle timeout; so is an idle keep-alive connection.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_silent_connection_is_closed_after_the_header_timeout_from_accept() {
+    // Arrange
+    let app = spawn_app_with(|c| {
+        c.header_read_timeout_seconds = 1;
+        c.idle_timeout_seconds = 60;
+    })
+    .await;
+    let addr = app.addr;
+
+    // Act
+    let (silent, kept_alive) = tokio::task::spawn_blocking(move || {
+        let mut silent = TcpStream::connect(addr).expect("connects");
+        let silent = read_until_closed(&mut silent, Duration::from_secs(20)).1;
+        let mut kept_alive = TcpStream::connect(addr).expect("connects");
+        kept_alive
+            .write_all(b"GET /api/messaging/sessions/health HTTP/1.1\r\nHost: x\r\n\r\n")
+            .expect("writes a request");
+        let (answer, kept_alive) = read_until_closed(&mut kept_alive, Duration::from_secs(20));
+        assert!(String::from_utf8_lossy(&answer).contains("200 OK"));
+        (silent, kept_alive)
+    })
+    .await
+    .expect("the client thread ends");
+
+    // Assert
+    assert!(
+        silent < Duration::from_secs(5),
+        "held silent for {silent:?}"
+    );
+    assert!(
+        kept_alive < Duration::from_secs(5),
+        "held idle for {kept_alive:?}"
+    );
+}
+
+/// A body trickled in a byte at a time moves bytes well within the idle timeout, and is
+/// still cut off at the whole-request deadline.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_trickled_body_is_cut_off_at_the_request_read_deadline() {
+    // Arrange
+    let app = spawn_app_with(|c| {
+        c.header_read_timeout_seconds = 1;
+        c.request_read_timeout_seconds = 2;
+        c.idle_timeout_seconds = 60;
+    })
+    .await;
+    let addr = app.addr;
+
+    // Act
+    let (sent, took) = tokio::task::spawn_blocking(move || {
+        let started = Instant::now();
+        let mut stream = TcpStream::connect(addr).expect("connects");
+        stream
+            .write_all(
+                b"POST /api/messaging/sessions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n",
+            )
+            .expect("writes a head");
+        let mut sent = 0;
+        while started.elapsed() < Duration::from_secs(20) && stream.write_all(b" ").is_ok() {
+            sent += 1;
+            std::thread::sleep(Duration::from_millis(200));
+            let mut probe = [0u8; 1];
+            stream.set_nonblocking(true).expect("nonblocking");
+            let closed = matches!(stream.read(&mut probe), Ok(0));
+            stream.set_nonblocking(false).expect("blocking");
+            if closed {
+                break;
+            }
+        }
+        (sent, started.elapsed())
+    })
+    .await
+    .expect("the client thread ends");
+
+    // Assert
+    assert!(sent < 100, "the whole body went through ({sent} bytes)");
+    assert!(took < Duration::from_secs(6), "trickled for {took:?}");
+}
