@@ -109,6 +109,11 @@ pub struct ServeConfig {
     #[arg(long, env = "SESSIOND_MAX_BODY_BYTES", default_value_t = DEFAULT_MAX_BODY_BYTES)]
     pub max_body_bytes: u64,
 
+    /// Most request-body bytes being read at once, across all requests, in MiB: past it a
+    /// request with a body is refused with 503 rather than grow memory.
+    #[arg(long, env = "SESSIOND_MAX_INFLIGHT_BODY_MB", default_value_t = 64)]
+    pub max_inflight_body_mb: u64,
+
     /// How long events are kept for replay with Last-Event-ID.
     #[arg(long, env = "SESSIOND_EVENT_RETENTION_MINUTES", default_value_t = 1440)]
     pub event_retention_minutes: u64,
@@ -258,6 +263,12 @@ impl ServeConfig {
         if self.max_body_bytes == 0 {
             return Err("--max-body-bytes must be at least 1".into());
         }
+        if self.inflight_body_budget() < self.max_body_bytes {
+            return Err(format!(
+                "--max-inflight-body-mb ({}) must hold at least one body of --max-body-bytes ({})",
+                self.max_inflight_body_mb, self.max_body_bytes
+            ));
+        }
         if self.cache_mb == 0 {
             return Err("--cache-mb must be at least 1".into());
         }
@@ -339,6 +350,11 @@ impl ServeConfig {
             (None, Some(minutes)) => Duration::from_secs(minutes.saturating_mul(60)),
             (None, None) => Duration::from_secs(DEFAULT_SWEEP_INTERVAL_SECONDS),
         }
+    }
+
+    /// Request-body bytes that may be in flight at once.
+    pub fn inflight_body_budget(&self) -> u64 {
+        self.max_inflight_body_mb.saturating_mul(1024 * 1024)
     }
 
     /// How long events are kept for replay.

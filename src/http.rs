@@ -37,6 +37,9 @@ pub struct ConnectionLimits {
     pub drain_timeout: Duration,
 }
 
+/// Requests one HTTP/2 connection may have in flight at once.
+pub const H2_STREAMS_PER_CONNECTION: u32 = 32;
+
 /// Serves `routes` on `listener` until `shutdown`, then stops accepting, lets in-flight
 /// requests finish (up to the drain timeout) and returns.
 pub async fn serve(
@@ -55,6 +58,11 @@ pub async fn serve(
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout);
+    // One HTTP/2 connection must not hold more requests (and their bodies) than this.
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(H2_STREAMS_PER_CONNECTION);
     loop {
         // Take a slot before accepting, so connections over the cap wait in the backlog.
         let slot = tokio::select! {

@@ -301,6 +301,16 @@ impl ApiError {
         )
     }
 
+    /// 503 SERVER_BUSY.
+    pub fn server_busy() -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "SERVER_BUSY",
+            "Too many requests in flight",
+            "the request bodies being read already fill the server's budget (--max-inflight-body-mb); retry later",
+        )
+    }
+
     /// 503 STREAMS_EXHAUSTED.
     pub fn streams_exhausted() -> Self {
         Self::new(

@@ -277,7 +277,10 @@ where
             None
         }
     };
-    let (content, workflow) = match read_body(&headers, body, state.max_body_bytes).await? {
+    let reserved = state.reserve_body(&headers)?;
+    let read = read_body(&headers, body, state.max_body_bytes).await?;
+    drop(reserved);
+    let (content, workflow) = match read {
         Body::Problem(found) => {
             problems.push(found);
             (None, None)

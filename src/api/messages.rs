@@ -169,6 +169,9 @@ async fn create_message(
         author_id: uuid_field(&body, "authorId")?,
     };
     let transport = transport_field(&body)?;
+    // A held request may wait long for its reply: keep only what it needs, not the body
+    // (ignored fields included) it came with.
+    drop(body);
     // Before the message is stored: a refused stream must not leave it behind.
     let stream_permit = match transport {
         Transport::Sse => Some(state.stream_permit()?),

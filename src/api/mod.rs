@@ -48,9 +48,30 @@ pub(crate) struct AppState {
     pub cors_origins: Arc<[String]>,
     /// One permit per stream open (event streams, reply streams).
     pub streams: Arc<tokio::sync::Semaphore>,
+    /// One permit per request-body byte being read.
+    pub body_budget: Arc<tokio::sync::Semaphore>,
 }
 
 impl AppState {
+    /// A reservation of the in-flight body budget for the body `headers` announce (one of
+    /// unknown length may be as long as the limit), to hold while it is read and parsed.
+    ///
+    /// # Errors
+    /// 503 SERVER_BUSY when the budget is spent; the connection is closed after it, as the
+    /// body is left unread.
+    pub(crate) fn reserve_body(
+        &self,
+        headers: &warp::http::HeaderMap,
+    ) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
+        let size = request::declared_length(headers)
+            .unwrap_or(self.max_body_bytes)
+            .min(self.max_body_bytes);
+        self.body_budget
+            .clone()
+            .try_acquire_many_owned(u32::try_from(size).unwrap_or(u32::MAX))
+            .map_err(|_| ApiError::server_busy().closing())
+    }
+
     /// A permit for one more stream, held for as long as the stream is open.
     ///
     /// # Errors
@@ -77,6 +98,11 @@ impl AppState {
             shutdown: tokio_util::sync::CancellationToken::new(),
             cors_origins: config.cors_origins.clone().into(),
             streams: Arc::new(tokio::sync::Semaphore::new(config.max_streams)),
+            body_budget: Arc::new(tokio::sync::Semaphore::new(
+                usize::try_from(config.inflight_body_budget())
+                    .unwrap_or(usize::MAX)
+                    .min(tokio::sync::Semaphore::MAX_PERMITS),
+            )),
         }
     }
 }

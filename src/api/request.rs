@@ -17,7 +17,7 @@ use crate::domain::{Attachment, TimeoutConfigPatch, TimeoutPolicy};
 pub type JsonObject = Map<String, Value>;
 
 /// The `Content-Length` the request declares, if any.
-fn declared_length(headers: &HeaderMap) -> Option<u64> {
+pub(crate) fn declared_length(headers: &HeaderMap) -> Option<u64> {
     headers
         .get(CONTENT_LENGTH)?
         .to_str()

@@ -46,13 +46,17 @@ pub(super) fn routes(
 
 /// The request body as a JSON object, or the error explaining why it is not one.
 pub(super) fn json_body(
-    state: &AppState,
+    state: &SharedState,
 ) -> impl Filter<Extract = (Result<JsonObject, ApiError>,), Error = Rejection> + Clone {
-    let limit = state.max_body_bytes;
+    let state = state.clone();
     warp::header::headers_cloned()
         .and(warp::body::stream())
-        .then(move |headers: HeaderMap, body| async move {
-            read_json_object(&headers, body, limit).await
+        .then(move |headers: HeaderMap, body| {
+            let state = state.clone();
+            async move {
+                let _reserved = state.reserve_body(&headers)?;
+                read_json_object(&headers, body, state.max_body_bytes).await
+            }
         })
 }
 

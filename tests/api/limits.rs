@@ -300,3 +300,52 @@ async fn a_trickled_body_is_cut_off_at_the_request_read_deadline() {
     assert!(sent < 100, "the whole body went through ({sent} bytes)");
     assert!(took < Duration::from_secs(6), "trickled for {took:?}");
 }
+
+/// Bodies being read share one budget: once requests announcing bodies have taken it,
+/// another request with a body is refused with 503 at once, and requests without a body
+/// are served.
+#[tokio::test(flavor = "multi_thread")]
+async fn bodies_past_the_in_flight_budget_are_refused_with_503() {
+    // Arrange: a 1 MiB budget, taken by 16 requests that announce 64 KiB and send none.
+    let app = spawn_app_with(|c| c.max_inflight_body_mb = 1).await;
+    let addr = app.addr;
+    let mut stuck = Vec::new();
+    for _ in 0..16 {
+        let mut stream = TcpStream::connect(addr).expect("connects");
+        stream
+            .write_all(
+                b"POST /api/messaging/sessions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 65536\r\n\r\n",
+            )
+            .expect("writes a head");
+        stuck.push(stream);
+    }
+
+    // Act: the reservations are made when the heads are read; retry until they are.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let refused = loop {
+        let reply = app.try_create_session(&json!({})).await;
+        if reply.status.as_u16() == 503 || Instant::now() > deadline {
+            break reply;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let health = app.get("/sessions/health").await;
+    drop(stuck);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let after = loop {
+        let reply = app
+            .try_create_session(
+                &json!({"agentId": crate::helpers::new_id(), "userId": crate::helpers::new_id()}),
+            )
+            .await;
+        if reply.status.as_u16() != 503 || Instant::now() > deadline {
+            break reply;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+
+    // Assert
+    refused.expect_error(503, "SERVER_BUSY");
+    health.expect(200);
+    after.expect(201);
+}
