@@ -14,6 +14,8 @@ pub const DEFAULT_ADDR: &str = "127.0.0.1:3000";
 pub const DEFAULT_DATA_DIR: &str = "./data";
 /// Default request body limit (64 KiB).
 pub const DEFAULT_MAX_BODY_BYTES: u64 = 64 * 1024;
+/// Default request head limit (64 KiB, as the body's).
+pub const DEFAULT_MAX_HEAD_BYTES: usize = 64 * 1024;
 /// How long shutdown waits for in-flight requests.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 /// Default sweep interval.
@@ -150,6 +152,11 @@ pub struct ServeConfig {
     #[arg(long, env = "SESSIOND_MAX_CONNECTIONS", default_value_t = 1024)]
     pub max_connections: usize,
 
+    /// Largest request head (request line and headers), in bytes; a larger one is answered
+    /// 431 HEADERS_TOO_LARGE.
+    #[arg(long, env = "SESSIOND_MAX_HEAD_BYTES", default_value_t = DEFAULT_MAX_HEAD_BYTES)]
+    pub max_head_bytes: usize,
+
     /// Most streams open at once (event streams and `transport: "sse"` answers), below
     /// --max-connections so that ordinary requests always have connections left; past it a
     /// stream is refused with 503.
@@ -259,6 +266,9 @@ impl ServeConfig {
         }
         if self.sweep_interval().is_zero() {
             return Err("the sweep interval must be at least one second".into());
+        }
+        if self.max_head_bytes < 1024 {
+            return Err("--max-head-bytes must be at least 1024".into());
         }
         if self.max_body_bytes == 0 {
             return Err("--max-body-bytes must be at least 1".into());
@@ -375,6 +385,7 @@ impl ServeConfig {
             request_read_timeout: Duration::from_secs(self.request_read_timeout_seconds),
             idle_timeout: Duration::from_secs(self.idle_timeout_seconds),
             drain_timeout: DRAIN_TIMEOUT,
+            max_head_bytes: self.max_head_bytes,
         }
     }
 

@@ -35,6 +35,8 @@ pub struct ConnectionLimits {
     pub idle_timeout: Duration,
     /// How long shutdown waits for in-flight requests before closing their connections.
     pub drain_timeout: Duration,
+    /// Largest request head (request line and headers) answered; larger is 431.
+    pub max_head_bytes: usize,
 }
 
 /// Requests one HTTP/2 connection may have in flight at once.
@@ -54,15 +56,19 @@ pub async fn serve(
     let mut connections: tokio::task::JoinSet<()> = tokio::task::JoinSet::new();
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut builder = auto::Builder::new(TokioExecutor::new());
+    // The read buffer holds a head a little over the cap, so that heads just over it get
+    // the envelope from `Tracked`, and those far over it hyper's own 431, rewritten.
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout);
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size((limits.max_head_bytes + 16 * 1024).max(8192));
     // One HTTP/2 connection must not hold more requests (and their bodies) than this.
     builder
         .http2()
         .timer(TokioTimer::new())
-        .max_concurrent_streams(H2_STREAMS_PER_CONNECTION);
+        .max_concurrent_streams(H2_STREAMS_PER_CONNECTION)
+        .max_header_list_size(u32::try_from(limits.max_head_bytes).unwrap_or(u32::MAX));
     loop {
         // Take a slot before accepting, so connections over the cap wait in the backlog.
         let slot = tokio::select! {
@@ -90,6 +96,7 @@ pub async fn serve(
         let service = Tracked {
             inner: hyper_util::service::TowerToHyperService::new(warp::service(routes.clone())),
             state,
+            max_head_bytes: limits.max_head_bytes,
         };
         let connection = graceful.watch(
             builder
@@ -206,14 +213,26 @@ impl Exchange {
 struct Tracked<S> {
     inner: S,
     state: Arc<ConnectionState>,
+    max_head_bytes: usize,
 }
 
-impl<S, B> hyper::service::Service<Request<Incoming>> for Tracked<S>
+/// The size of a request's head as sent over HTTP/1.1: request line, headers, blank line.
+fn head_size<B>(request: &Request<B>) -> usize {
+    let line = request.method().as_str().len() + request.uri().to_string().len() + 12;
+    let headers: usize = request
+        .headers()
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 4)
+        .sum();
+    line + headers + 2
+}
+
+impl<S> hyper::service::Service<Request<Incoming>> for Tracked<S>
 where
-    S: hyper::service::Service<Request<TrackedBody<Incoming>>, Response = Response<B>>,
+    S: hyper::service::Service<Request<TrackedBody<Incoming>>, Response = warp::reply::Response>,
     S::Future: Send + 'static,
 {
-    type Response = Response<TrackedBody<B>>;
+    type Response = Response<TrackedBody<<warp::reply::Response as BodyOf>::Body>>;
     type Error = S::Error;
     type Future =
         Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send + 'static>>;
@@ -223,15 +242,30 @@ where
         let request = request.map(|body| TrackedBody::request(body, exchange.clone()));
         // Dropped unanswered (the client went away), the guard still ends the exchange.
         let answer = ResponseGuard(exchange);
-        let response = self.inner.call(request);
-        Box::pin(async move {
-            let response = response.await?;
-            Ok(response.map(|body| TrackedBody {
+        let wrap = move |response: warp::reply::Response| {
+            response.map(|body| TrackedBody {
                 inner: body,
                 end: BodyEnd::Response(answer),
-            }))
-        })
+            })
+        };
+        if head_size(&request) > self.max_head_bytes {
+            let refused = crate::api::ApiError::headers_too_large(self.max_head_bytes)
+                .closing()
+                .into_response();
+            return Box::pin(async move { Ok(wrap(refused)) });
+        }
+        let response = self.inner.call(request);
+        Box::pin(async move { Ok(wrap(response.await?)) })
     }
+}
+
+/// The body type of a response type.
+trait BodyOf {
+    type Body;
+}
+
+impl<B> BodyOf for Response<B> {
+    type Body = B;
 }
 
 /// Ends the response side of an exchange when dropped.
@@ -317,6 +351,9 @@ struct IdleTimeout {
     last_moved: Instant,
     deadline: Pin<Box<Sleep>>,
     state: Arc<ConnectionState>,
+    /// An envelope answer being written in place of hyper's empty one: its bytes, how many
+    /// are written, and how many bytes of hyper's it stands for.
+    replacing: Option<(Vec<u8>, usize, usize)>,
 }
 
 impl IdleTimeout {
@@ -328,7 +365,41 @@ impl IdleTimeout {
             last_moved: now,
             deadline: Box::pin(tokio::time::sleep_until(now + limits.header_read_timeout)),
             state,
+            replacing: None,
         }
+    }
+
+    /// Writes `data`, or the envelope answer in its place when `data` is one of the empty
+    /// answers hyper writes on its own for a request it cannot parse (400, 414, 431).
+    fn poll_write_answer(&mut self, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+        if self.replacing.is_none() {
+            if let Some(replacement) = envelope_for_canned(data, self.limits.max_head_bytes) {
+                self.replacing = Some((replacement, 0, data.len()));
+            }
+        }
+        let Some((bytes, written, stands_for)) = self.replacing.as_mut() else {
+            return match Pin::new(&mut self.stream).poll_write(cx, data) {
+                Poll::Ready(result) => {
+                    if matches!(result, Ok(n) if n > 0) {
+                        self.moved();
+                    }
+                    Poll::Ready(result)
+                }
+                Poll::Pending => self.check_idle(cx),
+            };
+        };
+        while *written < bytes.len() {
+            match Pin::new(&mut self.stream).poll_write(cx, &bytes[*written..]) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                Poll::Ready(Ok(n)) => *written += n,
+                Poll::Ready(Err(error)) => return Poll::Ready(Err(error)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        let stands_for = *stands_for;
+        self.replacing = None;
+        self.moved();
+        Poll::Ready(Ok(stands_for))
     }
 
     fn moved(&mut self) {
@@ -398,15 +469,7 @@ impl AsyncWrite for IdleTimeout {
         cx: &mut Context<'_>,
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
-        match Pin::new(&mut self.stream).poll_write(cx, data) {
-            Poll::Ready(result) => {
-                if matches!(result, Ok(n) if n > 0) {
-                    self.moved();
-                }
-                Poll::Ready(result)
-            }
-            Poll::Pending => self.check_idle(cx),
-        }
+        self.poll_write_answer(cx, data)
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -422,6 +485,14 @@ impl AsyncWrite for IdleTimeout {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
+        // hyper's own answers go out whole, in one buffer.
+        if let Some(first) = bufs.iter().find(|buf| !buf.is_empty()) {
+            if self.replacing.is_some()
+                || envelope_for_canned(first, self.limits.max_head_bytes).is_some()
+            {
+                return self.poll_write_answer(cx, first);
+            }
+        }
         match Pin::new(&mut self.stream).poll_write_vectored(cx, bufs) {
             Poll::Ready(result) => {
                 if matches!(result, Ok(n) if n > 0) {
@@ -436,4 +507,44 @@ impl AsyncWrite for IdleTimeout {
     fn is_write_vectored(&self) -> bool {
         self.stream.is_write_vectored()
     }
+}
+
+/// The envelope answer for one of the empty answers hyper writes by itself when it cannot
+/// parse a request (`HTTP/1.1 431 …`, `414`, `400` with `content-length: 0`), which would
+/// otherwise reach the client without the envelope every error has. Handlers' answers are
+/// never empty errors, so they never match.
+fn envelope_for_canned(data: &[u8], max_head_bytes: usize) -> Option<Vec<u8>> {
+    let error = match data.get(..13)? {
+        b"HTTP/1.1 431 " => crate::api::ApiError::headers_too_large(max_head_bytes),
+        b"HTTP/1.1 414 " => crate::api::ApiError::uri_too_long(),
+        b"HTTP/1.1 400 " => crate::api::ApiError::invalid_request(),
+        _ => return None,
+    };
+    let head_end = data.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let head = std::str::from_utf8(&data[..head_end]).ok()?;
+    let empty = head
+        .split("\r\n")
+        .any(|line| line.eq_ignore_ascii_case("content-length: 0"));
+    if data.len() != head_end + 4 || !empty {
+        return None;
+    }
+    let body = error.envelope_json();
+    let date = head
+        .split("\r\n")
+        .find(|line| {
+            line.get(..5)
+                .is_some_and(|name| name.eq_ignore_ascii_case("date:"))
+        })
+        .map(|line| format!("{line}\r\n"))
+        .unwrap_or_default();
+    let status = error.status;
+    Some(
+        format!(
+            "HTTP/1.1 {} {}\r\nconnection: close\r\ncontent-type: application/json\r\ncontent-length: {}\r\n{date}\r\n{body}",
+            status.as_u16(),
+            status.canonical_reason().unwrap_or_default(),
+            body.len()
+        )
+        .into_bytes(),
+    )
 }

@@ -93,18 +93,28 @@ impl ApiError {
         self
     }
 
-    /// The response: the envelope with this error's status.
-    pub fn into_response(self) -> Response {
-        let envelope = Envelope {
+    fn envelope(&self) -> Envelope<'_> {
+        Envelope {
             success: false,
             error: Body {
                 code: self.code,
                 message: &self.message,
                 details: &self.details,
             },
-        };
+        }
+    }
+
+    /// The envelope as JSON text, for answers written below warp (the connection loop's).
+    pub(crate) fn envelope_json(&self) -> String {
+        // Strings only: serializing cannot fail.
+        serde_json::to_string(&self.envelope()).unwrap_or_default()
+    }
+
+    /// The response: the envelope with this error's status.
+    pub fn into_response(self) -> Response {
         let mut response =
-            warp::reply::with_status(warp::reply::json(&envelope), self.status).into_response();
+            warp::reply::with_status(warp::reply::json(&self.envelope()), self.status)
+                .into_response();
         if self.close_connection {
             response.headers_mut().insert(
                 warp::http::header::CONNECTION,
@@ -298,6 +308,36 @@ impl ApiError {
             "INTERNAL_ERROR",
             "Internal server error",
             format!("request id {request_id}"),
+        )
+    }
+
+    /// 431 HEADERS_TOO_LARGE.
+    pub fn headers_too_large(limit: usize) -> Self {
+        Self::new(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "HEADERS_TOO_LARGE",
+            "Request headers too large",
+            format!("the request line and headers must fit in {limit} bytes"),
+        )
+    }
+
+    /// 414 URI_TOO_LONG.
+    pub fn uri_too_long() -> Self {
+        Self::new(
+            StatusCode::URI_TOO_LONG,
+            "URI_TOO_LONG",
+            "URI too long",
+            "the request target must be shorter than 65535 bytes",
+        )
+    }
+
+    /// 400 INVALID_REQUEST: not an HTTP request that can be parsed.
+    pub fn invalid_request() -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "INVALID_REQUEST",
+            "Invalid HTTP request",
+            "the request could not be parsed as HTTP",
         )
     }
 

@@ -349,3 +349,67 @@ async fn bodies_past_the_in_flight_budget_are_refused_with_503() {
     health.expect(200);
     after.expect(201);
 }
+
+/// Sends `request` on a connection of its own and returns the status and the JSON body of
+/// the answer.
+fn raw_exchange(addr: std::net::SocketAddr, request: &[u8]) -> (u16, Value) {
+    let mut stream = TcpStream::connect(addr).expect("connects");
+    // The server may answer and close before it has read all of a huge request.
+    let _ = stream.write_all(request);
+    let (answer, _) = read_until_closed(&mut stream, Duration::from_secs(10));
+    let answer = String::from_utf8_lossy(&answer).into_owned();
+    let status = answer
+        .get(9..12)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or_else(|| panic!("not an HTTP answer: {answer:?}"));
+    let body = answer.split_once("\r\n\r\n").map_or("", |(_, body)| body);
+    (status, serde_json::from_str(body).unwrap_or(Value::Null))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_oversized_head_or_a_request_hyper_cannot_parse_gets_the_envelope() {
+    // Arrange
+    let app = spawn_app().await;
+    let addr = app.addr;
+    let with_header = |size: usize| {
+        let mut request = b"GET /api/messaging/sessions/health HTTP/1.1\r\nHost: x\r\nConnection: close\r\nX-Big: ".to_vec();
+        request.extend(std::iter::repeat_n(b'a', size));
+        request.extend_from_slice(b"\r\n\r\n");
+        request
+    };
+    let mut long_uri = b"GET /api/messaging/sessions/health?q=".to_vec();
+    long_uri.extend(std::iter::repeat_n(b'a', 70_000));
+    long_uri.extend_from_slice(b" HTTP/1.1\r\nHost: x\r\n\r\n");
+
+    // Act
+    let answers = tokio::task::spawn_blocking(move || {
+        [
+            raw_exchange(addr, &with_header(1_000_000)),
+            raw_exchange(addr, &with_header(100_000)),
+            raw_exchange(addr, &with_header(66_000)),
+            raw_exchange(addr, &long_uri),
+            raw_exchange(addr, b"NOT HTTP AT ALL\r\n\r\n"),
+            raw_exchange(addr, &with_header(60_000)),
+        ]
+    })
+    .await
+    .expect("the client thread ends");
+
+    // Assert
+    let codes: Vec<(u16, Value)> = answers
+        .iter()
+        .map(|(status, body)| (*status, body["error"]["code"].clone()))
+        .collect();
+    assert_eq!(
+        codes,
+        vec![
+            (431, json!("HEADERS_TOO_LARGE")),
+            (431, json!("HEADERS_TOO_LARGE")),
+            (431, json!("HEADERS_TOO_LARGE")),
+            (414, json!("URI_TOO_LONG")),
+            (400, json!("INVALID_REQUEST")),
+            (200, Value::Null),
+        ]
+    );
+    assert_eq!(answers[5].1["status"], json!("healthy"));
+}
