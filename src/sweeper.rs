@@ -212,6 +212,45 @@ mod tests {
         true
     }
 
+    /// The sweeper loop on a 60 s interval with no retention, on the test's paused time.
+    struct RunningLoop {
+        task: tokio::task::JoinHandle<()>,
+        shutdown: CancellationToken,
+    }
+
+    impl RunningLoop {
+        fn start(store: &Store, clock: &Arc<ManualClock>) -> Self {
+            let shutdown = CancellationToken::new();
+            let schedule = SweepSchedule {
+                interval: MINUTE,
+                expired_retention: Duration::ZERO,
+                event_retention: Duration::from_secs(3600),
+            };
+            let task = tokio::spawn(run_until_stopped(
+                store.clone(),
+                clock.clone(),
+                schedule,
+                shutdown.clone(),
+            ));
+            RunningLoop { task, shutdown }
+        }
+
+        /// Stops the loop, waiting in real time: its last write may be on the writer thread.
+        async fn stop(self) {
+            self.shutdown.cancel();
+            let deadline = std::time::Instant::now() + PATIENCE;
+            while !self.task.is_finished() {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the loop did not stop"
+                );
+                tokio::task::yield_now().await;
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            self.task.await.unwrap();
+        }
+    }
+
     /// Long enough for anything the loop does at once to land; a sweep that lands later
     /// than this would have been too early to show.
     const MOMENT: Duration = Duration::from_millis(200);
@@ -225,18 +264,7 @@ mod tests {
         // Expires 10 s after the loop starts; the wall clock keeps pace with the monotonic.
         let doomed = session(5, T0 - 5 * MINUTE + Duration::from_secs(10));
         store.create_session(doomed.clone()).await.unwrap();
-        let shutdown = CancellationToken::new();
-        let schedule = SweepSchedule {
-            interval: Duration::from_secs(60),
-            expired_retention: Duration::ZERO,
-            event_retention: Duration::from_secs(3600),
-        };
-        let task = tokio::spawn(run_until_stopped(
-            store.clone(),
-            clock.clone(),
-            schedule,
-            shutdown.clone(),
-        ));
+        let sweeper = RunningLoop::start(&store, &clock);
         // The first sweep runs at once and finds nothing expired.
         assert!(still_stored_after(&store, doomed.id, MOMENT).await);
 
@@ -254,17 +282,7 @@ mod tests {
             "not swept once the interval passed"
         );
 
-        shutdown.cancel();
-        let deadline = std::time::Instant::now() + PATIENCE;
-        while !task.is_finished() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the loop did not stop"
-            );
-            tokio::task::yield_now().await;
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        task.await.unwrap();
+        sweeper.stop().await;
     }
 
     #[tokio::test(start_paused = true)]
@@ -273,18 +291,7 @@ mod tests {
         let clock = Arc::new(ManualClock::new(T0));
         let doomed = session(5, T0);
         store.create_session(doomed.clone()).await.unwrap();
-        let shutdown = CancellationToken::new();
-        let schedule = SweepSchedule {
-            interval: Duration::from_secs(60),
-            expired_retention: Duration::ZERO,
-            event_retention: Duration::from_secs(3600),
-        };
-        let task = tokio::spawn(run_until_stopped(
-            store.clone(),
-            clock.clone(),
-            schedule,
-            shutdown.clone(),
-        ));
+        let sweeper = RunningLoop::start(&store, &clock);
         assert!(still_stored_after(&store, doomed.id, MOMENT).await);
 
         // Two days ahead for a moment: the session looks long expired, and is kept.
@@ -302,17 +309,7 @@ mod tests {
             !still_stored_after(&store, doomed.id, PATIENCE).await,
             "not swept once the clock agreed again"
         );
-        shutdown.cancel();
-        let deadline = std::time::Instant::now() + PATIENCE;
-        while !task.is_finished() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the loop did not stop"
-            );
-            tokio::task::yield_now().await;
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        task.await.unwrap();
+        sweeper.stop().await;
     }
 
     #[tokio::test]
