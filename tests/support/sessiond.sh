@@ -29,6 +29,8 @@ sessiond_build() {
 sessiond_start() {
     local dir=$1
     shift
+    # Made before the server starts, so that reading it never races the server's opening it.
+    : >"$dir/server.log"
     RUST_LOG=${RUST_LOG:-warn,sessiond::app=info} "$SESSIOND_BIN" serve \
         --addr 127.0.0.1:0 \
         --data-dir "$dir/data" \
