@@ -218,7 +218,14 @@ struct Tracked<S> {
 
 /// The size of a request's head as sent over HTTP/1.1: request line, headers, blank line.
 fn head_size<B>(request: &Request<B>) -> usize {
-    let line = request.method().as_str().len() + request.uri().to_string().len() + 12;
+    let uri = request.uri();
+    let target = uri
+        .path_and_query()
+        .map_or(1, |target| target.as_str().len())
+        + uri
+            .authority()
+            .map_or(0, |authority| authority.as_str().len() + 8);
+    let line = request.method().as_str().len() + target + 12;
     let headers: usize = request
         .headers()
         .iter()
@@ -354,6 +361,8 @@ struct IdleTimeout {
     /// An envelope answer being written in place of hyper's empty one: its bytes, how many
     /// are written, and how many bytes of hyper's it stands for.
     replacing: Option<(Vec<u8>, usize, usize)>,
+    /// Whether the last write found the client not reading (the socket full).
+    write_blocked: bool,
 }
 
 impl IdleTimeout {
@@ -366,6 +375,7 @@ impl IdleTimeout {
             deadline: Box::pin(tokio::time::sleep_until(now + limits.header_read_timeout)),
             state,
             replacing: None,
+            write_blocked: false,
         }
     }
 
@@ -385,7 +395,10 @@ impl IdleTimeout {
                     }
                     Poll::Ready(result)
                 }
-                Poll::Pending => self.check_idle(cx),
+                Poll::Pending => {
+                    self.write_blocked = true;
+                    self.check_idle(cx)
+                }
             };
         };
         while *written < bytes.len() {
@@ -393,7 +406,10 @@ impl IdleTimeout {
                 Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
                 Poll::Ready(Ok(n)) => *written += n,
                 Poll::Ready(Err(error)) => return Poll::Ready(Err(error)),
-                Poll::Pending => return Poll::Pending,
+                Poll::Pending => {
+                    self.write_blocked = true;
+                    return self.check_idle(cx);
+                }
             }
         }
         let stands_for = *stands_for;
@@ -404,13 +420,17 @@ impl IdleTimeout {
 
     fn moved(&mut self) {
         self.last_moved = Instant::now();
+        self.write_blocked = false;
     }
 
-    /// The instant the client's time runs out, or `None` while the server is answering.
+    /// The instant the client's time runs out, or `None` while the server is answering and
+    /// the client is keeping up with it. A client that stops reading an answer is idle.
     fn due(&self) -> Option<Instant> {
         let phases = *self.state.phases();
         if phases.answering > 0 {
-            return None;
+            return self
+                .write_blocked
+                .then(|| self.last_moved + self.limits.idle_timeout);
         }
         let request_limit = if phases.reading > 0 {
             self.limits.request_read_timeout
@@ -500,7 +520,10 @@ impl AsyncWrite for IdleTimeout {
                 }
                 Poll::Ready(result)
             }
-            Poll::Pending => self.check_idle(cx),
+            Poll::Pending => {
+                self.write_blocked = true;
+                self.check_idle(cx)
+            }
         }
     }
 

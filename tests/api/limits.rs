@@ -413,3 +413,70 @@ async fn an_oversized_head_or_a_request_hyper_cannot_parse_gets_the_envelope() {
     );
     assert_eq!(answers[5].1["status"], json!("healthy"));
 }
+
+/// A client that stops reading an answer it asked for (here an event stream) is idle: the
+/// server's writes then wait on the client, and the connection is closed after the idle
+/// timeout instead of being held for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_client_that_stops_reading_its_stream_is_closed_after_the_idle_timeout() {
+    // Arrange: a stream nobody reads, and enough events to fill the socket's buffers.
+    let app = std::sync::Arc::new(
+        spawn_app_with(|c| {
+            c.idle_timeout_seconds = 1;
+            c.header_read_timeout_seconds = 1;
+        })
+        .await,
+    );
+    let session = app.create_session().await;
+    let mut reader = TcpStream::connect(app.addr).expect("connects");
+    reader
+        .write_all(
+            format!(
+                "GET {API}/events?agentId={} HTTP/1.1\r\nHost: x\r\n\r\n",
+                session.agent_id
+            )
+            .as_bytes(),
+        )
+        .expect("asks for the stream");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    // Act
+    let mut writers = tokio::task::JoinSet::new();
+    for writer in 0..16 {
+        let (app, id) = (app.clone(), session.id.clone());
+        writers.spawn(async move {
+            for n in 0..150 {
+                let content = format!("{writer}-{n}-{}", "x".repeat(3900));
+                app.post_message(&id, &json!({ "content": content }))
+                    .await
+                    .expect(201);
+            }
+        });
+    }
+    writers.join_all().await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let closed = tokio::task::spawn_blocking(move || {
+        reader
+            .set_read_timeout(Some(Duration::from_secs(3)))
+            .expect("a read timeout can be set");
+        let mut buffer = vec![0; 1 << 16];
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(30) {
+            match reader.read(&mut buffer) {
+                Ok(0) => return true,
+                Ok(_) => {}
+                // Nothing more within the read timeout: the server still holds it open.
+                Err(_) => return false,
+            }
+        }
+        false
+    })
+    .await
+    .expect("the reader thread ends");
+
+    // Assert
+    assert!(
+        closed,
+        "the connection of a reader that stopped reading is still open"
+    );
+}
