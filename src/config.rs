@@ -183,7 +183,7 @@ pub struct ServeConfig {
 
     /// Seconds a connection may pass with no byte read or written before it is closed. A
     /// connection whose request the server is still answering (a held reply, an event
-    /// stream) is not idle.
+    /// stream) is not idle while the client reads what it is sent.
     #[arg(long, env = "SESSIOND_IDLE_TIMEOUT_SECONDS", default_value_t = 60)]
     pub idle_timeout_seconds: u64,
 }

@@ -31,7 +31,8 @@ pub struct ConnectionLimits {
     /// of its previous response.
     pub request_read_timeout: Duration,
     /// A connection with no bytes read or written for this long is closed, unless the
-    /// server is answering one of its requests (a held reply, an event stream).
+    /// server is answering one of its requests (a held reply, an event stream) and the
+    /// client reads what it is sent.
     pub idle_timeout: Duration,
     /// How long shutdown waits for in-flight requests before closing their connections.
     pub drain_timeout: Duration,
@@ -351,7 +352,8 @@ impl<B: Body + Unpin> Body for TrackedBody<B> {
 /// A stream that fails with `TimedOut` when its client is too slow: no byte moved either way
 /// for the idle timeout, no whole request head within the header timeout, or no whole
 /// request within the request timeout (both counted from accept or from the end of the
-/// previous exchange). None applies while the server is answering a request.
+/// previous exchange). None applies while the server is answering a request and the
+/// client reads what it is sent.
 struct IdleTimeout {
     stream: TcpStream,
     limits: ConnectionLimits,
