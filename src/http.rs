@@ -390,18 +390,8 @@ impl IdleTimeout {
             }
         }
         let Some((bytes, written, stands_for)) = self.replacing.as_mut() else {
-            return match Pin::new(&mut self.stream).poll_write(cx, data) {
-                Poll::Ready(result) => {
-                    if matches!(result, Ok(n) if n > 0) {
-                        self.moved();
-                    }
-                    Poll::Ready(result)
-                }
-                Poll::Pending => {
-                    self.write_blocked = true;
-                    self.check_idle(cx)
-                }
-            };
+            let polled = Pin::new(&mut self.stream).poll_write(cx, data);
+            return self.after_write(cx, polled);
         };
         while *written < bytes.len() {
             match Pin::new(&mut self.stream).poll_write(cx, &bytes[*written..]) {
@@ -418,6 +408,26 @@ impl IdleTimeout {
         self.replacing = None;
         self.moved();
         Poll::Ready(Ok(stands_for))
+    }
+
+    /// Accounts for a write to the socket: bytes moved, or the client is not reading.
+    fn after_write(
+        &mut self,
+        cx: &mut Context<'_>,
+        polled: Poll<io::Result<usize>>,
+    ) -> Poll<io::Result<usize>> {
+        match polled {
+            Poll::Ready(result) => {
+                if matches!(result, Ok(n) if n > 0) {
+                    self.moved();
+                }
+                Poll::Ready(result)
+            }
+            Poll::Pending => {
+                self.write_blocked = true;
+                self.check_idle(cx)
+            }
+        }
     }
 
     fn moved(&mut self) {
@@ -515,18 +525,8 @@ impl AsyncWrite for IdleTimeout {
                 return self.poll_write_answer(cx, first);
             }
         }
-        match Pin::new(&mut self.stream).poll_write_vectored(cx, bufs) {
-            Poll::Ready(result) => {
-                if matches!(result, Ok(n) if n > 0) {
-                    self.moved();
-                }
-                Poll::Ready(result)
-            }
-            Poll::Pending => {
-                self.write_blocked = true;
-                self.check_idle(cx)
-            }
-        }
+        let polled = Pin::new(&mut self.stream).poll_write_vectored(cx, bufs);
+        self.after_write(cx, polled)
     }
 
     fn is_write_vectored(&self) -> bool {
