@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use warp::filters::BoxedFilter;
@@ -230,6 +230,12 @@ impl RunningServer {
 /// # Errors
 /// As [`start`] and [`RunningServer::shutdown`].
 pub async fn run(config: ServeConfig, shutdown: impl Future<Output = ()>) -> Result<()> {
+    let mut shutdown = std::pin::pin!(shutdown);
+    // One poll installs the signal handlers before the server says it listens, so a signal
+    // sent from then on stops it gracefully rather than by the signal's default.
+    if shutdown.as_mut().now_or_never().is_some() {
+        return Ok(());
+    }
     let server = start(config).await?;
     shutdown.await;
     tracing::info!("shutting down");
