@@ -29,12 +29,8 @@ pub fn check(data_dir: &Path) -> Result<CheckReport> {
 /// Runs a read of the whole store, turning a panic of the storage engine on damaged files
 /// into [`Error::Damaged`].
 fn reading_damage<T>(data_dir: &Path, read: impl FnOnce() -> Result<T>) -> Result<T> {
-    crate::error::catch_quietly(read).unwrap_or_else(|panic| {
-        Err(Error::Damaged {
-            path: data_dir.display().to_string(),
-            detail: format!("the storage engine failed reading it: {panic}"),
-        })
-    })
+    crate::error::catch_quietly(read)
+        .unwrap_or_else(|panic| Err(Error::engine_panicked(data_dir, &panic)))
 }
 
 /// The report of `check` on a store that could not be read at all.

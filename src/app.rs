@@ -123,6 +123,13 @@ impl Sessiond {
         ))
     }
 
+    /// Signals shutdown to everything that watches for it, and ends every live event
+    /// subscription and held request at once. Repeating it changes nothing.
+    fn end_streams(&self) {
+        self.state.shutdown.cancel();
+        self.state.store.close_subscriptions();
+    }
+
     /// Stops the background tasks, ends event streams and held requests at once, and
     /// flushes and closes the store, so its directory can be reopened at once. Stop serving
     /// [`Sessiond::routes`] and drop them and every [`Sessiond::events`] stream first: they
@@ -131,8 +138,7 @@ impl Sessiond {
     /// # Errors
     /// The final flush failed, or the store could not be closed.
     pub async fn shutdown(self) -> Result<()> {
-        self.state.shutdown.cancel();
-        self.state.store.close_subscriptions();
+        self.end_streams();
         for (task, name) in [(self.sweeper, "sweeper"), (self.notifier, "notifier")] {
             if let Err(error) = task.await {
                 tracing::error!(%error, "{name} task failed");
@@ -214,8 +220,7 @@ impl RunningServer {
         // Order: the token stops accepting, ends event streams and answers held requests
         // at once; the graceful shutdown then lets in-flight requests finish; then the
         // background tasks stop; then a flush puts everything on disk before exit.
-        self.sessiond.state.shutdown.cancel();
-        self.sessiond.state.store.close_subscriptions();
+        self.sessiond.end_streams();
         if let Err(error) = self.http.await {
             tracing::error!(%error, "HTTP server task failed");
         }

@@ -72,6 +72,14 @@ pub(crate) fn catch_quietly<T>(work: impl FnOnce() -> T) -> std::result::Result<
 }
 
 impl Error {
+    /// The store in `path` is damaged: the storage engine panicked on it with `panic`.
+    pub(crate) fn engine_panicked(path: &std::path::Path, panic: &str) -> Self {
+        Error::Damaged {
+            path: path.display().to_string(),
+            detail: format!("the storage engine failed reading it: {panic}"),
+        }
+    }
+
     /// A corruption error, logged where it is found.
     pub fn corrupt(what: impl Into<String>) -> Self {
         let what = what.into();

@@ -180,9 +180,10 @@ fn event_stream(
     filter: EventFilter,
     last_event_id: Option<u64>,
 ) -> Result<Response, ApiError> {
-    let events = state.store.events(filter, last_event_id)?;
     let permit = state.stream_permit()?;
-    let events = events
+    let events = state
+        .store
+        .events(filter, last_event_id)?
         .map(move |event| {
             let _open = &permit;
             Ok::<_, Infallible>(to_sse(&event))

@@ -163,7 +163,6 @@ pub(crate) fn routes(state: &AppState) -> BoxedFilter<(warp::reply::Response,)> 
 /// The routes of sessiond's own server: [`routes`], and the envelope for every other path
 /// (401 without the key, as the key is checked before routing; else 404 with a hint).
 pub(crate) fn server_routes(state: &AppState) -> BoxedFilter<(warp::reply::Response,)> {
-    let shared = Arc::new(state.clone());
     let unknown = warp::path::full()
         .and_then(|path: warp::path::FullPath| async move {
             Err::<warp::reply::Response, _>(warp::reject::custom(ApiError::path_not_found(
@@ -171,12 +170,10 @@ pub(crate) fn server_routes(state: &AppState) -> BoxedFilter<(warp::reply::Respo
             )))
         })
         .boxed();
-    let all = own_paths()
-        .and(guarded(state, api(&shared)))
-        .or(guarded(state, unknown))
+    routes(state)
+        .or(with_cors(state, guarded(state, unknown)))
         .unify()
-        .boxed();
-    with_cors(state, all)
+        .boxed()
 }
 
 /// The routes themselves.

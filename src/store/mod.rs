@@ -230,7 +230,7 @@ fn open_db(path: &Path, options: &StoreOptions) -> Result<sled::Db> {
                 .use_compression(cfg!(feature = "compression"))
                 .open()
         })
-        .map_err(|panic| damaged(format!("the storage engine failed reading it: {panic}")))?;
+        .map_err(|panic| Error::engine_panicked(path, &panic))?;
         match opened {
             Err(sled::Error::Corruption { at, .. }) => {
                 return Err(damaged(match at {
