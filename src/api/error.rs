@@ -255,16 +255,13 @@ impl ApiError {
     /// 404 NOT_FOUND for a path outside every route, with a hint when it lacks the
     /// `/api/messaging` prefix that every sessions route has.
     pub fn path_not_found(path: &str) -> Self {
-        let mut error = Self::route_not_found();
-        if path.starts_with("/sessions") || path.starts_with("/events") {
-            error.details = format!(
-                "no route {path}; the sessions API is under /api/messaging: did you mean /api/messaging{path}?"
-            );
+        let hint = if path.starts_with("/sessions") || path.starts_with("/events") {
+            format!(": did you mean /api/messaging{path}?")
         } else {
-            error.details = format!(
-                "no route {path}; the sessions API is under /api/messaging, its description at /api/openapi.json"
-            );
-        }
+            ", its description at /api/openapi.json".to_owned()
+        };
+        let mut error = Self::route_not_found();
+        error.details = format!("no route {path}; the sessions API is under /api/messaging{hint}");
         error
     }
 

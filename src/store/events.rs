@@ -514,10 +514,10 @@ impl Store {
                                 .map(|session| session.metadata_json),
                         );
                     }
-                    let (Some(Some(metadata)), Some(message)) = (
-                        &session_metadata_json,
-                        self.message_at(record.session_id, seq)?,
-                    ) else {
+                    let Some(Some(metadata)) = &session_metadata_json else {
+                        continue;
+                    };
+                    let Some(message) = self.message_at(record.session_id, seq)? else {
                         continue;
                     };
                     EventData::Message {
