@@ -62,6 +62,7 @@ impl Sessiond {
             config.data_dir.clone(),
             StoreOptions {
                 cache_capacity_bytes: config.cache_mb * 1024 * 1024,
+                ..StoreOptions::default()
             },
         );
         let store = tokio::task::spawn_blocking(move || Store::open(&path, &options))
@@ -300,7 +301,8 @@ fn check_data_dir(path: &Path) -> Result<()> {
     };
     std::fs::create_dir_all(path).map_err(unusable)?;
     let probe = path.join(".sessiond-write-check");
-    std::fs::write(&probe, b"ok").map_err(unusable)?;
+    // Empty: on a full disk the store still opens, refusing writes until space is freed.
+    std::fs::File::create(&probe).map_err(unusable)?;
     std::fs::remove_file(&probe).map_err(unusable)?;
     Ok(())
 }

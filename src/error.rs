@@ -25,6 +25,10 @@ pub enum Error {
         /// The newest version this build reads.
         supported: u32,
     },
+    /// The store refuses writes until the disk takes them again (after a write failed on a
+    /// full disk, say); reads go on.
+    #[error("the store is not taking writes: {0}")]
+    Degraded(String),
     /// Making writes durable failed; acknowledged writes cannot be promised.
     #[error("flush to disk failed: {0}")]
     Flush(String),

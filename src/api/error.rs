@@ -93,7 +93,7 @@ impl ApiError {
         self
     }
 
-    fn envelope(&self) -> Envelope<'_> {
+    pub(super) fn envelope(&self) -> Envelope<'_> {
         Envelope {
             success: false,
             error: Body {
@@ -369,6 +369,16 @@ impl ApiError {
             format!("the store cannot write; request id {request_id}"),
         )
     }
+
+    /// The store refuses writes for `reason` until the disk takes them again.
+    pub fn storage_degraded(reason: &str) -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "STORAGE_UNAVAILABLE",
+            "Storage unavailable",
+            format!("the store is not taking writes: {reason}"),
+        )
+    }
 }
 
 impl From<TimeoutConfigError> for ApiError {
@@ -449,6 +459,7 @@ impl From<crate::Error> for ApiError {
             Error::Io(_) | Error::Flush(_) | Error::Storage(sled::Error::Io(_)) => {
                 ApiError::storage_unavailable(&error)
             }
+            Error::Degraded(reason) => ApiError::storage_degraded(reason),
             _ => ApiError::internal(&error),
         }
     }

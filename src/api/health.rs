@@ -38,9 +38,13 @@ fn health_check(
 #[derive(Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 struct Health {
-    /// Always `healthy`.
+    /// `healthy`, or `degraded` while the store refuses writes (the answer is then a 503,
+    /// in the error envelope, with this report beside it).
     #[schema(example = "healthy")]
     status: &'static str,
+    /// Why the store refuses writes; only when `degraded`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<String>,
     /// Sessions that have not expired.
     active_sessions: u64,
     /// Active sessions inside their warning window.
@@ -60,21 +64,45 @@ struct Health {
     responses(
         (status = 200, description = "The server is up; counts are served from counters.", body = Health),
         (status = 500, description = "INTERNAL_ERROR: never leaks internals; logged with a request id.", body = super::error::Envelope),
-        (status = 503, description = "STORAGE_UNAVAILABLE: the store cannot write or read.", body = super::error::Envelope),
+        (status = 503, description = "STORAGE_UNAVAILABLE: the store refuses writes (a full disk, say) or cannot be read. While reads go on, the envelope carries the health report's fields beside it, `status` being `degraded` and `reason` saying why.", body = super::error::Envelope),
     ),
     security(()),
 )]
 async fn check_health(state: Arc<AppState>) -> Result<Response, ApiError> {
     let now = state.clock.now();
+    let degraded = state.store.degraded();
     let counts = state.store.counts(now)?;
+    let health = Health {
+        status: if degraded.is_some() {
+            "degraded"
+        } else {
+            "healthy"
+        },
+        reason: degraded.clone(),
+        active_sessions: counts.active,
+        expiring_soon: counts.expiring_soon,
+        timestamp: now.to_rfc3339(),
+        uptime: state.started.elapsed().as_secs_f64(),
+    };
+    let Some(reason) = degraded else {
+        return Ok(json(StatusCode::OK, &health));
+    };
+    let refusal = ApiError::storage_degraded(&reason);
     Ok(json(
-        StatusCode::OK,
-        &Health {
-            status: "healthy",
-            active_sessions: counts.active,
-            expiring_soon: counts.expiring_soon,
-            timestamp: now.to_rfc3339(),
-            uptime: state.started.elapsed().as_secs_f64(),
+        refusal.status,
+        &DegradedHealth {
+            envelope: refusal.envelope(),
+            health,
         },
     ))
+}
+
+/// The 503 health answer while the store refuses writes: the error envelope with the
+/// health report beside it, for clients that read either.
+#[derive(Serialize)]
+struct DegradedHealth<'a> {
+    #[serde(flatten)]
+    envelope: super::error::Envelope<'a>,
+    #[serde(flatten)]
+    health: Health,
 }

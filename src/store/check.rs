@@ -7,6 +7,7 @@ use std::collections::HashMap;
 
 use uuid::Uuid;
 
+use super::engine::Trees;
 use super::events::{self, StoredEvents};
 use super::keys;
 use super::{codec, Store};
@@ -59,20 +60,20 @@ pub struct TreeStats {
 }
 
 impl Store {
-    fn named_trees(&self) -> [(&'static str, &sled::Tree); 12] {
+    fn named_trees(trees: &Trees) -> [(&'static str, &sled::Tree); 12] {
         [
-            ("sessionid_session", &self.trees.sessions),
-            ("sessionidseq_message", &self.trees.messages),
-            ("messageid_sessionidseq", &self.trees.message_locations),
-            ("parentidseq", &self.trees.children),
-            ("useridsessionid", &self.trees.user_sessions),
-            ("agentidsessionid", &self.trees.agent_sessions),
-            ("expiresatsessionid", &self.trees.expirations),
-            ("warnatsessionid", &self.trees.warnings),
-            ("counterkey_count", &self.trees.counters),
-            ("sessionid_purge", &self.trees.purges),
-            (events::RECORDS_TREE, &self.trees.events),
-            ("ownerideventid", &self.trees.event_index),
+            ("sessionid_session", &trees.sessions),
+            ("sessionidseq_message", &trees.messages),
+            ("messageid_sessionidseq", &trees.message_locations),
+            ("parentidseq", &trees.children),
+            ("useridsessionid", &trees.user_sessions),
+            ("agentidsessionid", &trees.agent_sessions),
+            ("expiresatsessionid", &trees.expirations),
+            ("warnatsessionid", &trees.warnings),
+            ("counterkey_count", &trees.counters),
+            ("sessionid_purge", &trees.purges),
+            (events::RECORDS_TREE, &trees.events),
+            ("ownerideventid", &trees.event_index),
         ]
     }
 
@@ -82,7 +83,8 @@ impl Store {
     /// Storage failures.
     pub fn tree_stats(&self) -> Result<Vec<TreeStats>> {
         let mut stats = Vec::new();
-        for (name, tree) in self.named_trees() {
+        let engine = self.engine()?;
+        for (name, tree) in Self::named_trees(&engine.trees) {
             let (mut entries, mut bytes) = (0, 0);
             for entry in tree.iter() {
                 let (key, value) = entry?;
@@ -115,8 +117,9 @@ impl Store {
     }
 
     fn check_sessions(&self, report: &mut CheckReport) -> Result<()> {
+        let engine = self.engine()?;
         let mut counts: HashMap<Vec<u8>, u64> = HashMap::new();
-        for entry in self.trees.sessions.iter() {
+        for entry in engine.trees.sessions.iter() {
             let (key, value) = entry?;
             report.sessions += 1;
             let session: Session = match codec::decode(&value) {
@@ -135,22 +138,22 @@ impl Store {
             }
             let expected = [
                 (
-                    &self.trees.user_sessions,
+                    &engine.trees.user_sessions,
                     keys::owned_session(session.user_id, id).to_vec(),
                     "user index",
                 ),
                 (
-                    &self.trees.agent_sessions,
+                    &engine.trees.agent_sessions,
                     keys::owned_session(session.agent_id, id).to_vec(),
                     "agent index",
                 ),
                 (
-                    &self.trees.expirations,
+                    &engine.trees.expirations,
                     keys::deadline(session.expires_at(), id).to_vec(),
                     "expiry index",
                 ),
                 (
-                    &self.trees.warnings,
+                    &engine.trees.warnings,
                     keys::deadline(session.warns_at(), id).to_vec(),
                     "warning index",
                 ),
@@ -162,7 +165,7 @@ impl Store {
             }
             // Seqs must run 1..=messageCount with nothing beyond.
             let mut expected_seq = 1;
-            for message_key in self.trees.messages.scan_prefix(keys::session(id)).keys() {
+            for message_key in engine.trees.messages.scan_prefix(keys::session(id)).keys() {
                 let (_, seq) = keys::parse_message(&message_key?)?;
                 if seq != expected_seq {
                     report.problem(format!(
@@ -182,7 +185,7 @@ impl Store {
                 *counts.entry(keys::counter(counter)).or_default() += 1;
             }
         }
-        for entry in self.trees.counters.iter() {
+        for entry in engine.trees.counters.iter() {
             let (key, value) = entry?;
             let stored = keys::parse_count(&value)?;
             let actual = counts.remove(key.as_ref()).unwrap_or(0);
@@ -204,9 +207,10 @@ impl Store {
 
     /// Every index entry must point to a session whose values put it there.
     fn check_session_indexes(&self, report: &mut CheckReport) -> Result<()> {
+        let engine = self.engine()?;
         for (tree, what) in [
-            (&self.trees.user_sessions, "user"),
-            (&self.trees.agent_sessions, "agent"),
+            (&engine.trees.user_sessions, "user"),
+            (&engine.trees.agent_sessions, "agent"),
         ] {
             for key in tree.iter().keys() {
                 let key = key?;
@@ -229,8 +233,8 @@ impl Store {
             }
         }
         for (tree, what) in [
-            (&self.trees.expirations, "expiry"),
-            (&self.trees.warnings, "warning"),
+            (&engine.trees.expirations, "expiry"),
+            (&engine.trees.warnings, "warning"),
         ] {
             for key in tree.iter().keys() {
                 let (at, id) = keys::parse_deadline(&key?)?;
@@ -260,14 +264,15 @@ impl Store {
         report: &mut CheckReport,
         pending: &std::collections::HashSet<Uuid>,
     ) -> Result<()> {
-        for entry in self.trees.messages.iter() {
+        let engine = self.engine()?;
+        for entry in engine.trees.messages.iter() {
             let (key, value) = entry?;
             report.messages += 1;
             let (session_id, seq) = keys::parse_message(&key)?;
             if pending.contains(&session_id) {
                 continue;
             }
-            if !self
+            if !engine
                 .trees
                 .sessions
                 .contains_key(keys::session(session_id))?
@@ -292,7 +297,7 @@ impl Store {
                     message.id
                 ));
             }
-            match self
+            match engine
                 .trees
                 .message_locations
                 .get(keys::session(message.id))?
@@ -301,14 +306,18 @@ impl Store {
                 _ => report.problem(format!("message {} has no id index entry", message.id)),
             }
             if let Some(parent_id) = message.parent_id {
-                if !self
+                if !engine
                     .trees
                     .children
                     .contains_key(keys::child(parent_id, seq))?
                 {
                     report.problem(format!("message {} has no reply index entry", message.id));
                 }
-                match self.trees.message_locations.get(keys::session(parent_id))? {
+                match engine
+                    .trees
+                    .message_locations
+                    .get(keys::session(parent_id))?
+                {
                     Some(location) if keys::parse_message(&location)?.0 == session_id => {}
                     _ => report.problem(format!(
                         "message {}'s parent {parent_id} is not in its session",
@@ -317,7 +326,7 @@ impl Store {
                 }
             }
         }
-        for entry in self.trees.message_locations.iter() {
+        for entry in engine.trees.message_locations.iter() {
             let (id_key, location) = entry?;
             let (session_id, seq) = keys::parse_message(&location)?;
             if pending.contains(&session_id) {
@@ -331,14 +340,18 @@ impl Store {
                 ));
             }
         }
-        for entry in self.trees.children.iter() {
+        for entry in engine.trees.children.iter() {
             let (key, value) = entry?;
             let (parent_id, seq) = keys::parse_child(&key)?;
             let session_id = keys::parse_session(&value)?;
             if pending.contains(&session_id) {
                 continue;
             }
-            match self.trees.message_locations.get(keys::session(parent_id))? {
+            match engine
+                .trees
+                .message_locations
+                .get(keys::session(parent_id))?
+            {
                 Some(location) if keys::parse_message(&location)?.0 == session_id => {}
                 _ => {
                     report.problem(format!(
@@ -360,9 +373,10 @@ impl Store {
     }
 
     fn check_events(&self, report: &mut CheckReport) -> Result<()> {
+        let engine = self.engine()?;
         // Each record holds ids first..first + len; the next record starts after them.
         let mut next_free: u64 = 0;
-        for entry in self.trees.events.iter() {
+        for entry in engine.trees.events.iter() {
             let (key, value) = entry?;
             let first_id = keys::parse_event(&key)?;
             let record: StoredEvents = match codec::decode(&value) {
@@ -384,7 +398,7 @@ impl Store {
             next_free = first_id + record.entries.len() as u64;
             report.events += record.entries.len() as u64;
             for owner in record.owners() {
-                if !self
+                if !engine
                     .trees
                     .event_index
                     .contains_key(keys::owner_event(owner, first_id))?
@@ -395,9 +409,9 @@ impl Store {
                 }
             }
         }
-        for key in self.trees.event_index.iter().keys() {
+        for key in engine.trees.event_index.iter().keys() {
             let first_id = keys::parse_owner_event(&key?)?;
-            if !self.trees.events.contains_key(keys::event(first_id))? {
+            if !engine.trees.events.contains_key(keys::event(first_id))? {
                 report.problem(format!(
                     "event index entry points to missing record {first_id}"
                 ));
@@ -442,17 +456,17 @@ mod tests {
     async fn a_missing_message_a_stale_index_and_a_wrong_counter_are_reported() {
         let (store, _dir, session) = populated().await;
         store
-            .trees
+            .trees()
             .messages
             .remove(keys::message(session.id, 3))
             .unwrap();
         store
-            .trees
+            .trees()
             .user_sessions
             .insert(keys::owned_session(Uuid::new_v4(), Uuid::now_v7()), &[])
             .unwrap();
         store
-            .trees
+            .trees()
             .counters
             .insert(
                 keys::counter(keys::Counter::Sessions),

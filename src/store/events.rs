@@ -280,6 +280,22 @@ impl EventBus {
         }
     }
 
+    /// Drops the pending events from `first_id` on: their write was refused.
+    pub(super) fn discard_from(&self, first_id: u64) {
+        let mut state = self.lock();
+        while state
+            .pending
+            .back()
+            .is_some_and(|event| event.id >= first_id)
+        {
+            state.pending.pop_back();
+        }
+        state.committed_through = state
+            .pending
+            .back()
+            .map_or(state.published_through, |event| event.id);
+    }
+
     /// The newest committed id; read before a flush, it bounds what that flush makes durable.
     pub(super) fn committed_through(&self) -> u64 {
         self.lock().committed_through
@@ -457,6 +473,7 @@ impl Store {
         through: u64,
         limit: usize,
     ) -> Result<Vec<Event>> {
+        let engine = self.engine()?;
         let owner = match filter {
             EventFilter::Session(id) | EventFilter::RepliesTo { session_id: id, .. } => {
                 EventOwner::Session(id)
@@ -468,13 +485,13 @@ impl Store {
             return Ok(Vec::new());
         }
         // The owner's record holding `after + 1` may start at or before `after`.
-        let earlier = self
+        let earlier = engine
             .trees
             .event_index
             .range(keys::owner_event(owner, 0)..=keys::owner_event(owner, after))
             .keys()
             .next_back();
-        let later = self
+        let later = engine
             .trees
             .event_index
             .range(keys::owner_event(owner, after + 1)..=keys::owner_event(owner, through))
@@ -497,7 +514,8 @@ impl Store {
     /// The events of the record at `first_id` (none if it was trimmed), skipping message
     /// events whose session or message was deleted since.
     fn record_events(&self, first_id: u64) -> Result<Vec<Event>> {
-        let Some(bytes) = self.trees.events.get(keys::event(first_id))? else {
+        let engine = self.engine()?;
+        let Some(bytes) = engine.trees.events.get(keys::event(first_id))? else {
             return Ok(Vec::new());
         };
         let record: StoredEvents = codec::decode(&bytes)?;
@@ -546,16 +564,17 @@ impl Store {
     /// # Errors
     /// Storage failures.
     pub(crate) async fn trim_events(&self, cutoff: Timestamp) -> Result<usize> {
+        let engine = self.engine()?;
         // Records per write: bounds how long the writes batched with it wait.
         const BATCH: usize = 64;
-        let Some((newest, _)) = self.trees.events.last()? else {
+        let Some((newest, _)) = engine.trees.events.last()? else {
             return Ok(0);
         };
         let newest = keys::parse_event(&newest)?;
         let mut trimmed = 0;
         loop {
             let mut doomed = Vec::new();
-            for entry in self.trees.events.range(..keys::event(newest)).take(BATCH) {
+            for entry in engine.trees.events.range(..keys::event(newest)).take(BATCH) {
                 let (key, value) = entry?;
                 let record: StoredEvents = codec::decode(&value)?;
                 if record.newest_at() >= cutoff {

@@ -189,7 +189,8 @@ impl Store {
     /// # Errors
     /// Storage failures and undecodable records.
     pub fn message(&self, session_id: Uuid, message_id: Uuid) -> Result<Option<Message>> {
-        let Some(location) = self
+        let engine = self.engine()?;
+        let Some(location) = engine
             .trees
             .message_locations
             .get(keys::session(message_id))?
@@ -204,7 +205,9 @@ impl Store {
     }
 
     pub(super) fn message_at(&self, session_id: Uuid, seq: u64) -> Result<Option<Message>> {
-        self.trees
+        let engine = self.engine()?;
+        engine
+            .trees
             .messages
             .get(keys::message(session_id, seq))?
             .map(|bytes| codec::decode(&bytes))
@@ -343,16 +346,19 @@ impl Store {
         high: u64,
         ascending: bool,
     ) -> Result<Result<MessagePage, SessionError>> {
+        let engine = self.engine()?;
         let seqs: Box<dyn DoubleEndedIterator<Item = Result<u64>>> = match query.parent_id {
             None => Box::new(
-                self.trees
+                engine
+                    .trees
                     .messages
                     .range(keys::message(session_id, low + 1)..keys::message(session_id, high))
                     .keys()
                     .map(|key| Ok(keys::parse_message(&key?)?.1)),
             ),
             Some(parent_id) => Box::new(
-                self.trees
+                engine
+                    .trees
                     .children
                     .range(keys::child(parent_id, low + 1)..keys::child(parent_id, high))
                     .keys()
@@ -409,7 +415,8 @@ impl Store {
     /// # Errors
     /// Storage failures.
     pub(crate) async fn purge_messages(&self, session_id: Uuid) -> Result<()> {
-        while let Some(last) = self
+        let engine = self.engine()?;
+        while let Some(last) = engine
             .trees
             .messages
             .scan_prefix(keys::session(session_id))
@@ -612,7 +619,7 @@ mod tests {
         let session = created_session(&store, T0).await;
         append_texts(&store, session.id, &clock, 3).await;
         store
-            .trees
+            .trees()
             .messages
             .remove(keys::message(session.id, 2))
             .unwrap();
@@ -695,18 +702,18 @@ mod tests {
         }
         store.delete_session(session.id, T0).await.unwrap().unwrap();
         assert!(store
-            .trees
+            .trees()
             .messages
             .scan_prefix(keys::session(session.id))
             .next()
             .is_none());
         assert!(ids.iter().all(|id| store
-            .trees
+            .trees()
             .message_locations
             .get(keys::session(*id))
             .unwrap()
             .is_none()));
-        assert_eq!(store.trees.children.iter().count(), 0);
+        assert_eq!(store.trees().children.iter().count(), 0);
         assert!(store.pending_purges().unwrap().is_empty());
     }
 
@@ -761,13 +768,13 @@ mod tests {
         let deleted = store.delete_session(doomed.id, T0).await.unwrap().unwrap();
         assert_eq!(deleted.message_count, 3);
         assert!(store
-            .trees
+            .trees()
             .messages
             .scan_prefix(keys::session(doomed.id))
             .next()
             .is_none());
-        assert_eq!(store.trees.message_locations.len(), 3);
-        assert_eq!(store.trees.children.len(), 2);
+        assert_eq!(store.trees().message_locations.len(), 3);
+        assert_eq!(store.trees().children.len(), 2);
         assert!(store.pending_purges().unwrap().is_empty());
         assert!(store.check().unwrap().is_clean());
     }

@@ -8,6 +8,7 @@
 
 mod check;
 mod codec;
+mod engine;
 mod events;
 mod keys;
 mod messages;
@@ -28,6 +29,7 @@ pub use events::{EventStream, Subscription, UnknownEventId, STREAM_BUFFER};
 pub use messages::{Appended, MessagePage, MessageQuery};
 pub use sessions::{SessionCounts, SessionPage, SessionQuery, StatusFilter};
 
+use engine::{Engine, EngineSlot};
 use writer::Writer;
 
 /// The store layout this build writes. Bump it (and migrate in [`Store::open`]) when a key
@@ -46,53 +48,27 @@ pub const BACKGROUND_WRITES: usize = 4;
 pub struct StoreOptions {
     /// sled's page cache budget in bytes; bounds resident memory.
     pub cache_capacity_bytes: u64,
+    /// Disk space kept allocated in a file beside the store, given up when the disk is
+    /// full so that the store can reopen and go on serving reads; 0 keeps none.
+    pub disk_reserve_bytes: u64,
 }
 
 impl Default for StoreOptions {
     fn default() -> Self {
         StoreOptions {
             cache_capacity_bytes: 64 * 1024 * 1024,
+            disk_reserve_bytes: 16 * 1024 * 1024,
         }
     }
-}
-
-/// The store's trees (all but `meta`): what a write may change and what reads look in.
-#[derive(Clone)]
-struct Trees {
-    /// session id -> Session.
-    sessions: Tree,
-    /// session id ++ seq (BE) -> Message. Keys are never overwritten.
-    messages: Tree,
-    /// message id -> session id ++ seq (BE).
-    message_locations: Tree,
-    /// parent message id ++ child seq (BE) -> session id. The replies of each message.
-    children: Tree,
-    /// user id ++ session id -> ().
-    user_sessions: Tree,
-    /// agent id ++ session id -> ().
-    agent_sessions: Tree,
-    /// expiresAt (BE micros) ++ session id -> (). One entry per stored session.
-    expirations: Tree,
-    /// warnsAt (BE micros) ++ session id -> (). One entry per stored session.
-    warnings: Tree,
-    /// counter key -> u64 (BE): sessions in all, per agent, per user, per (agent, user).
-    counters: Tree,
-    /// session id -> (). Deleted sessions whose messages are still being removed.
-    purges: Tree,
-    /// first event id (BE) -> the events of one write. The durable event log.
-    events: Tree,
-    /// owner kind ++ owner id ++ first event id (BE) -> (). The log by session, agent, user.
-    event_index: Tree,
 }
 
 /// A cheap, cloneable handle on the store.
 #[derive(Clone)]
 pub struct Store {
-    db: sled::Db,
     /// Where the store lives.
     path: Arc<PathBuf>,
-    /// Every tree but `meta`.
-    trees: Trees,
+    /// The open engine, reopened after an I/O error.
+    engines: Arc<EngineSlot>,
     /// Hands durable events to live subscribers.
     bus: Arc<events::EventBus>,
     /// Runs every write, in batches, and makes it durable.
@@ -114,35 +90,37 @@ impl Store {
     /// [`Error::NewerFormat`] for a store written by a newer sessiond; storage and I/O
     /// errors as sled reports them (including another process holding the lock).
     pub fn open(path: &Path, options: &StoreOptions) -> Result<Store> {
-        let db = open_db(path, options)?;
-        let meta = db.open_tree("meta")?;
-        upgrade_format(&db, &meta, path)?;
-        let events = db.open_tree(events::RECORDS_TREE)?;
-        let next_event_id = events::next_event_id(&events)?;
+        let engines = Arc::new(EngineSlot::open(path, options)?);
+        let engine = engines.engine()?;
+        let meta = engine.db.open_tree("meta")?;
+        upgrade_format(&engine.db, &meta, path)?;
+        let next_event_id = events::next_event_id(&engine.trees.events)?;
+        drop(engine);
         let bus = Arc::new(events::EventBus::new(next_event_id - 1));
-        let trees = Trees {
-            sessions: db.open_tree("sessionid_session")?,
-            messages: db.open_tree("sessionidseq_message")?,
-            message_locations: db.open_tree("messageid_sessionidseq")?,
-            children: db.open_tree("parentidseq")?,
-            user_sessions: db.open_tree("useridsessionid")?,
-            agent_sessions: db.open_tree("agentidsessionid")?,
-            expirations: db.open_tree("expiresatsessionid")?,
-            warnings: db.open_tree("warnatsessionid")?,
-            counters: db.open_tree("counterkey_count")?,
-            purges: db.open_tree("sessionid_purge")?,
-            events,
-            event_index: db.open_tree("ownerideventid")?,
-        };
-        let writer = Writer::start(db.clone(), path, trees.clone(), bus.clone(), next_event_id)?;
-        let store = Store {
+        let writer = Writer::start(engines.clone(), path, bus.clone(), next_event_id)?;
+        Ok(Store {
             path: Arc::new(path.to_path_buf()),
-            trees,
+            engines,
             bus,
             writer: Arc::new(writer),
-            db,
-        };
-        Ok(store)
+        })
+    }
+
+    /// The open engine: what every read goes through.
+    fn engine(&self) -> Result<Arc<Engine>> {
+        self.engines.engine()
+    }
+
+    /// The open engine's trees, for tests that look at the stored layout.
+    #[cfg(test)]
+    fn trees(&self) -> engine::Trees {
+        self.engine().expect("an open engine").trees.clone()
+    }
+
+    /// Why the store refuses writes, while it does: after a write failed (a full disk,
+    /// say), until the disk takes writes again. Reads go on meanwhile.
+    pub fn degraded(&self) -> Option<String> {
+        self.engines.degraded()
     }
 
     /// Flushes and syncs now, blocking the calling thread.
@@ -170,24 +148,10 @@ impl Store {
                 "the store is still held by {others} other handle(s) (routes or event streams not dropped); it closes when the last one is dropped"
             ))));
         }
-        let log_path = self.path.join("db");
+        let path = self.path.clone();
         drop(self);
         // sled's background threads keep the lock a moment after the last handle drops.
-        let log = std::fs::File::open(&log_path)?;
-        loop {
-            match log.try_lock() {
-                Ok(()) => return Ok(log.unlock()?),
-                Err(std::fs::TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
-                    std::thread::sleep(std::time::Duration::from_millis(5));
-                }
-                Err(std::fs::TryLockError::WouldBlock) => {
-                    return Err(Error::Io(std::io::Error::other(
-                        "the store is still locked after closing",
-                    )))
-                }
-                Err(std::fs::TryLockError::Error(e)) => return Err(e.into()),
-            }
-        }
+        engine::wait_for_release(&path, deadline)
     }
 
     /// Bytes the store occupies on disk, as sled counts them.
@@ -195,59 +159,12 @@ impl Store {
     /// # Errors
     /// I/O errors reading the directory.
     pub fn size_on_disk(&self) -> Result<u64> {
-        Ok(self.db.size_on_disk()?)
+        Ok(self.engine()?.db.size_on_disk()?)
     }
 }
-
-/// How long to wait for a previous handle's file lock: sled 0.34's background threads can
-/// hold it for a moment after the last `Db` handle is dropped.
-const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// How long [`Store::close`] waits for other handles and for the file lock.
 const CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
-
-/// Whether sled failed to open because another handle still holds the store's lock. sled
-/// 0.34 reports it as an `Other` error carrying this message.
-pub(crate) fn is_held_lock(error: &std::io::Error) -> bool {
-    error.kind() == std::io::ErrorKind::WouldBlock
-        || error.to_string().starts_with("could not acquire lock")
-}
-
-fn open_db(path: &Path, options: &StoreOptions) -> Result<sled::Db> {
-    let started = std::time::Instant::now();
-    let damaged = |detail: String| Error::Damaged {
-        path: path.display().to_string(),
-        detail,
-    };
-    loop {
-        // sled 0.34 panics on some damaged logs (a truncated one, for instance).
-        let opened = crate::error::catch_quietly(|| {
-            sled::Config::new()
-                .path(path)
-                .cache_capacity(options.cache_capacity_bytes)
-                // sled records the choice in the store: a compressed store needs a build
-                // with the feature, and the other way round.
-                .use_compression(cfg!(feature = "compression"))
-                .open()
-        })
-        .map_err(|panic| Error::engine_panicked(path, &panic))?;
-        match opened {
-            Err(sled::Error::Corruption { at, .. }) => {
-                return Err(damaged(match at {
-                    Some(at) => format!("the storage engine found corrupt data at {at}"),
-                    None => "the storage engine found corrupt data".into(),
-                }));
-            }
-            Err(sled::Error::Io(e)) if is_held_lock(&e) => {
-                if started.elapsed() >= LOCK_WAIT {
-                    return Err(Error::InUse(path.display().to_string()));
-                }
-                std::thread::sleep(std::time::Duration::from_millis(10));
-            }
-            other => return Ok(other?),
-        }
-    }
-}
 
 /// Brings the store to [`FORMAT_VERSION`], refusing one written by a newer sessiond.
 fn upgrade_format(db: &sled::Db, meta: &Tree, path: &Path) -> Result<()> {

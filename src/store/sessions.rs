@@ -220,7 +220,9 @@ impl Store {
     /// # Errors
     /// Storage failures and undecodable records.
     pub fn session(&self, id: Uuid) -> Result<Option<Session>> {
-        self.trees
+        let engine = self.engine()?;
+        engine
+            .trees
             .sessions
             .get(keys::session(id))?
             .map(|bytes| codec::decode(&bytes))
@@ -299,8 +301,9 @@ impl Store {
         from: Timestamp,
         to: Timestamp,
     ) -> Result<Vec<Uuid>> {
+        let engine = self.engine()?;
         let mut ids = Vec::new();
-        for deadlines in [&self.trees.warnings, &self.trees.expirations] {
+        for deadlines in [&engine.trees.warnings, &engine.trees.expirations] {
             let range =
                 keys::deadline(from, Uuid::nil()).to_vec()..keys::deadline_upper_bound(to).to_vec();
             for key in deadlines.range(range).keys() {
@@ -377,7 +380,9 @@ impl Store {
     /// # Errors
     /// Storage failures.
     pub fn pending_purges(&self) -> Result<Vec<Uuid>> {
-        self.trees
+        let engine = self.engine()?;
+        engine
+            .trees
             .purges
             .iter()
             .keys()
@@ -394,7 +399,9 @@ impl Store {
         cutoff: Timestamp,
         limit: usize,
     ) -> Result<Vec<(Timestamp, Uuid)>> {
-        self.trees
+        let engine = self.engine()?;
+        engine
+            .trees
             .expirations
             .range(..keys::deadline_upper_bound(cutoff))
             .keys()
@@ -408,9 +415,10 @@ impl Store {
     /// # Errors
     /// Storage failures.
     pub fn counts(&self, now: Timestamp) -> Result<SessionCounts> {
+        let engine = self.engine()?;
         let total = self.counter(Counter::Sessions)?;
-        let expired = count_keys(&self.trees.expirations, now)?;
-        let warned = count_keys(&self.trees.warnings, now)?;
+        let expired = count_keys(&engine.trees.expirations, now)?;
+        let warned = count_keys(&engine.trees.warnings, now)?;
         Ok(SessionCounts {
             total,
             active: total.saturating_sub(expired),
@@ -426,6 +434,7 @@ impl Store {
     /// # Errors
     /// Storage failures.
     pub fn list_sessions(&self, query: &SessionQuery, now: Timestamp) -> Result<SessionPage> {
+        let engine = self.engine()?;
         let matches_owner = |session: &Session| {
             query.agent_id.is_none_or(|agent| agent == session.agent_id)
                 && query.user_id.is_none_or(|user| user == session.user_id)
@@ -474,7 +483,8 @@ impl Store {
                         std::ops::Bound::Excluded(keys::session(after).to_vec())
                     });
                     Box::new(
-                        self.trees
+                        engine
+                            .trees
                             .sessions
                             .range::<Vec<u8>, _>((std::ops::Bound::Unbounded, upper))
                             .values()
@@ -484,10 +494,10 @@ impl Store {
                 }
                 // A user usually has fewer sessions than an agent: walk the user's index.
                 (Some(owner), _) => {
-                    Box::new(self.owned_sessions(&self.trees.user_sessions, owner, query.after))
+                    Box::new(self.owned_sessions(&engine.trees.user_sessions, owner, query.after))
                 }
                 (None, Some(owner)) => {
-                    Box::new(self.owned_sessions(&self.trees.agent_sessions, owner, query.after))
+                    Box::new(self.owned_sessions(&engine.trees.agent_sessions, owner, query.after))
                 }
             };
         let mut selected = Vec::new();
@@ -533,7 +543,8 @@ impl Store {
     }
 
     fn counter(&self, counter: Counter) -> Result<u64> {
-        match self.trees.counters.get(keys::counter(counter))? {
+        let engine = self.engine()?;
+        match engine.trees.counters.get(keys::counter(counter))? {
             Some(bytes) => keys::parse_count(&bytes),
             None => Ok(0),
         }

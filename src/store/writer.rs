@@ -10,19 +10,19 @@
 //! nor does sled sync the blob files it writes for large tree nodes, so the writer does.
 
 use std::cell::RefCell;
-use std::collections::HashSet;
-use std::ffi::OsString;
 use std::fs::File;
-use std::path::{Path, PathBuf};
-use std::sync::{mpsc, Arc, Mutex};
+use std::path::Path;
+use std::sync::{mpsc, Arc};
 use std::thread;
+use std::time::{Duration, Instant};
 
 use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
 use sled::Transactional;
 use tokio::sync::oneshot;
 
+use super::engine::{Engine, EngineSlot, Trees};
 use super::events::{EventBus, EventLog};
-use super::{broken, Failure, Trees, TxResult};
+use super::{broken, keys, Failure, TxResult};
 use crate::domain::{Event, SessionError};
 use crate::error::{Error, Result};
 
@@ -116,50 +116,8 @@ pub(super) struct Writer {
     /// `None` only while dropping: closing the channel is what stops the thread.
     queue: Option<mpsc::Sender<Box<dyn Job>>>,
     thread: Option<thread::JoinHandle<()>>,
-    db: sled::Db,
-    files: Arc<StoreFiles>,
+    engines: Arc<EngineSlot>,
     bus: Arc<EventBus>,
-}
-
-/// The files a flush must sync for the data to survive power loss.
-struct StoreFiles {
-    /// sled's log: every write goes there.
-    log: File,
-    /// sled writes a tree node larger than a quarter segment (128 KiB) to a file of its own
-    /// here, and never syncs it.
-    blobs: PathBuf,
-    /// Blob files already synced (their contents never change).
-    synced_blobs: Mutex<HashSet<OsString>>,
-}
-
-impl StoreFiles {
-    fn sync(&self) -> Result<()> {
-        self.log.sync_data()?;
-        let listing = match std::fs::read_dir(&self.blobs) {
-            Ok(listing) => listing,
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-            Err(error) => return Err(error.into()),
-        };
-        let mut synced = self
-            .synced_blobs
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let mut present = HashSet::new();
-        let mut new_files = false;
-        for entry in listing {
-            let name = entry?.file_name();
-            if !synced.contains(&name) {
-                File::open(self.blobs.join(&name))?.sync_all()?;
-                new_files = true;
-            }
-            present.insert(name);
-        }
-        if new_files {
-            File::open(&self.blobs)?.sync_all()?;
-        }
-        *synced = present;
-        Ok(())
-    }
 }
 
 impl Drop for Writer {
@@ -171,66 +129,34 @@ impl Drop for Writer {
     }
 }
 
+/// While writes are refused, how often the writer checks whether the disk takes them again.
+const RESTORE_INTERVAL: Duration = Duration::from_secs(1);
+
 impl Writer {
     /// Starts the writer thread for the store in `path`; event ids continue from
     /// `next_event_id`.
     pub(super) fn start(
-        db: sled::Db,
+        engines: Arc<EngineSlot>,
         path: &Path,
-        trees: Trees,
         bus: Arc<EventBus>,
         next_event_id: u64,
     ) -> Result<Writer> {
-        let files = Arc::new(StoreFiles {
-            log: File::open(path.join("db"))?,
-            blobs: path.join("blobs"),
-            synced_blobs: Mutex::new(HashSet::new()),
-        });
         // A new store's files must also be findable after power loss: sync their directory.
         File::open(path)?.sync_all()?;
         let (queue, waiting) = mpsc::channel::<Box<dyn Job>>();
-        let (thread_db, thread_files, thread_bus) = (db.clone(), files.clone(), bus.clone());
+        let mut thread_state = WriterThread {
+            engines: engines.clone(),
+            bus: bus.clone(),
+            next_event_id,
+            last_restore: None,
+        };
         let thread = thread::Builder::new()
             .name("sessiond-writer".into())
-            .spawn(move || {
-                let mut next_event_id = next_event_id;
-                while let Ok(first) = waiting.recv() {
-                    let batch: Vec<Box<dyn Job>> = std::iter::once(first)
-                        .chain(waiting.try_iter().take(MAX_BATCH - 1))
-                        .collect();
-                    let started = std::time::Instant::now();
-                    let writes = batch.len();
-                    let batch = commit(&trees, &thread_bus, &mut next_event_id, batch);
-                    let committed = started.elapsed();
-                    let durable = if batch.changed {
-                        sync(&thread_db, &thread_files, &thread_bus)
-                            .map_err(|error| error.to_string())
-                    } else {
-                        Ok(())
-                    };
-                    if let Err(error) = &durable {
-                        tracing::error!(%error, "flush to disk failed");
-                    }
-                    // Info, not a warning: a slow sync says the disk was busy, which
-                    // is the machine's state rather than a fault to act on.
-                    if started.elapsed() >= SLOW_BATCH {
-                        tracing::info!(
-                            writes,
-                            ?committed,
-                            synced = ?started.elapsed() - committed,
-                            "slow write batch"
-                        );
-                    }
-                    for job in batch.to_answer {
-                        job.answer(&durable);
-                    }
-                }
-            })?;
+            .spawn(move || thread_state.run(&waiting))?;
         Ok(Writer {
             queue: Some(queue),
             thread: Some(thread),
-            db,
-            files,
+            engines,
             bus,
         })
     }
@@ -254,7 +180,142 @@ impl Writer {
 
     /// Flushes and syncs on the calling thread.
     pub(super) fn flush_now(&self) -> Result<()> {
-        sync(&self.db, &self.files, &self.bus).map_err(|e| Error::Flush(e.to_string()))
+        sync(&*self.engines.engine()?, &self.bus).map_err(|e| Error::Flush(e.to_string()))
+    }
+}
+
+/// The writer thread's own state.
+struct WriterThread {
+    engines: Arc<EngineSlot>,
+    bus: Arc<EventBus>,
+    next_event_id: u64,
+    /// When writes were refused and the writer last checked whether the disk takes them.
+    last_restore: Option<Instant>,
+}
+
+impl WriterThread {
+    fn run(&mut self, waiting: &mpsc::Receiver<Box<dyn Job>>) {
+        loop {
+            let first = if self.engines.degraded().is_some() {
+                match waiting.recv_timeout(RESTORE_INTERVAL) {
+                    Ok(job) => Some(job),
+                    Err(mpsc::RecvTimeoutError::Timeout) => None,
+                    Err(mpsc::RecvTimeoutError::Disconnected) => return,
+                }
+            } else {
+                match waiting.recv() {
+                    Ok(job) => Some(job),
+                    Err(mpsc::RecvError) => return,
+                }
+            };
+            let batch: Vec<Box<dyn Job>> = first
+                .into_iter()
+                .chain(waiting.try_iter())
+                .take(MAX_BATCH)
+                .collect();
+            if let Some(reason) = self.refusal() {
+                for job in batch {
+                    job.fail(Error::Degraded(reason.clone()));
+                }
+                continue;
+            }
+            if !batch.is_empty() {
+                self.write(batch);
+            }
+        }
+    }
+
+    /// Why writes are refused now, if they are. While they are, checks (at most once a
+    /// [`RESTORE_INTERVAL`]) whether the disk takes them again.
+    fn refusal(&mut self) -> Option<String> {
+        let reason = self.engines.degraded()?;
+        if self
+            .last_restore
+            .is_some_and(|last| last.elapsed() < RESTORE_INTERVAL)
+        {
+            return Some(reason);
+        }
+        self.last_restore = Some(Instant::now());
+        if self.engines.restore() {
+            self.last_restore = None;
+            if let Ok(engine) = self.engines.engine() {
+                self.continue_ids_of(&engine);
+            }
+            return None;
+        }
+        self.engines.degraded()
+    }
+
+    /// Commits the batch, makes it durable, and answers each write.
+    fn write(&mut self, batch: Vec<Box<dyn Job>>) {
+        let engine = match self.engines.engine() {
+            Ok(engine) => engine,
+            Err(error) => {
+                let reason = error.to_string();
+                for job in batch {
+                    job.fail(Error::Degraded(reason.clone()));
+                }
+                return;
+            }
+        };
+        let started = Instant::now();
+        let writes = batch.len();
+        let first_event_id = self.next_event_id;
+        let committed = commit(&engine.trees, &self.bus, &mut self.next_event_id, batch);
+        let elapsed = started.elapsed();
+        let durable = match committed.failure {
+            Some(error) => Err(error),
+            None if committed.changed => sync(&engine, &self.bus),
+            None => Ok(()),
+        };
+        drop(engine);
+        let durable = durable.or_else(|error| self.recover(first_event_id, error));
+        // Info, not a warning: a slow sync says the disk was busy, which is the machine's
+        // state rather than a fault to act on.
+        if started.elapsed() >= SLOW_BATCH {
+            tracing::info!(
+                writes,
+                committed = ?elapsed,
+                synced = ?started.elapsed() - elapsed,
+                "slow write batch"
+            );
+        }
+        let durable = durable.map_err(|error| error.to_string());
+        for job in committed.to_answer {
+            job.answer(&durable);
+        }
+    }
+
+    /// After the batch from `first_event_id` failed to reach the disk: reopens the engine
+    /// (writes are refused from now on) and reads back what the disk kept. sled keeps a
+    /// transaction whole or not at all, so the batch is either there in full — then it is
+    /// durable once synced, and acknowledged — or not there at all, and refused.
+    fn recover(&mut self, first_event_id: u64, failure: Error) -> Result<()> {
+        let Some(engine) = self.engines.reopen_after(&failure) else {
+            self.bus.discard_from(first_event_id);
+            return Err(failure);
+        };
+        let kept = engine
+            .trees
+            .events
+            .range(keys::event(first_event_id)..)
+            .next()
+            .is_some_and(|found| found.is_ok());
+        self.continue_ids_of(&engine);
+        if kept && sync(&engine, &self.bus).is_ok() {
+            tracing::info!("the failed write batch was kept whole; it is acknowledged");
+            return Ok(());
+        }
+        self.bus.discard_from(first_event_id);
+        Err(failure)
+    }
+
+    /// Event ids go on after every stored one: an id that could name a stored record is
+    /// never used again.
+    fn continue_ids_of(&mut self, engine: &Engine) {
+        if let Ok(stored_next) = super::events::next_event_id(&engine.trees.events) {
+            self.next_event_id = self.next_event_id.max(stored_next);
+        }
     }
 }
 
@@ -264,6 +325,9 @@ struct Committed {
     to_answer: Vec<Box<dyn Job>>,
     /// Whether the transaction changed anything (else there is nothing to flush).
     changed: bool,
+    /// The storage error the transaction failed with: whether the disk kept the batch is
+    /// for recovery to find out.
+    failure: Option<Error>,
 }
 
 /// Runs the batch in one transaction. A refused write is settled and the others go on (a
@@ -362,7 +426,11 @@ fn commit(
                 *next_event_id = next_id;
                 bus.enqueue(written);
                 let to_answer = batch.into_iter().flatten().collect();
-                return Committed { to_answer, changed };
+                return Committed {
+                    to_answer,
+                    changed,
+                    failure: None,
+                };
             }
             Err(TransactionError::Abort((index, error))) => {
                 if let Some(job) = batch[index].take() {
@@ -370,18 +438,10 @@ fn commit(
                 }
             }
             Err(TransactionError::Storage(error)) => {
-                // sled may have applied part of the batch before failing: never reuse an id
-                // that could already name a stored record.
-                if let Ok(stored_next) = super::events::next_event_id(&trees.events) {
-                    *next_event_id = (*next_event_id).max(stored_next);
-                }
-                let error = Error::from(error);
-                for job in batch.into_iter().flatten() {
-                    job.fail(Error::Flush(error.to_string()));
-                }
                 return Committed {
-                    to_answer: Vec::new(),
-                    changed: false,
+                    to_answer: batch.into_iter().flatten().collect(),
+                    changed: true,
+                    failure: Some(error.into()),
                 };
             }
         }
@@ -389,11 +449,10 @@ fn commit(
 }
 
 /// Flushes, syncs, then publishes the events the flush made durable.
-fn sync(db: &sled::Db, files: &StoreFiles, bus: &EventBus) -> Result<()> {
+fn sync(engine: &Engine, bus: &EventBus) -> Result<()> {
     // Read before flushing: every event committed by now is covered by this flush.
     let durable_through = bus.committed_through();
-    db.flush()?;
-    files.sync()?;
+    engine.sync()?;
     bus.publish_through(durable_through);
     Ok(())
 }
@@ -493,7 +552,10 @@ mod tests {
             "no blob file was written; the test needs larger values"
         );
         // Every blob file present after the flush was synced by it.
-        assert_eq!(*store.writer.files.synced_blobs.lock().unwrap(), blobs);
+        assert_eq!(
+            *store.engine().unwrap().files.synced_blobs.lock().unwrap(),
+            blobs
+        );
         store.close().unwrap();
         let reopened = Store::open(dir.path(), &StoreOptions::default()).unwrap();
         assert_eq!(reopened.counts(T0).unwrap().total, 40);

@@ -6,6 +6,7 @@ mod durability;
 mod elizaos;
 mod errors;
 mod events;
+mod full_disk;
 mod helpers;
 mod lifecycle;
 mod limits;
