@@ -1,6 +1,7 @@
 //! The HTTP server loop: accepts connections under a cap, with a header-read timeout and an
 //! idle timeout, and shuts down gracefully. (warp's own `serve` offers none of these limits.)
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
@@ -22,7 +23,8 @@ use warp::filters::BoxedFilter;
 /// Connection limits.
 #[derive(Clone, Copy, Debug)]
 pub struct ConnectionLimits {
-    /// Most connections served at once; more wait in the listen backlog.
+    /// Most connections served at once. At the cap, a new connection closes the one that
+    /// has waited longest for a request (see [`serve`]), or waits for one to end.
     pub max_connections: usize,
     /// A client must send a whole request head within this long of connecting or of its
     /// previous response.
@@ -70,15 +72,9 @@ pub async fn serve(
         .timer(TokioTimer::new())
         .max_concurrent_streams(H2_STREAMS_PER_CONNECTION)
         .max_header_list_size(u32::try_from(limits.max_head_bytes).unwrap_or(u32::MAX));
+    let open = Arc::new(OpenConnections::default());
+    let mut next_id: u64 = 0;
     loop {
-        // Take a slot before accepting, so connections over the cap wait in the backlog.
-        let slot = tokio::select! {
-            () = shutdown.cancelled() => break,
-            slot = slots.clone().acquire_owned() => match slot {
-                Ok(slot) => slot,
-                Err(_) => break,
-            },
-        };
         let (stream, peer) = tokio::select! {
             () = shutdown.cancelled() => break,
             accepted = listener.accept() => match accepted {
@@ -91,8 +87,25 @@ pub async fn serve(
                 }
             },
         };
+        let slot = match slots.clone().try_acquire_owned() {
+            Ok(slot) => slot,
+            Err(tokio::sync::TryAcquireError::Closed) => break,
+            Err(tokio::sync::TryAcquireError::NoPermits) => {
+                // At the cap, a client sending nothing must not keep this one out.
+                open.close_longest_waiting();
+                tokio::select! {
+                    () = shutdown.cancelled() => break,
+                    slot = slots.clone().acquire_owned() => match slot {
+                        Ok(slot) => slot,
+                        Err(_) => break,
+                    },
+                }
+            }
+        };
         let _ = stream.set_nodelay(true);
         let state = Arc::new(ConnectionState::new());
+        next_id += 1;
+        let (id, close) = (next_id, open.register(next_id, state.clone()));
         let io = TokioIo::new(IdleTimeout::new(stream, limits, state.clone()));
         let service = Tracked {
             inner: hyper_util::service::TowerToHyperService::new(warp::service(routes.clone())),
@@ -104,10 +117,17 @@ pub async fn serve(
                 .serve_connection_with_upgrades(io, service)
                 .into_owned(),
         );
+        let open = open.clone();
         connections.spawn(async move {
-            if let Err(error) = connection.await {
-                tracing::debug!(%peer, %error, "connection ended with an error");
+            tokio::select! {
+                ended = connection => if let Err(error) = ended {
+                    tracing::debug!(%peer, %error, "connection ended with an error");
+                },
+                () = close.cancelled() => {
+                    tracing::debug!(%peer, "closed a connection waiting for a request, to make room at the connection cap");
+                }
             }
+            open.forget(id);
             drop(slot);
         });
         while connections.try_join_next().is_some() {}
@@ -121,6 +141,60 @@ pub async fn serve(
         connections.abort_all();
     }
     while connections.join_next().await.is_some() {}
+}
+
+/// The open connections, so that one can be closed to make room at the connection cap.
+#[derive(Default)]
+struct OpenConnections {
+    open: Mutex<HashMap<u64, OpenConnection>>,
+}
+
+struct OpenConnection {
+    state: Arc<ConnectionState>,
+    close: CancellationToken,
+}
+
+impl OpenConnections {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, OpenConnection>> {
+        // Inserts and removes only: a panic cannot leave the map half-updated.
+        self.open
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Registers a connection; the token closes it.
+    fn register(&self, id: u64, state: Arc<ConnectionState>) -> CancellationToken {
+        let close = CancellationToken::new();
+        self.lock().insert(
+            id,
+            OpenConnection {
+                state,
+                close: close.clone(),
+            },
+        );
+        close
+    }
+
+    fn forget(&self, id: u64) {
+        self.lock().remove(&id);
+    }
+
+    /// Closes the connection that has waited longest for a request — silent since it
+    /// connected, idle between requests, or still sending one — if there is one. A
+    /// connection the server is answering (a held reply, an event stream) is kept.
+    fn close_longest_waiting(&self) {
+        let mut open = self.lock();
+        let longest = open
+            .iter()
+            .filter_map(|(id, connection)| {
+                let phases = *connection.state.phases();
+                (phases.answering == 0).then_some((phases.waiting_since, *id))
+            })
+            .min();
+        if let Some(connection) = longest.and_then(|(_, id)| open.remove(&id)) {
+            connection.close.cancel();
+        }
+    }
 }
 
 /// What a connection is doing, as its timeouts see it: waiting for a request (from accept,

@@ -80,16 +80,84 @@ async fn a_connection_that_moves_no_bytes_is_closed_after_the_idle_timeout() {
     assert!(took < Duration::from_secs(5), "held for {took:?}");
 }
 
+/// Whether the server has closed `stream` (it reads an end of stream within a moment).
+fn closed_by_server(stream: &mut TcpStream) -> bool {
+    stream
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .expect("a read timeout can be set");
+    match stream.read(&mut [0u8; 1]) {
+        Ok(0) => true,
+        Err(error) => !matches!(
+            error.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        ),
+        Ok(_) => false,
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
-async fn connections_over_the_cap_wait_until_one_closes() {
-    // Arrange: two connections at a time; the first two stay open and idle.
+async fn at_the_cap_a_new_connection_closes_the_one_waiting_longest_for_a_request() {
+    // Arrange: two connections at a time, taken by a client trickling a body and then by
+    // a silent one; the timeouts are far off, so only the cap's own rule can free a slot.
     let app = spawn_app_with(|c| {
         c.max_connections = 2;
         c.max_streams = 1;
+        c.header_read_timeout_seconds = 60;
+        c.request_read_timeout_seconds = 60;
+        c.idle_timeout_seconds = 60;
     })
     .await;
-    let first = TcpStream::connect(app.addr).expect("the first connection is accepted");
-    let _second = TcpStream::connect(app.addr).expect("the second connection is accepted");
+    let mut trickling = TcpStream::connect(app.addr).expect("the first connection is accepted");
+    trickling
+        .write_all(
+            b"POST /api/messaging/sessions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{",
+        )
+        .expect("writes a head and a byte of body");
+    std::thread::sleep(Duration::from_millis(100));
+    let mut silent = TcpStream::connect(app.addr).expect("the second connection is accepted");
+    std::thread::sleep(Duration::from_millis(100));
+
+    // Act
+    let health = app.get("/sessions/health").await;
+
+    // Assert
+    assert_eq!(health.status, 200, "{}", health.text);
+    assert!(
+        closed_by_server(&mut trickling),
+        "the connection waiting longest was kept"
+    );
+    assert!(
+        !closed_by_server(&mut silent),
+        "a newer waiting connection was closed too"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn at_the_cap_connections_being_answered_are_kept_and_a_new_one_waits() {
+    // Arrange: two connections at a time, both being answered: an event stream and a
+    // request held for the agent's reply (up to 3 s).
+    let app = spawn_app_with(|c| {
+        c.max_connections = 2;
+        c.max_streams = 1;
+        c.reply_timeout_seconds = 3;
+    })
+    .await;
+    let session = app.create_session().await;
+    let mut stream = app
+        .api(Method::GET, &format!("/sessions/{}/events", session.id))
+        .send()
+        .await
+        .expect("a stream opens");
+    assert_eq!(stream.status(), 200);
+    let held = {
+        let client = app.api_unpooled(Method::POST, &format!("/sessions/{}/messages", session.id));
+        tokio::spawn(
+            client
+                .json(&json!({"content": "hello", "transport": "http"}))
+                .send(),
+        )
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
     let url = app.url(&format!("{API}/sessions/health"));
     let client = reqwest::Client::builder()
         .timeout(Duration::from_millis(700))
@@ -98,7 +166,10 @@ async fn connections_over_the_cap_wait_until_one_closes() {
 
     // Act
     let while_held = client.get(&url).send().await;
-    drop(first);
+    let answered = held
+        .await
+        .expect("the held request ends")
+        .expect("it is answered");
     let after = tokio::time::timeout(Duration::from_secs(10), async {
         loop {
             if let Ok(response) = client.get(&url).send().await {
@@ -111,9 +182,15 @@ async fn connections_over_the_cap_wait_until_one_closes() {
     // Assert
     assert!(
         while_held.is_err(),
-        "a third connection was served while the cap was taken"
+        "a third connection was served while both were being answered"
     );
-    assert_eq!(after.expect("served once the first connection closed"), 200);
+    assert_eq!(answered.status(), 201);
+    assert_eq!(after.expect("served once the held request ended"), 200);
+    let stream_open = match tokio::time::timeout(Duration::from_millis(200), stream.chunk()).await {
+        Err(_) | Ok(Ok(Some(_))) => true,
+        Ok(Ok(None) | Err(_)) => false,
+    };
+    assert!(stream_open, "the event stream was closed");
 }
 
 #[tokio::test(flavor = "multi_thread")]
