@@ -1,16 +1,20 @@
 # The two commands: `make run` and `make test`.
 CARGO ?= cargo
 
-.PHONY: run test lint bench build fuzz elizaos readme crash
+.PHONY: run test test-deps lint bench build fuzz elizaos readme crash
 
 # Settings come from the environment (SESSIOND_ADDR, SESSIOND_DATA_DIR, …; defaults
 # 127.0.0.1:3000 and ./data) or from make: `make run ADDR=… DATA=… ARGS="--api-key …"`.
 run:
 	$(CARGO) run --release -- serve $(if $(ADDR),--addr $(ADDR)) $(if $(DATA),--data-dir $(DATA)) $(ARGS)
 
-test: lint fuzz elizaos readme
+test: lint test-deps fuzz elizaos readme
 	$(CARGO) test --all-targets
 	$(CARGO) test --doc
+
+# What cargo's tests need from Debian: libfaketime, for tests/clock.rs.
+test-deps:
+	bash -c 'source tests/support/sessiond.sh && debian_install faketime'
 
 lint:
 	$(CARGO) fmt --all -- --check

@@ -3,95 +3,16 @@
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 const BINARY: &str = env!("CARGO_BIN_EXE_sessiond");
 
-/// A `sessiond serve` child on a free port, stopped when dropped.
-struct Server {
-    child: Child,
-    /// Everything it logged up to and including "sessiond listening".
-    log: String,
-    /// What it logged after that.
-    later: std::sync::Arc<std::sync::Mutex<String>>,
-}
-
-impl Server {
-    fn start(data_dir: &Path, extra: &[&str]) -> Server {
-        Server::start_at("127.0.0.1:0", data_dir, extra)
-    }
-
-    fn start_at(addr: &str, data_dir: &Path, extra: &[&str]) -> Server {
-        let mut child = Command::new(BINARY)
-            .args(["serve", "--addr", addr, "--data-dir"])
-            .arg(data_dir)
-            .args(extra)
-            .env("RUST_LOG", "info")
-            .env_remove("SESSIOND_API_KEY")
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("the binary starts");
-        let mut lines = BufReader::new(child.stderr.take().expect("stderr is piped")).lines();
-        let mut log = String::new();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline {
-            let Some(Ok(line)) = lines.next() else { break };
-            log.push_str(&line);
-            log.push('\n');
-            if line.contains("sessiond listening") {
-                // Keep draining, so the server never blocks on a full pipe.
-                let later = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
-                let sink = later.clone();
-                std::thread::spawn(move || {
-                    for line in lines.map_while(Result::ok) {
-                        let mut sink = sink.lock().unwrap();
-                        sink.push_str(&line);
-                        sink.push('\n');
-                    }
-                });
-                return Server { child, log, later };
-            }
-        }
-        let _ = child.kill();
-        let _ = child.wait();
-        panic!("the server did not start:\n{log}");
-    }
-}
-
-impl Server {
-    /// Sends `signal` (a `kill` name such as HUP) and waits for the process to end; returns
-    /// its exit code and what it logged meanwhile.
-    fn stop_with(&mut self, signal: &str) -> (Option<i32>, String) {
-        let sent = Command::new("kill")
-            .arg(format!("-{signal}"))
-            .arg(self.child.id().to_string())
-            .status()
-            .expect("kill runs");
-        assert!(sent.success());
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let status = loop {
-            if let Some(status) = self.child.try_wait().expect("the child can be waited for") {
-                break status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "sessiond did not stop on SIG{signal}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        // The drain thread may still be reading the last lines.
-        std::thread::sleep(Duration::from_millis(100));
-        (status.code(), self.later.lock().unwrap().clone())
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+// Each binary test uses part of it.
+#[allow(dead_code)]
+#[path = "support/server.rs"]
+mod server;
+use server::Server;
 
 /// Runs the binary to completion with `args`.
 fn run(args: &[&str], data_dir: &Path) -> Output {

@@ -13,13 +13,8 @@ cd "$(dirname "$0")/../.."
 # shellcheck source=../support/sessiond.sh
 source tests/support/sessiond.sh
 
-for tool in curl jq; do
-    if ! command -v "$tool" >/dev/null; then
-        echo "readme: installing $tool (Debian package)"
-        if [ "$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq "$tool" >/dev/null
-        else sudo apt-get update -qq && sudo apt-get install -y -qq "$tool" >/dev/null; fi
-    fi
-done
+debian_install curl
+debian_install jq
 
 WALK=$(awk '
     /^## / { inside = ($0 == "## A walk through the API") }

@@ -68,3 +68,13 @@ sessiond_log_problems() {
         return 1
     fi
 }
+
+# debian_install COMMAND [PACKAGE]: installs the Debian package (named like the command
+# unless given) when the command is missing; as root, or through sudo.
+debian_install() {
+    local command=$1 package=${2:-$1}
+    command -v "$command" >/dev/null && return 0
+    echo "installing $package (Debian package)"
+    if [ "$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq "$package" >/dev/null
+    else sudo apt-get update -qq && sudo apt-get install -y -qq "$package" >/dev/null; fi
+}
