@@ -179,19 +179,21 @@ impl OpenConnections {
         self.lock().remove(&id);
     }
 
-    /// Closes the connection that has waited longest for a request — silent since it
-    /// connected, idle between requests, or still sending one — if there is one. A
-    /// connection the server is answering (a held reply, an event stream) is kept.
+    /// Closes the connection that has waited longest for a request, if there is one: one
+    /// silent since it connected or still sending a request first, then one idle between
+    /// requests (a client that was served, and may send another). A connection the server
+    /// is answering (a held reply, an event stream) is kept.
     fn close_longest_waiting(&self) {
         let mut open = self.lock();
         let longest = open
             .iter()
             .filter_map(|(id, connection)| {
                 let phases = *connection.state.phases();
-                (phases.answering == 0).then_some((phases.waiting_since, *id))
+                let idle_after_answer = phases.answered_one && phases.reading == 0;
+                (phases.answering == 0).then_some((idle_after_answer, phases.waiting_since, *id))
             })
             .min();
-        if let Some(connection) = longest.and_then(|(_, id)| open.remove(&id)) {
+        if let Some(connection) = longest.and_then(|(_, _, id)| open.remove(&id)) {
             connection.close.cancel();
         }
     }
@@ -211,6 +213,8 @@ struct Phases {
     answering: usize,
     /// When the connection began waiting for the request it is now waiting for or reading.
     waiting_since: Instant,
+    /// Whether a response has been sent whole on it.
+    answered_one: bool,
 }
 
 impl ConnectionState {
@@ -220,6 +224,7 @@ impl ConnectionState {
                 reading: 0,
                 answering: 0,
                 waiting_since: Instant::now(),
+                answered_one: false,
             }),
         }
     }
@@ -277,6 +282,7 @@ impl Exchange {
             if state.0 {
                 phases.answering -= 1;
             }
+            phases.answered_one = true;
             if phases.answering == 0 && phases.reading == 0 {
                 phases.waiting_since = Instant::now();
             }

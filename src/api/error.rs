@@ -124,6 +124,17 @@ impl ApiError {
         response
     }
 
+    /// 408 REQUEST_TIMEOUT: the request was not sent whole in time; the connection closes.
+    pub fn request_timeout() -> Self {
+        Self::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "REQUEST_TIMEOUT",
+            "Request timeout",
+            "the request was not sent whole within the request read timeout (--request-read-timeout-seconds)",
+        )
+        .closing()
+    }
+
     /// 400 INVALID_JSON.
     pub fn invalid_json(details: impl Into<String>) -> Self {
         Self::new(

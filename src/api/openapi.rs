@@ -82,10 +82,14 @@ pub(super) enum MissingOrExpired {
 #[allow(dead_code, reason = "a response set for the document; never built")]
 pub(super) struct Expired(super::error::Envelope<'static>);
 
-/// The errors of reading a JSON body: 413, 415.
+/// The errors of reading a JSON body: 408, 413, 415.
 #[derive(utoipa::IntoResponses)]
 #[allow(dead_code, reason = "a response set for the document; never built")]
 pub(super) enum BodyErrors {
+    /// REQUEST_TIMEOUT: the body did not arrive whole within the request read timeout
+    /// (default 30 s); the connection is closed.
+    #[response(status = 408)]
+    RequestTimeout(super::error::Envelope<'static>),
     /// PAYLOAD_TOO_LARGE: the body is over the limit (default 64 KiB).
     #[response(status = 413)]
     PayloadTooLarge(super::error::Envelope<'static>),

@@ -52,7 +52,8 @@ pub fn is_json_content_type(headers: &HeaderMap) -> bool {
 /// bytes as they arrive (chunked bodies too).
 ///
 /// # Errors
-/// 413 over the limit; 400 INVALID_JSON when the body cannot be read.
+/// 413 over the limit; 408 when the client took too long to send it; 400 INVALID_JSON
+/// when it cannot be read otherwise.
 pub async fn read_body_bytes<S, B>(
     headers: &HeaderMap,
     body: S,
@@ -70,8 +71,7 @@ where
         Vec::with_capacity(usize::try_from(declared.unwrap_or(0).min(limit)).unwrap_or(0));
     let mut body = std::pin::pin!(body);
     while let Some(chunk) = body.next().await {
-        let mut chunk = chunk
-            .map_err(|e| ApiError::invalid_json(format!("the body could not be read: {e}")))?;
+        let mut chunk = chunk.map_err(|error| unreadable_body(&error))?;
         if (bytes.len() + chunk.remaining()) as u64 > limit {
             return Err(ApiError::payload_too_large(limit));
         }
@@ -83,6 +83,21 @@ where
         }
     }
     Ok(bytes)
+}
+
+/// Why a body could not be read: the connection's read deadline (408), or anything else.
+fn unreadable_body(error: &warp::Error) -> ApiError {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(current) = cause {
+        if current
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
+        {
+            return ApiError::request_timeout();
+        }
+        cause = current.source();
+    }
+    ApiError::invalid_json(format!("the body could not be read: {error}"))
 }
 
 /// Reads a JSON object body of at most `limit` bytes, after checking the content type.

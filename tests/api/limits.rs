@@ -97,24 +97,34 @@ fn closed_by_server(stream: &mut TcpStream) -> bool {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn at_the_cap_a_new_connection_closes_the_one_waiting_longest_for_a_request() {
-    // Arrange: two connections at a time, taken by a client trickling a body and then by
-    // a silent one; the timeouts are far off, so only the cap's own rule can free a slot.
+    // Arrange: three connections at a time, taken by a client that was served and keeps
+    // its connection, then one trickling a body, then a silent one; the timeouts are far
+    // off, so only the cap's own rule can free a slot.
     let app = spawn_app_with(|c| {
-        c.max_connections = 2;
+        c.max_connections = 3;
         c.max_streams = 1;
         c.header_read_timeout_seconds = 60;
         c.request_read_timeout_seconds = 60;
         c.idle_timeout_seconds = 60;
     })
     .await;
-    let mut trickling = TcpStream::connect(app.addr).expect("the first connection is accepted");
+    let mut kept_alive = TcpStream::connect(app.addr).expect("the first connection is accepted");
+    kept_alive
+        .write_all(b"GET /api/messaging/sessions/health HTTP/1.1\r\nHost: x\r\n\r\n")
+        .expect("writes a request");
+    kept_alive
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("a read timeout can be set");
+    let mut answer = [0u8; 4096];
+    assert!(kept_alive.read(&mut answer).expect("an answer") > 0);
+    let mut trickling = TcpStream::connect(app.addr).expect("the second connection is accepted");
     trickling
         .write_all(
             b"POST /api/messaging/sessions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{",
         )
         .expect("writes a head and a byte of body");
     std::thread::sleep(Duration::from_millis(100));
-    let mut silent = TcpStream::connect(app.addr).expect("the second connection is accepted");
+    let mut silent = TcpStream::connect(app.addr).expect("the third connection is accepted");
     std::thread::sleep(Duration::from_millis(100));
 
     // Act
@@ -129,6 +139,10 @@ async fn at_the_cap_a_new_connection_closes_the_one_waiting_longest_for_a_reques
     assert!(
         !closed_by_server(&mut silent),
         "a newer waiting connection was closed too"
+    );
+    assert!(
+        !closed_by_server(&mut kept_alive),
+        "a served client's idle connection went before a silent one"
     );
 }
 
@@ -348,7 +362,7 @@ async fn a_trickled_body_is_cut_off_at_the_request_read_deadline() {
     let addr = app.addr;
 
     // Act
-    let (sent, took) = tokio::task::spawn_blocking(move || {
+    let (sent, took, answer) = tokio::task::spawn_blocking(move || {
         let started = Instant::now();
         let mut stream = TcpStream::connect(addr).expect("connects");
         stream
@@ -356,19 +370,22 @@ async fn a_trickled_body_is_cut_off_at_the_request_read_deadline() {
                 b"POST /api/messaging/sessions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n",
             )
             .expect("writes a head");
-        let mut sent = 0;
+        let (mut sent, mut answer) = (0, Vec::new());
         while started.elapsed() < Duration::from_secs(20) && stream.write_all(b" ").is_ok() {
             sent += 1;
             std::thread::sleep(Duration::from_millis(200));
-            let mut probe = [0u8; 1];
+            let mut received = [0u8; 4096];
             stream.set_nonblocking(true).expect("nonblocking");
-            let closed = matches!(stream.read(&mut probe), Ok(0));
+            let read = stream.read(&mut received);
             stream.set_nonblocking(false).expect("blocking");
-            if closed {
-                break;
+            match read {
+                Ok(0) => break,
+                Ok(n) => answer.extend_from_slice(&received[..n]),
+                Err(_) => {}
             }
         }
-        (sent, started.elapsed())
+        answer.extend(read_until_closed(&mut stream, Duration::from_secs(5)).0);
+        (sent, started.elapsed(), String::from_utf8_lossy(&answer).into_owned())
     })
     .await
     .expect("the client thread ends");
@@ -376,6 +393,8 @@ async fn a_trickled_body_is_cut_off_at_the_request_read_deadline() {
     // Assert
     assert!(sent < 100, "the whole body went through ({sent} bytes)");
     assert!(took < Duration::from_secs(6), "trickled for {took:?}");
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains(r#""code":"REQUEST_TIMEOUT""#), "{answer}");
 }
 
 /// Bodies being read share one budget: once requests announcing bodies have taken it,
