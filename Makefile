@@ -26,9 +26,12 @@ build:
 # Load benchmark of the release binary (appends to bench/results.md), the cost of a stuck
 # event-stream reader on appends, then the scale benchmark: 1M sessions and 10M messages
 # (the first run loads them, about 8 minutes, into target/scale-store-1000000; later runs
-# reuse it), also appended to bench/results.md.
+# reuse it), also appended to bench/results.md. bench/abuse.sh floods a fresh server per
+# scenario (silent sockets, trickled bodies, event streams, held requests) and appends its
+# latency and memory table too, failing if a defence plainly failed.
 bench:
 	bench/load.sh
+	bench/abuse.sh
 	$(CARGO) bench --bench stuck_subscriber
 	$(CARGO) bench --bench scale
 
