@@ -7,8 +7,7 @@ use std::collections::HashMap;
 
 use uuid::Uuid;
 
-use super::engine::Trees;
-use super::events::{self, StoredEvents};
+use super::events::StoredEvents;
 use super::keys;
 use super::{codec, Store};
 use crate::domain::{Message, Session};
@@ -60,23 +59,6 @@ pub struct TreeStats {
 }
 
 impl Store {
-    fn named_trees(trees: &Trees) -> [(&'static str, &sled::Tree); 12] {
-        [
-            ("sessionid_session", &trees.sessions),
-            ("sessionidseq_message", &trees.messages),
-            ("messageid_sessionidseq", &trees.message_locations),
-            ("parentidseq", &trees.children),
-            ("useridsessionid", &trees.user_sessions),
-            ("agentidsessionid", &trees.agent_sessions),
-            ("expiresatsessionid", &trees.expirations),
-            ("warnatsessionid", &trees.warnings),
-            ("counterkey_count", &trees.counters),
-            ("sessionid_purge", &trees.purges),
-            (events::RECORDS_TREE, &trees.events),
-            ("ownerideventid", &trees.event_index),
-        ]
-    }
-
     /// Entries and bytes per tree (a full scan).
     ///
     /// # Errors
@@ -84,7 +66,7 @@ impl Store {
     pub fn tree_stats(&self) -> Result<Vec<TreeStats>> {
         let mut stats = Vec::new();
         let engine = self.engine()?;
-        for (name, tree) in Self::named_trees(&engine.trees) {
+        for (name, tree) in engine.trees.named() {
             let (mut entries, mut bytes) = (0, 0);
             for entry in tree.iter() {
                 let (key, value) = entry?;

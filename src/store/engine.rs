@@ -15,57 +15,79 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use sled::transaction::TransactionalTree;
 use sled::Tree;
 
 use super::StoreOptions;
 use crate::error::{Error, Result};
 
-/// The store's trees (all but `meta`): what a write may change and what reads look in.
-#[derive(Clone)]
-pub(super) struct Trees {
-    /// session id -> Session.
-    pub(super) sessions: Tree,
-    /// session id ++ seq (BE) -> Message. Keys are never overwritten.
-    pub(super) messages: Tree,
-    /// message id -> session id ++ seq (BE).
-    pub(super) message_locations: Tree,
-    /// parent message id ++ child seq (BE) -> session id. The replies of each message.
-    pub(super) children: Tree,
-    /// user id ++ session id -> ().
-    pub(super) user_sessions: Tree,
-    /// agent id ++ session id -> ().
-    pub(super) agent_sessions: Tree,
-    /// expiresAt (BE micros) ++ session id -> (). One entry per stored session.
-    pub(super) expirations: Tree,
-    /// warnsAt (BE micros) ++ session id -> (). One entry per stored session.
-    pub(super) warnings: Tree,
-    /// counter key -> u64 (BE): sessions in all, per agent, per user, per (agent, user).
-    pub(super) counters: Tree,
-    /// session id -> (). Deleted sessions whose messages are still being removed.
-    pub(super) purges: Tree,
-    /// first event id (BE) -> the events of one write. The durable event log.
-    pub(super) events: Tree,
-    /// owner kind ++ owner id ++ first event id (BE) -> (). The log by session, agent, user.
-    pub(super) event_index: Tree,
+/// Declares the store's trees once: each field with the name sled stores it under. From
+/// that come [`Trees`] (the open trees), [`WriteTx`] (the same trees inside a write's
+/// transaction) and [`Trees::named`] (for statistics and checks).
+macro_rules! trees {
+    ($($(#[$doc:meta])* $field:ident: $name:expr,)*) => {
+        /// The store's trees (all but `meta`): what a write may change and what reads
+        /// look in.
+        #[derive(Clone)]
+        pub(super) struct Trees {
+            $($(#[$doc])* pub(super) $field: Tree,)*
+        }
+
+        /// The trees of [`Trees`] inside a write's transaction.
+        pub(super) struct WriteTx<'a> {
+            $($(#[$doc])* pub(super) $field: &'a TransactionalTree,)*
+        }
+
+        impl Trees {
+            fn open(db: &sled::Db) -> Result<Trees> {
+                Ok(Trees {
+                    $($field: db.open_tree($name)?,)*
+                })
+            }
+
+            /// Every tree with its stored name, in declaration order.
+            pub(super) fn named(&self) -> Vec<(&'static str, &Tree)> {
+                vec![$(($name, &self.$field),)*]
+            }
+        }
+
+        impl<'a> WriteTx<'a> {
+            /// The write's view of the trees, from the transaction over [`Trees::named`].
+            pub(super) fn new(views: &'a [TransactionalTree]) -> WriteTx<'a> {
+                let mut views = views.iter();
+                WriteTx {
+                    $($field: views.next().expect("one transaction view per tree"),)*
+                }
+            }
+        }
+    };
 }
 
-impl Trees {
-    fn open(db: &sled::Db) -> Result<Trees> {
-        Ok(Trees {
-            sessions: db.open_tree("sessionid_session")?,
-            messages: db.open_tree("sessionidseq_message")?,
-            message_locations: db.open_tree("messageid_sessionidseq")?,
-            children: db.open_tree("parentidseq")?,
-            user_sessions: db.open_tree("useridsessionid")?,
-            agent_sessions: db.open_tree("agentidsessionid")?,
-            expirations: db.open_tree("expiresatsessionid")?,
-            warnings: db.open_tree("warnatsessionid")?,
-            counters: db.open_tree("counterkey_count")?,
-            purges: db.open_tree("sessionid_purge")?,
-            events: db.open_tree(super::events::RECORDS_TREE)?,
-            event_index: db.open_tree("ownerideventid")?,
-        })
-    }
+trees! {
+    /// session id -> Session.
+    sessions: "sessionid_session",
+    /// session id ++ seq (BE) -> Message. Keys are never overwritten.
+    messages: "sessionidseq_message",
+    /// message id -> session id ++ seq (BE).
+    message_locations: "messageid_sessionidseq",
+    /// parent message id ++ child seq (BE) -> session id. The replies of each message.
+    children: "parentidseq",
+    /// user id ++ session id -> ().
+    user_sessions: "useridsessionid",
+    /// agent id ++ session id -> ().
+    agent_sessions: "agentidsessionid",
+    /// expiresAt (BE micros) ++ session id -> (). One entry per stored session.
+    expirations: "expiresatsessionid",
+    /// warnsAt (BE micros) ++ session id -> (). One entry per stored session.
+    warnings: "warnatsessionid",
+    /// counter key -> u64 (BE): sessions in all, per agent, per user, per (agent, user).
+    counters: "counterkey_count",
+    /// session id -> (). Deleted sessions whose messages are still being removed.
+    purges: "sessionid_purge",
+    /// first event id (BE) -> the events of one write. The durable event log.
+    events: super::events::RECORDS_TREE,
+    /// owner kind ++ owner id ++ first event id (BE) -> (). The log by session, agent, user.
+    event_index: "ownerideventid",
 }
 
 /// One open sled instance: its handle, its trees and the files a flush syncs.

@@ -4,8 +4,9 @@ use std::sync::Arc;
 
 use uuid::Uuid;
 
+use super::engine::WriteTx;
 use super::keys;
-use super::writer::{Work, WriteTx};
+use super::writer::Work;
 use super::{codec, encode_tx, refuse, settle_unrefused, Store, TxResult};
 use crate::domain::{
     Clock, EventKind, Message, NewMessage, Renewal, Session, SessionError, Timestamp,

@@ -5,9 +5,10 @@ use std::sync::Arc;
 use sled::transaction::TransactionalTree;
 use uuid::Uuid;
 
+use super::engine::WriteTx;
 use super::keys::{self, Counter};
 use super::messages::MESSAGES_PER_PURGE_WRITE;
-use super::writer::{Work, WriteTx};
+use super::writer::Work;
 use super::{codec, decode_tx, encode_tx, refuse, settle_unrefused, Store, TxResult};
 use crate::domain::{Clock, DueNotices, EventKind, NewMessage, Session, SessionError, Timestamp};
 use crate::error::Result;

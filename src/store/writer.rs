@@ -16,11 +16,11 @@ use std::sync::{mpsc, Arc};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
+use sled::transaction::{ConflictableTransactionError, TransactionError};
 use sled::Transactional;
 use tokio::sync::oneshot;
 
-use super::engine::{Engine, EngineSlot, Trees};
+use super::engine::{Engine, EngineSlot, Trees, WriteTx};
 use super::events::{EventBus, EventLog};
 use super::{broken, keys, Failure, TxResult};
 use crate::domain::{Event, SessionError};
@@ -31,22 +31,6 @@ const MAX_BATCH: usize = 128;
 
 /// A batch slower than this is logged, with where its time went.
 const SLOW_BATCH: std::time::Duration = std::time::Duration::from_millis(100);
-
-/// The trees of [`Trees`] inside the batch transaction.
-pub(super) struct WriteTx<'a> {
-    pub(super) sessions: &'a TransactionalTree,
-    pub(super) messages: &'a TransactionalTree,
-    pub(super) message_locations: &'a TransactionalTree,
-    pub(super) children: &'a TransactionalTree,
-    pub(super) user_sessions: &'a TransactionalTree,
-    pub(super) agent_sessions: &'a TransactionalTree,
-    pub(super) expirations: &'a TransactionalTree,
-    pub(super) warnings: &'a TransactionalTree,
-    pub(super) counters: &'a TransactionalTree,
-    pub(super) purges: &'a TransactionalTree,
-    pub(super) events: &'a TransactionalTree,
-    pub(super) event_index: &'a TransactionalTree,
-}
 
 impl<'a> WriteTx<'a> {
     /// A log for the events of one write, numbered from `first_id`.
@@ -341,86 +325,46 @@ fn commit(
     batch: Vec<Box<dyn Job>>,
 ) -> Committed {
     let mut batch: Vec<Option<Box<dyn Job>>> = batch.into_iter().map(Some).collect();
-    let all = (
-        &trees.sessions,
-        &trees.messages,
-        &trees.message_locations,
-        &trees.children,
-        &trees.user_sessions,
-        &trees.agent_sessions,
-        &trees.expirations,
-        &trees.warnings,
-        &trees.counters,
-        &trees.purges,
-        &trees.events,
-        &trees.event_index,
-    );
+    let named = trees.named();
+    let all: Vec<&sled::Tree> = named.iter().map(|(_, tree)| *tree).collect();
     loop {
-        let outcome = all.transaction(
-            |(
-                sessions,
-                messages,
-                message_locations,
-                children,
-                user_sessions,
-                agent_sessions,
-                expirations,
-                warnings,
-                counters,
-                purges,
-                events,
-                event_index,
-            )| {
-                let tx = WriteTx {
-                    sessions,
-                    messages,
-                    message_locations,
-                    children,
-                    user_sessions,
-                    agent_sessions,
-                    expirations,
-                    warnings,
-                    counters,
-                    purges,
-                    events,
-                    event_index,
-                };
-                let mut next_id = *next_event_id;
-                let mut written = Vec::new();
-                let mut changed = false;
-                for (index, job) in batch.iter().enumerate() {
-                    let Some(job) = job else { continue };
-                    let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                        job.run(&tx, next_id)
-                    }))
-                    .unwrap_or_else(|panic| {
-                        Err(broken(Error::Panicked(crate::error::panic_message(
-                            panic.as_ref(),
-                        ))))
-                    });
-                    match ran {
-                        Ok(mut events) => {
-                            changed = true;
-                            next_id += events.len() as u64;
-                            written.append(&mut events);
-                        }
-                        Err(ConflictableTransactionError::Abort(Failure::Refused(refusal))) => {
-                            job.refuse(refusal);
-                        }
-                        Err(ConflictableTransactionError::Abort(Failure::Broken(error))) => {
-                            return Err(ConflictableTransactionError::Abort((index, error)))
-                        }
-                        Err(ConflictableTransactionError::Conflict) => {
-                            return Err(ConflictableTransactionError::Conflict)
-                        }
-                        Err(ConflictableTransactionError::Storage(error)) => {
-                            return Err(ConflictableTransactionError::Storage(error))
-                        }
+        let outcome = all.as_slice().transaction(|views| {
+            let tx = WriteTx::new(views);
+            let mut next_id = *next_event_id;
+            let mut written = Vec::new();
+            let mut changed = false;
+            for (index, job) in batch.iter().enumerate() {
+                let Some(job) = job else { continue };
+                let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    job.run(&tx, next_id)
+                }))
+                .unwrap_or_else(|panic| {
+                    Err(broken(Error::Panicked(crate::error::panic_message(
+                        panic.as_ref(),
+                    ))))
+                });
+                match ran {
+                    Ok(mut events) => {
+                        changed = true;
+                        next_id += events.len() as u64;
+                        written.append(&mut events);
+                    }
+                    Err(ConflictableTransactionError::Abort(Failure::Refused(refusal))) => {
+                        job.refuse(refusal);
+                    }
+                    Err(ConflictableTransactionError::Abort(Failure::Broken(error))) => {
+                        return Err(ConflictableTransactionError::Abort((index, error)))
+                    }
+                    Err(ConflictableTransactionError::Conflict) => {
+                        return Err(ConflictableTransactionError::Conflict)
+                    }
+                    Err(ConflictableTransactionError::Storage(error)) => {
+                        return Err(ConflictableTransactionError::Storage(error))
                     }
                 }
-                Ok((written, next_id, changed))
-            },
-        );
+            }
+            Ok((written, next_id, changed))
+        });
         match outcome {
             Ok((written, next_id, changed)) => {
                 *next_event_id = next_id;
