@@ -3,15 +3,15 @@
 /// Errors from the store, its files and start-up.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// sled reported a failure (I/O, corruption it detected, or an unsupported use).
+    /// The storage engine failed other than on I/O (which is [`Error::Io`]).
     #[error("storage error: {0}")]
-    Storage(#[from] sled::Error),
+    Storage(#[source] Box<dyn std::error::Error + Send + Sync>),
     /// A file or socket operation failed.
     #[error("I/O error: {0}")]
     Io(#[from] std::io::Error),
     /// A stored value could not be encoded or decoded.
     #[error("codec error: {0}")]
-    Codec(String),
+    Codec(#[source] Box<dyn std::error::Error + Send + Sync>),
     /// Stored data breaks an invariant of the layout.
     #[error("store is corrupt: {0}")]
     Corrupt(String),
@@ -29,9 +29,12 @@ pub enum Error {
     /// full disk, say); reads go on.
     #[error("the store is not taking writes: {0}")]
     Degraded(String),
-    /// Making writes durable failed; acknowledged writes cannot be promised.
+    /// Making a batch of writes durable failed; each of its writes answers with the cause.
     #[error("flush to disk failed: {0}")]
-    Flush(String),
+    Flush(#[source] std::sync::Arc<Error>),
+    /// The writer thread has stopped (the store is closing): no write can be taken.
+    #[error("the store's writer has stopped")]
+    WriterStopped,
     /// The configuration is inconsistent.
     #[error("{0}")]
     Config(String),
@@ -76,6 +79,15 @@ pub(crate) fn catch_quietly<T>(work: impl FnOnce() -> T) -> std::result::Result<
 }
 
 impl Error {
+    /// Whether the store cannot serve this now (a disk failing or full, the store
+    /// closing) rather than the request or the data being at fault: the API answers 503.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(
+            self,
+            Error::Io(_) | Error::Flush(_) | Error::Degraded(_) | Error::WriterStopped
+        )
+    }
+
     /// The store in `path` is damaged: the storage engine panicked on it with `panic`.
     pub(crate) fn engine_panicked(path: &std::path::Path, panic: &str) -> Self {
         Error::Damaged {

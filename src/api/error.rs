@@ -467,10 +467,8 @@ impl From<crate::Error> for ApiError {
     fn from(error: crate::Error) -> Self {
         use crate::Error;
         match &error {
-            Error::Io(_) | Error::Flush(_) | Error::Storage(sled::Error::Io(_)) => {
-                ApiError::storage_unavailable(&error)
-            }
             Error::Degraded(reason) => ApiError::storage_degraded(reason),
+            _ if error.is_unavailable() => ApiError::storage_unavailable(&error),
             _ => ApiError::internal(&error),
         }
     }

@@ -19,7 +19,7 @@ fn config() -> bincode::config::Configuration {
 pub(crate) fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>> {
     let mut out = vec![VALUE_FORMAT_V1];
     bincode::serde::encode_into_std_write(value, &mut out, config())
-        .map_err(|e| Error::Codec(e.to_string()))?;
+        .map_err(|e| Error::Codec(e.into()))?;
     Ok(out)
 }
 
@@ -31,16 +31,17 @@ pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
     match bytes.split_first() {
         Some((&VALUE_FORMAT_V1, body)) => {
             let (value, read) = bincode::serde::decode_from_slice(body, config())
-                .map_err(|e| Error::Codec(e.to_string()))?;
+                .map_err(|e| Error::Codec(e.into()))?;
             if read != body.len() {
-                return Err(Error::Codec(format!(
-                    "{} trailing bytes",
-                    body.len() - read
-                )));
+                return Err(Error::Codec(
+                    format!("{} trailing bytes", body.len() - read).into(),
+                ));
             }
             Ok(value)
         }
-        Some((format, _)) => Err(Error::Codec(format!("unknown value format {format}"))),
+        Some((format, _)) => Err(Error::Codec(
+            format!("unknown value format {format}").into(),
+        )),
         None => Err(Error::Codec("empty value".into())),
     }
 }

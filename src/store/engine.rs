@@ -319,9 +319,8 @@ fn refusal_reason(failure: &Error) -> String {
 
 fn is_disk_full(error: &Error) -> bool {
     match error {
-        Error::Io(io) | Error::Storage(sled::Error::Io(io)) => {
-            io.kind() == std::io::ErrorKind::StorageFull
-        }
+        Error::Io(io) => io.kind() == std::io::ErrorKind::StorageFull,
+        Error::Flush(cause) => is_disk_full(cause),
         _ => false,
     }
 }

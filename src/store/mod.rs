@@ -163,6 +163,19 @@ impl Store {
     }
 }
 
+/// sled's errors become the library's here, so that no engine type leaves the store. An
+/// I/O error stays one (it decides between a 503 and a 500); corruption sled detects
+/// while running is logged as corruption.
+impl From<sled::Error> for Error {
+    fn from(error: sled::Error) -> Self {
+        match error {
+            sled::Error::Io(io) => Error::Io(io),
+            sled::Error::Corruption { .. } => Error::corrupt(error.to_string()),
+            other => Error::Storage(Box::new(other)),
+        }
+    }
+}
+
 /// How long [`Store::close`] waits for other handles and for the file lock.
 const CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
@@ -357,6 +370,23 @@ mod tests {
         let store = Store::open(dir.path(), &StoreOptions::default()).unwrap();
         release.join().unwrap();
         store.close().unwrap();
+    }
+
+    #[test]
+    fn engine_errors_keep_their_kind_and_their_cause() {
+        let full = std::io::Error::from(std::io::ErrorKind::StorageFull);
+        let io = Error::from(sled::Error::Io(full));
+        assert!(matches!(&io, Error::Io(e) if e.kind() == std::io::ErrorKind::StorageFull));
+        assert!(io.is_unavailable());
+        let flush = Error::Flush(Arc::new(io));
+        assert!(flush.is_unavailable());
+        assert!(std::error::Error::source(&flush).is_some());
+        assert!(Error::WriterStopped.is_unavailable());
+        let unsupported = Error::from(sled::Error::Unsupported("x".into()));
+        assert!(!unsupported.is_unavailable());
+        assert!(std::error::Error::source(&unsupported).is_some());
+        let codec = codec::decode::<u64>(&[]).unwrap_err();
+        assert!(!codec.is_unavailable());
     }
 
     #[test]

@@ -63,7 +63,7 @@ trait Job: Send {
     /// Settles the write as refused: it changes nothing.
     fn refuse(&self, refusal: SessionError);
     /// Answers the writer: its outcome once `durable` succeeded, else the failure.
-    fn answer(self: Box<Self>, durable: &Result<(), String>);
+    fn answer(self: Box<Self>, durable: &Result<(), Arc<Error>>);
     /// Answers the writer with a failure of its own.
     fn fail(self: Box<Self>, error: Error);
 }
@@ -79,7 +79,7 @@ impl<T: Send> Job for Pending<T> {
         *self.outcome.borrow_mut() = Some(Err(refusal));
     }
 
-    fn answer(self: Box<Self>, durable: &Result<(), String>) {
+    fn answer(self: Box<Self>, durable: &Result<(), Arc<Error>>) {
         let answer = match (durable, self.outcome.into_inner()) {
             (Err(error), _) => Err(Error::Flush(error.clone())),
             (Ok(()), Some(outcome)) => Ok(outcome),
@@ -153,7 +153,7 @@ impl Writer {
             outcome: RefCell::new(None),
             reply,
         });
-        let stopped = || Error::Flush("the writer has stopped".into());
+        let stopped = || Error::WriterStopped;
         self.queue
             .as_ref()
             .ok_or_else(stopped)?
@@ -164,7 +164,7 @@ impl Writer {
 
     /// Flushes and syncs on the calling thread.
     pub(super) fn flush_now(&self) -> Result<()> {
-        sync(&*self.engines.engine()?, &self.bus).map_err(|e| Error::Flush(e.to_string()))
+        sync(&*self.engines.engine()?, &self.bus).map_err(|e| Error::Flush(Arc::new(e)))
     }
 }
 
@@ -235,7 +235,10 @@ impl WriterThread {
         let engine = match self.engines.engine() {
             Ok(engine) => engine,
             Err(error) => {
-                let reason = error.to_string();
+                let reason = match error {
+                    Error::Degraded(reason) => reason,
+                    other => other.to_string(),
+                };
                 for job in batch {
                     job.fail(Error::Degraded(reason.clone()));
                 }
@@ -264,7 +267,7 @@ impl WriterThread {
                 "slow write batch"
             );
         }
-        let durable = durable.map_err(|error| error.to_string());
+        let durable = durable.map_err(Arc::new);
         for job in committed.to_answer {
             job.answer(&durable);
         }
