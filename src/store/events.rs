@@ -17,7 +17,7 @@ use tokio::sync::mpsc;
 use uuid::Uuid;
 
 use super::keys::{self, EventOwner};
-use super::writer::Work;
+use super::writer::{Work, WriteTime};
 use super::{codec, encode_tx, settle_unrefused, Store, TxResult};
 use crate::domain::{
     DueNotices, Event, EventData, EventFilter, EventKind, Message, Session, Timestamp,
@@ -587,7 +587,8 @@ impl Store {
             if doomed.is_empty() {
                 break;
             }
-            let work: Work<()> = Box::new(move |tx, _| {
+            let work: Work<()> = Box::new(move |ctx| {
+                let tx = ctx.tx;
                 for (first_id, owners) in &doomed {
                     for owner in owners {
                         tx.event_index
@@ -595,9 +596,9 @@ impl Store {
                     }
                     tx.events.remove(&keys::event(*first_id))?;
                 }
-                Ok(((), Vec::new()))
+                Ok(())
             });
-            settle_unrefused(self.writer.write(work).await?)?;
+            settle_unrefused(self.writer.write(WriteTime::At(cutoff), work).await?)?;
             if !more {
                 break;
             }

@@ -6,7 +6,7 @@ use uuid::Uuid;
 
 use super::engine::WriteTx;
 use super::keys;
-use super::writer::Work;
+use super::writer::{Announced, Work, WriteTime};
 use super::{codec, encode_tx, refuse, settle_unrefused, Store, TxResult};
 use crate::domain::{
     Clock, EventKind, Message, NewMessage, Renewal, Session, SessionError, Timestamp,
@@ -161,28 +161,23 @@ impl Store {
         new: NewMessage,
         clock: Arc<dyn Clock>,
     ) -> Result<Result<Appended, SessionError>> {
-        let work: Work<Appended> = Box::new(move |tx, first_event_id| {
-            let mut log = tx.event_log(first_event_id);
-            let (old, now) = tx.active_session(session_id, clock.as_ref())?;
+        let work: Work<Appended> = Box::new(move |ctx| {
+            let old = ctx.active_session(session_id)?;
             let mut session = old.clone();
-            let message = tx.add_message(&mut session, &new, now)?;
-            let renewal = session.record_activity(now);
-            let due = session.due_notices(now);
-            session.mark_noticed(due);
-            tx.put_session(Some(&old), &session)?;
-            log.message(now, &session, &message);
+            let message = ctx.tx.add_message(&mut session, &new, ctx.now)?;
+            let renewal = session.record_activity(ctx.now);
+            let mut announced = vec![Announced::Message(&message)];
             if renewal == Renewal::Renewed {
-                log.session(now, EventKind::SessionRenewed, &session);
+                announced.push(Announced::Session(EventKind::SessionRenewed));
             }
-            log.notices(now, &session, due);
-            let appended = Appended {
+            let session = ctx.save_session(Some(&old), session, &announced)?;
+            Ok(Appended {
                 message,
                 session,
                 renewal,
-            };
-            Ok((appended, log.finish()?))
+            })
         });
-        self.writer.write(work).await
+        self.writer.write(WriteTime::Clock(clock), work).await
     }
 
     /// A message of this session, by id.
@@ -426,17 +421,23 @@ impl Store {
         {
             let high = keys::parse_message(&last?)?.1;
             let low = high.saturating_sub(MESSAGES_PER_PURGE_WRITE - 1).max(1);
-            let work: Work<()> = Box::new(move |tx, _| {
-                tx.remove_messages(session_id, low..=high)?;
-                Ok(((), Vec::new()))
-            });
-            settle_unrefused(self.writer.write(work).await?)?;
+            let work: Work<()> =
+                Box::new(move |ctx| ctx.tx.remove_messages(session_id, low..=high));
+            settle_unrefused(
+                self.writer
+                    .write(WriteTime::At(Timestamp::now()), work)
+                    .await?,
+            )?;
         }
-        let work: Work<()> = Box::new(move |tx, _| {
-            tx.purges.remove(&keys::session(session_id))?;
-            Ok(((), Vec::new()))
+        let work: Work<()> = Box::new(move |ctx| {
+            ctx.tx.purges.remove(&keys::session(session_id))?;
+            Ok(())
         });
-        settle_unrefused(self.writer.write(work).await?)
+        settle_unrefused(
+            self.writer
+                .write(WriteTime::At(Timestamp::now()), work)
+                .await?,
+        )
     }
 }
 

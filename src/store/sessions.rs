@@ -8,7 +8,7 @@ use uuid::Uuid;
 use super::engine::WriteTx;
 use super::keys::{self, Counter};
 use super::messages::MESSAGES_PER_PURGE_WRITE;
-use super::writer::Work;
+use super::writer::{Announced, Work, WriteTime};
 use super::{codec, decode_tx, encode_tx, refuse, settle_unrefused, Store, TxResult};
 use crate::domain::{Clock, DueNotices, EventKind, NewMessage, Session, SessionError, Timestamp};
 use crate::error::Result;
@@ -65,27 +65,11 @@ pub struct SessionCounts {
 }
 
 impl WriteTx<'_> {
-    fn stored_session(&self, id: Uuid) -> TxResult<Option<Session>> {
+    pub(super) fn stored_session(&self, id: Uuid) -> TxResult<Option<Session>> {
         self.sessions
             .get(keys::session(id))?
             .map(|bytes| decode_tx(&bytes))
             .transpose()
-    }
-
-    /// The session and the write's `now`, refusing a missing or expired session.
-    pub(super) fn active_session(
-        &self,
-        id: Uuid,
-        clock: &dyn Clock,
-    ) -> TxResult<(Session, Timestamp)> {
-        let Some(session) = self.stored_session(id)? else {
-            return refuse(SessionError::NotFound(id));
-        };
-        let now = clock.now();
-        match session.check_active(now) {
-            Ok(()) => Ok((session, now)),
-            Err(refused) => refuse(refused),
-        }
     }
 
     /// Writes `new` and moves its deadline entries if they changed since `old`.
@@ -175,7 +159,9 @@ impl Store {
         session: Session,
         history: Vec<NewMessage>,
     ) -> Result<Result<Session, SessionError>> {
-        let work: Work<Session> = Box::new(move |tx, first_event_id| {
+        let created_at = session.created_at;
+        let work: Work<Session> = Box::new(move |ctx| {
+            let tx = ctx.tx;
             // Everything that could refuse is checked before anything is written.
             let key = keys::session(session.id);
             if tx.sessions.get(key)?.is_some() || tx.purges.get(key)?.is_some() {
@@ -193,27 +179,24 @@ impl Store {
                     });
                 }
             }
-            let now = session.created_at;
-            let mut log = tx.event_log(first_event_id);
             let mut stored = session.clone();
             stored.message_count = 0;
             stored.last_message_id = None;
             for new in &history {
-                tx.add_message(&mut stored, new, now)?;
+                tx.add_message(&mut stored, new, ctx.now)?;
             }
-            let due = stored.due_notices(now);
-            stored.mark_noticed(due);
-            tx.put_session(None, &stored)?;
             tx.user_sessions
                 .insert(&keys::owned_session(session.user_id, session.id), &[])?;
             tx.agent_sessions
                 .insert(&keys::owned_session(session.agent_id, session.id), &[])?;
             add_to_counters(tx.counters, &session, 1)?;
-            log.session(now, EventKind::SessionCreated, &stored);
-            log.notices(now, &stored, due);
-            Ok((stored, log.finish()?))
+            ctx.save_session(
+                None,
+                stored,
+                &[Announced::Session(EventKind::SessionCreated)],
+            )
         });
-        self.writer.write(work).await
+        self.writer.write(WriteTime::At(created_at), work).await
     }
 
     /// The session, if stored (expired or not).
@@ -246,26 +229,17 @@ impl Store {
             + Send
             + 'static,
     ) -> Result<Result<(Session, Timestamp), SessionError>> {
-        let work: Work<(Session, Timestamp)> = Box::new(move |tx, first_event_id| {
-            let mut log = tx.event_log(first_event_id);
-            let (old, now) = tx.active_session(id, clock.as_ref())?;
+        let work: Work<(Session, Timestamp)> = Box::new(move |ctx| {
+            let old = ctx.active_session(id)?;
             let mut new = old.clone();
-            let announced = match change(&mut new, now) {
-                Ok(announced) => announced,
+            let announced = match change(&mut new, ctx.now) {
+                Ok(announced) => announced.map(Announced::Session),
                 Err(refused) => return refuse(refused),
             };
-            let due = new.due_notices(now);
-            new.mark_noticed(due);
-            if new != old {
-                tx.put_session(Some(&old), &new)?;
-            }
-            if let Some(kind) = announced {
-                log.session(now, kind, &new);
-            }
-            log.notices(now, &new, due);
-            Ok(((new, now), log.finish()?))
+            let saved = ctx.save_session(Some(&old), new, announced.as_slice())?;
+            Ok((saved, ctx.now))
         });
-        self.writer.write(work).await
+        self.writer.write(WriteTime::Clock(clock), work).await
     }
 
     /// Records the lifecycle notices (`session.expiring`, `session.expired`) due for a
@@ -274,23 +248,17 @@ impl Store {
     /// # Errors
     /// Storage failures.
     pub async fn record_due_notices(&self, id: Uuid, clock: Arc<dyn Clock>) -> Result<bool> {
-        let work: Work<bool> = Box::new(move |tx, first_event_id| {
-            let mut log = tx.event_log(first_event_id);
-            let Some(old) = tx.stored_session(id)? else {
-                return Ok((false, Vec::new()));
+        let work: Work<bool> = Box::new(move |ctx| {
+            let Some(old) = ctx.tx.stored_session(id)? else {
+                return Ok(false);
             };
-            let now = clock.now();
-            let due = old.due_notices(now);
-            if due == DueNotices::default() {
-                return Ok((false, Vec::new()));
+            if old.due_notices(ctx.now) == DueNotices::default() {
+                return Ok(false);
             }
-            let mut new = old.clone();
-            new.mark_noticed(due);
-            tx.put_session(Some(&old), &new)?;
-            log.notices(now, &new, due);
-            Ok((true, log.finish()?))
+            ctx.save_session(Some(&old), old.clone(), &[])?;
+            Ok(true)
         });
-        settle_unrefused(self.writer.write(work).await?)
+        settle_unrefused(self.writer.write(WriteTime::Clock(clock), work).await?)
     }
 
     /// Ids of sessions whose warning window opens or whose expiry falls in `[from, to]`.
@@ -335,13 +303,13 @@ impl Store {
         announce_at: Option<Timestamp>,
         condition: impl Fn(&Session) -> bool + Send + 'static,
     ) -> Result<Option<Session>> {
-        let work: Work<Option<(Session, bool)>> = Box::new(move |tx, first_event_id| {
-            let mut log = tx.event_log(first_event_id);
+        let work: Work<Option<(Session, bool)>> = Box::new(move |ctx| {
+            let tx = ctx.tx;
             let Some(session) = tx.stored_session(id)? else {
-                return Ok((None, Vec::new()));
+                return Ok(None);
             };
             if !condition(&session) {
-                return Ok((None, Vec::new()));
+                return Ok(None);
             }
             tx.remove_session(&session)?;
             tx.user_sessions
@@ -358,12 +326,14 @@ impl Store {
             } else {
                 tx.remove_messages(id, 1..=session.message_count)?;
             }
-            if let Some(at) = announce_at {
-                log.session(at, EventKind::SessionDeleted, &session);
+            if announce_at.is_some() {
+                ctx.announce(EventKind::SessionDeleted, &session);
             }
-            Ok((Some((session, purge_later)), log.finish()?))
+            Ok(Some((session, purge_later)))
         });
-        let Some((deleted, purge_later)) = settle_unrefused(self.writer.write(work).await?)? else {
+        let time = WriteTime::At(announce_at.unwrap_or_else(Timestamp::now));
+        let Some((deleted, purge_later)) = settle_unrefused(self.writer.write(time, work).await?)?
+        else {
             return Ok(None);
         };
         if purge_later {

@@ -9,7 +9,7 @@
 //! drive's write cache nor the file's size metadata, so it does not survive power loss;
 //! nor does sled sync the blob files it writes for large tree nodes, so the writer does.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::fs::File;
 use std::path::Path;
 use std::sync::{mpsc, Arc};
@@ -19,11 +19,12 @@ use std::time::{Duration, Instant};
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 use sled::Transactional;
 use tokio::sync::oneshot;
+use uuid::Uuid;
 
 use super::engine::{Engine, EngineSlot, Trees, WriteTx};
 use super::events::{EventBus, EventLog};
-use super::{broken, keys, Failure, TxResult};
-use crate::domain::{Event, SessionError};
+use super::{broken, keys, refuse, Failure, TxResult};
+use crate::domain::{Clock, Event, EventKind, Message, Session, SessionError, Timestamp};
 use crate::error::{Error, Result};
 
 /// Most writes one transaction takes: bounds how long a write waits behind others.
@@ -32,33 +33,94 @@ const MAX_BATCH: usize = 128;
 /// A batch slower than this is logged, with where its time went.
 const SLOW_BATCH: std::time::Duration = std::time::Duration::from_millis(100);
 
-impl<'a> WriteTx<'a> {
-    /// A log for the events of one write, numbered from `first_id`.
-    pub(super) fn event_log(&self, first_id: u64) -> EventLog<'a> {
-        EventLog::new(self.events, self.event_index, first_id)
+/// What one write works in: the batch's transaction, the write's time (read once, when
+/// the writer first runs it) and its event log, which the writer numbers, finishes and
+/// publishes after the commit.
+pub(super) struct WriteCtx<'t, 'a> {
+    pub(super) tx: &'t WriteTx<'a>,
+    pub(super) now: Timestamp,
+    log: EventLog<'a>,
+}
+
+/// What a write that stores a session announces, in order, before the lifecycle notices.
+pub(super) enum Announced<'m> {
+    Session(EventKind),
+    Message(&'m Message),
+}
+
+impl WriteCtx<'_, '_> {
+    /// The stored session, refusing a missing one or one expired at the write's time.
+    pub(super) fn active_session(&self, id: Uuid) -> TxResult<Session> {
+        let Some(session) = self.tx.stored_session(id)? else {
+            return refuse(SessionError::NotFound(id));
+        };
+        match session.check_active(self.now) {
+            Ok(()) => Ok(session),
+            Err(refused) => refuse(refused),
+        }
+    }
+
+    /// Stores `new` over `old` (`None` for a new session) with the lifecycle notices that
+    /// fall due at the write's time, then records what the write announces and the
+    /// notices. Every write that changes a session goes through here.
+    pub(super) fn save_session(
+        &mut self,
+        old: Option<&Session>,
+        mut new: Session,
+        announced: &[Announced<'_>],
+    ) -> TxResult<Session> {
+        let due = new.due_notices(self.now);
+        new.mark_noticed(due);
+        if old != Some(&new) {
+            self.tx.put_session(old, &new)?;
+        }
+        for announcement in announced {
+            match announcement {
+                Announced::Session(kind) => self.log.session(self.now, *kind, &new),
+                Announced::Message(message) => self.log.message(self.now, &new, message),
+            }
+        }
+        self.log.notices(self.now, &new, due);
+        Ok(new)
+    }
+
+    /// Records a session event at the write's time, for a write that does not store the
+    /// session (its deletion).
+    pub(super) fn announce(&mut self, kind: EventKind, session: &Session) {
+        self.log.session(self.now, kind, session);
     }
 }
 
-/// One write: runs inside a batch transaction, given the first free event id, and returns
-/// its result and the events it recorded. It must decide to refuse before it changes
-/// anything: a refusal is answered as it is while the rest of the batch commits. It may run
-/// more than once (when another write of its batch fails, the batch runs again without that
-/// one), so it must only change the store through the transaction.
-pub(super) type Work<T> =
-    Box<dyn Fn(&WriteTx<'_>, u64) -> TxResult<(T, Vec<Event>)> + Send + 'static>;
+/// Where a write's time comes from.
+pub(super) enum WriteTime {
+    /// The clock, read once when the writer first runs the write.
+    Clock(Arc<dyn Clock>),
+    /// This instant (a session's creation, a deletion's announcement).
+    At(Timestamp),
+}
+
+/// One write: runs inside a batch transaction, in its [`WriteCtx`]. It must decide to
+/// refuse before it changes anything: a refusal is answered as it is while the rest of the
+/// batch commits. It may run more than once (when another write of its batch fails, the
+/// batch runs again without that one), always with the same time, so it must only change
+/// the store through the transaction.
+pub(super) type Work<T> = Box<dyn Fn(&mut WriteCtx<'_, '_>) -> TxResult<T> + Send + 'static>;
 
 type Answer<T> = Result<Result<T, SessionError>>;
 
-/// A queued write, its outcome once settled, and where to send the answer.
+/// A queued write, its time, its outcome once settled, and where to send the answer.
 struct Pending<T> {
     work: Work<T>,
+    time: WriteTime,
+    now: Cell<Option<Timestamp>>,
     outcome: RefCell<Option<Result<T, SessionError>>>,
     reply: oneshot::Sender<Answer<T>>,
 }
 
 /// A queued write of any result type.
 trait Job: Send {
-    /// Runs the write in the batch transaction and keeps its result.
+    /// Runs the write in the batch transaction, its events numbered from
+    /// `first_event_id`; keeps its result and returns its events.
     fn run(&self, tx: &WriteTx<'_>, first_event_id: u64) -> TxResult<Vec<Event>>;
     /// Settles the write as refused: it changes nothing.
     fn refuse(&self, refusal: SessionError);
@@ -70,7 +132,18 @@ trait Job: Send {
 
 impl<T: Send> Job for Pending<T> {
     fn run(&self, tx: &WriteTx<'_>, first_event_id: u64) -> TxResult<Vec<Event>> {
-        let (value, events) = (self.work)(tx, first_event_id)?;
+        let now = self.now.get().unwrap_or_else(|| match &self.time {
+            WriteTime::Clock(clock) => clock.now(),
+            WriteTime::At(at) => *at,
+        });
+        self.now.set(Some(now));
+        let mut ctx = WriteCtx {
+            tx,
+            now,
+            log: EventLog::new(tx.events, tx.event_index, first_event_id),
+        };
+        let value = (self.work)(&mut ctx)?;
+        let events = ctx.log.finish()?;
         *self.outcome.borrow_mut() = Some(Ok(value));
         Ok(events)
     }
@@ -145,11 +218,18 @@ impl Writer {
         })
     }
 
-    /// Runs `work` in the next batch; answers once it is on disk (or was refused).
-    pub(super) async fn write<T: Send + 'static>(&self, work: Work<T>) -> Answer<T> {
+    /// Runs `work` in the next batch at `time`; answers once it is on disk (or was
+    /// refused).
+    pub(super) async fn write<T: Send + 'static>(
+        &self,
+        time: WriteTime,
+        work: Work<T>,
+    ) -> Answer<T> {
         let (reply, answer) = oneshot::channel();
         let job = Box::new(Pending {
             work,
+            time,
+            now: Cell::new(None),
             outcome: RefCell::new(None),
             reply,
         });
