@@ -2,8 +2,8 @@
 //! directory, plus small request helpers so that each test reads as Arrange / Act / Assert.
 //!
 //! Everything that depends on the library's interface (`app::start`, `RunningServer`,
-//! `sweeper::sweep_once`, `Timestamp`) is confined to this file; tests only set
-//! `ServeConfig` fields in `spawn_app_with` closures.
+//! `sweeper::sweep_once`, `Timestamp`, `ManualClock`) is confined to this file; tests only
+//! set `ServeConfig` fields in `spawn_app_with` closures and move a server's manual clock.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -14,6 +14,7 @@ use reqwest::{Client, Method, RequestBuilder, StatusCode};
 use serde_json::{json, Value};
 use sessiond::app::RunningServer;
 use sessiond::config::ServeConfig;
+use sessiond::domain::{ManualClock, Timestamp};
 use tempfile::TempDir;
 use tokio::task::JoinSet;
 use uuid::Uuid;
@@ -26,6 +27,10 @@ pub const API_KEY_HEADER: &str = "X-API-Key";
 pub const DEFAULT_MAX_BODY_BYTES: usize = 64 * 1024;
 /// One minute in milliseconds.
 pub const MINUTE_MS: u64 = 60_000;
+/// Where manual clocks start: 2026-11-21T10:00:00.000Z. A fixed instant makes every
+/// `createdAt` and `expiresAt` a known number; that it may lie ahead of the wall clock does
+/// not matter, as a server on a manual clock reads nothing else.
+pub const T0_MS: u64 = 1_795_255_200_000;
 
 /// A running server plus what a test needs to talk to it.
 pub struct TestApp {
@@ -39,6 +44,9 @@ pub struct TestApp {
     pub dir: TempDir,
     /// The API key the server was started with; sent on every request built by `request`.
     pub api_key: Option<String>,
+    /// The clock the server reads, when it was started on a manual one; kept across
+    /// restarts, so a restarted server sees the same instant.
+    pub clock: Option<Arc<ManualClock>>,
 }
 
 /// A session created through the API.
@@ -130,7 +138,16 @@ pub async fn spawn_app() -> TestApp {
 /// Starts a server after letting the test adjust the configuration.
 pub async fn spawn_app_with(configure: impl FnOnce(&mut ServeConfig)) -> TestApp {
     let dir = tempfile::tempdir().expect("a temporary directory can be created");
-    start_in(dir, configure).await
+    start_in(dir, None, configure).await
+}
+
+/// Starts a server whose clock reads [`T0_MS`] and moves only when the test moves it
+/// ([`TestApp::set_clock`], [`TestApp::advance_clock`]), so expiry, renewal and warning
+/// edges can be reached to the millisecond without waiting.
+pub async fn spawn_app_with_clock(configure: impl FnOnce(&mut ServeConfig)) -> TestApp {
+    let dir = tempfile::tempdir().expect("a temporary directory can be created");
+    let clock = Arc::new(ManualClock::new(Timestamp::from_millis(T0_MS)));
+    start_in(dir, Some(clock), configure).await
 }
 
 /// Starts a server whose minimum timeout is 0, so that `{"timeoutMinutes":0}` makes a session
@@ -139,7 +156,11 @@ pub async fn spawn_app_allowing_instant_expiry() -> TestApp {
     spawn_app_with(|config| config.min_timeout_minutes = 0).await
 }
 
-async fn start_in(dir: TempDir, configure: impl FnOnce(&mut ServeConfig)) -> TestApp {
+async fn start_in(
+    dir: TempDir,
+    clock: Option<Arc<ManualClock>>,
+    configure: impl FnOnce(&mut ServeConfig),
+) -> TestApp {
     let mut config = ServeConfig {
         addr: "127.0.0.1:0"
             .parse()
@@ -149,9 +170,11 @@ async fn start_in(dir: TempDir, configure: impl FnOnce(&mut ServeConfig)) -> Tes
     };
     configure(&mut config);
     let api_key = config.api_key.clone();
-    let server = sessiond::app::start(config)
-        .await
-        .expect("the server starts");
+    let server = match &clock {
+        Some(clock) => sessiond::app::start_with_clock(config, clock.clone()).await,
+        None => sessiond::app::start(config).await,
+    }
+    .expect("the server starts");
     let addr = server.local_addr();
     let client = Client::builder()
         .no_proxy()
@@ -164,6 +187,7 @@ async fn start_in(dir: TempDir, configure: impl FnOnce(&mut ServeConfig)) -> Tes
         server,
         dir,
         api_key,
+        clock,
     }
 }
 
@@ -175,13 +199,37 @@ impl TestApp {
             server,
             dir,
             api_key,
+            clock,
             ..
         } = self;
         server
             .shutdown()
             .await
             .expect("the server shuts down cleanly");
-        start_in(dir, move |config| config.api_key = api_key).await
+        start_in(dir, clock, move |config| config.api_key = api_key).await
+    }
+
+    /// The manual clock the server reads.
+    ///
+    /// # Panics
+    /// When the server was not started with [`spawn_app_with_clock`].
+    #[track_caller]
+    pub fn clock(&self) -> &ManualClock {
+        self.clock
+            .as_deref()
+            .expect("the server was started with spawn_app_with_clock")
+    }
+
+    /// Sets the server's clock to `ms` Unix-epoch milliseconds.
+    #[track_caller]
+    pub fn set_clock(&self, ms: u64) {
+        self.clock().set(Timestamp::from_millis(ms));
+    }
+
+    /// Moves the server's clock forward.
+    #[track_caller]
+    pub fn advance_clock(&self, by: Duration) {
+        self.clock().advance(by);
     }
 
     /// The store behind the server (for sweeper tests).
@@ -503,13 +551,14 @@ impl TestApp {
             server,
             dir,
             api_key,
+            clock,
             ..
         } = self;
         server
             .shutdown()
             .await
             .expect("the server shuts down cleanly");
-        start_in(dir, move |config| {
+        start_in(dir, clock, move |config| {
             config.addr = addr;
             config.api_key = api_key;
         })

@@ -8,9 +8,12 @@ use serde_json::{json, Value};
 use tokio::task::JoinSet;
 
 use crate::helpers::{
-    field_str, field_u64, millis, new_id, spawn_app, spawn_app_allowing_instant_expiry, sweep_at,
-    wait_for_clock_past, Session, TestApp, MINUTE_MS,
+    field_str, field_u64, millis, new_id, spawn_app, spawn_app_allowing_instant_expiry,
+    spawn_app_with_clock, sweep_at, wait_for_clock_past, Session, TestApp, MINUTE_MS, T0_MS,
 };
+
+const MINUTE: Duration = Duration::from_secs(60);
+const MS: Duration = Duration::from_millis(1);
 
 // ---------------------------------------------------------------------------------------------
 // POST /sessions/{id}/renew
@@ -18,21 +21,27 @@ use crate::helpers::{
 #[tokio::test(flavor = "multi_thread")]
 async fn renew_moves_expiry_later_and_counts_the_renewal() {
     // Arrange
-    let app = spawn_app().await;
+    let app = spawn_app_with_clock(|_| {}).await;
     let session = app.create_session().await;
     let created_at = millis(&session.body["createdAt"]);
-    wait_for_clock_past(created_at).await;
+    assert_eq!(created_at, T0_MS);
+    app.advance_clock(10 * MINUTE);
 
     // Act
     let info = app.renew(&session.id).await.expect(200);
 
-    // Assert
+    // Assert: a full timeout from the renewal, well under the maximum duration.
     assert_eq!(info["sessionId"], json!(session.id));
     assert_eq!(info["renewalCount"], json!(1));
     let expires_at = millis(&info["expiresAt"]);
+    assert_eq!(expires_at, T0_MS + 40 * MINUTE_MS);
     assert!(expires_at > millis(&session.body["expiresAt"]));
     assert!(expires_at <= created_at + 720 * MINUTE_MS);
-    assert!(info["timeRemaining"].is_u64(), "SessionInfo: {info}");
+    assert_eq!(
+        info["timeRemaining"],
+        json!(30 * MINUTE_MS),
+        "SessionInfo: {info}"
+    );
     assert_eq!(info["messageCount"], json!(0));
     let stored = app.get_session(&session.id).await.expect(200);
     assert_eq!(stored["renewalCount"], json!(1));
@@ -42,17 +51,18 @@ async fn renew_moves_expiry_later_and_counts_the_renewal() {
 #[tokio::test(flavor = "multi_thread")]
 async fn manual_renew_works_without_auto_renew() {
     // Arrange
-    let app = spawn_app().await;
+    let app = spawn_app_with_clock(|_| {}).await;
     let session = app
         .create_session_with_timeout(json!({"autoRenew": false}))
         .await;
-    wait_for_clock_past(millis(&session.body["createdAt"])).await;
+    app.advance_clock(MS);
 
     // Act
     let info = app.renew(&session.id).await.expect(200);
 
-    // Assert
+    // Assert: one millisecond later is enough to move the expiry.
     assert_eq!(info["renewalCount"], json!(1));
+    assert_eq!(millis(&info["expiresAt"]), T0_MS + 30 * MINUTE_MS + 1);
     assert!(millis(&info["expiresAt"]) > millis(&session.body["expiresAt"]));
     assert_eq!(info["timeoutConfig"]["autoRenew"], json!(false));
 }
@@ -60,11 +70,12 @@ async fn manual_renew_works_without_auto_renew() {
 #[tokio::test(flavor = "multi_thread")]
 async fn renew_at_max_duration_is_422_and_changes_nothing() {
     // Arrange: timeout == maxDuration, so the session already expires at createdAt + maxDuration.
-    let app = spawn_app().await;
+    let app = spawn_app_with_clock(|_| {}).await;
     let session = app
         .create_session_with_timeout(json!({"timeoutMinutes": 30, "maxDurationMinutes": 30}))
         .await;
-    wait_for_clock_past(millis(&session.body["createdAt"])).await;
+    // The last millisecond of its life: any later and it would answer 410.
+    app.advance_clock(30 * MINUTE - MS);
 
     // Act
     let reply = app.renew(&session.id).await;
@@ -79,21 +90,28 @@ async fn renew_at_max_duration_is_422_and_changes_nothing() {
 #[tokio::test(flavor = "multi_thread")]
 async fn renew_is_capped_at_max_duration() {
     // Arrange: one minute of headroom between the timeout and the maximum duration.
-    let app = spawn_app().await;
+    let app = spawn_app_with_clock(|_| {}).await;
     let session = app
         .create_session_with_timeout(json!({"timeoutMinutes": 30, "maxDurationMinutes": 31}))
         .await;
     let created_at = millis(&session.body["createdAt"]);
-    wait_for_clock_past(created_at).await;
+    // One millisecond short of the cap: a full timeout still fits.
+    app.advance_clock(MINUTE - MS);
+    let uncapped = app.renew(&session.id).await.expect(200);
+    app.advance_clock(2 * MS);
 
-    // Act
+    // Act: a full timeout from here would end past the cap.
     let info = app.renew(&session.id).await.expect(200);
 
     // Assert
-    assert_eq!(info["renewalCount"], json!(1));
+    assert_eq!(
+        millis(&uncapped["expiresAt"]),
+        created_at + 31 * MINUTE_MS - 1
+    );
+    assert_eq!(info["renewalCount"], json!(2));
     let expires_at = millis(&info["expiresAt"]);
     assert!(expires_at > created_at + 30 * MINUTE_MS);
-    assert!(expires_at <= created_at + 31 * MINUTE_MS);
+    assert_eq!(expires_at, created_at + 31 * MINUTE_MS);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -193,10 +211,10 @@ async fn concurrent_renewals_never_lose_an_update_and_each_shows_a_later_expiry(
 #[tokio::test(flavor = "multi_thread")]
 async fn heartbeat_renews_a_session_with_auto_renew() {
     // Arrange
-    let app = spawn_app().await;
+    let app = spawn_app_with_clock(|_| {}).await;
     let session = app.create_session().await;
     let created_at = millis(&session.body["createdAt"]);
-    wait_for_clock_past(created_at).await;
+    app.advance_clock(5 * MINUTE);
 
     // Act
     let info = app.heartbeat(&session.id).await.expect(200);
@@ -205,18 +223,19 @@ async fn heartbeat_renews_a_session_with_auto_renew() {
     assert_eq!(info["sessionId"], json!(session.id));
     assert_eq!(info["renewalCount"], json!(1));
     assert!(millis(&info["expiresAt"]) > millis(&session.body["expiresAt"]));
-    assert!(millis(&info["lastActivity"]) > created_at);
+    assert_eq!(millis(&info["expiresAt"]), created_at + 35 * MINUTE_MS);
+    assert_eq!(millis(&info["lastActivity"]), created_at + 5 * MINUTE_MS);
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn heartbeat_without_auto_renew_only_records_activity() {
     // Arrange
-    let app = spawn_app().await;
+    let app = spawn_app_with_clock(|_| {}).await;
     let session = app
         .create_session_with_timeout(json!({"autoRenew": false}))
         .await;
     let created_at = millis(&session.body["createdAt"]);
-    wait_for_clock_past(created_at).await;
+    app.advance_clock(5 * MINUTE);
 
     // Act
     let info = app.heartbeat(&session.id).await.expect(200);
@@ -224,7 +243,8 @@ async fn heartbeat_without_auto_renew_only_records_activity() {
     // Assert
     assert_eq!(info["renewalCount"], json!(0));
     assert_eq!(info["expiresAt"], session.body["expiresAt"]);
-    assert!(millis(&info["lastActivity"]) > created_at);
+    assert_eq!(millis(&info["lastActivity"]), created_at + 5 * MINUTE_MS);
+    assert_eq!(info["timeRemaining"], json!(25 * MINUTE_MS));
     let stored = app.get_session(&session.id).await.expect(200);
     assert_eq!(stored["renewalCount"], json!(0));
     assert_eq!(stored["lastActivity"], info["lastActivity"]);
@@ -233,11 +253,11 @@ async fn heartbeat_without_auto_renew_only_records_activity() {
 #[tokio::test(flavor = "multi_thread")]
 async fn heartbeat_at_max_duration_answers_200_without_renewing() {
     // Arrange
-    let app = spawn_app().await;
+    let app = spawn_app_with_clock(|_| {}).await;
     let session = app
         .create_session_with_timeout(json!({"timeoutMinutes": 30, "maxDurationMinutes": 30}))
         .await;
-    wait_for_clock_past(millis(&session.body["createdAt"])).await;
+    app.advance_clock(10 * MINUTE);
 
     // Act
     let info = app.heartbeat(&session.id).await.expect(200);
@@ -330,11 +350,13 @@ async fn patch_timeout_can_change_each_field_alone() {
 #[tokio::test(flavor = "multi_thread")]
 async fn patch_recomputes_expiry_from_the_last_renewal() {
     // Arrange
-    let app = spawn_app().await;
+    let app = spawn_app_with_clock(|_| {}).await;
     let session = app.create_session().await;
-    wait_for_clock_past(millis(&session.body["createdAt"])).await;
+    app.advance_clock(10 * MINUTE);
     let renewed = app.renew(&session.id).await.expect(200);
     let renewed_expiry = millis(&renewed["expiresAt"]);
+    assert_eq!(renewed_expiry, T0_MS + 40 * MINUTE_MS);
+    app.advance_clock(MINUTE);
 
     // Act
     let info = app
@@ -411,7 +433,32 @@ async fn invalid_patch_is_rejected_and_changes_nothing() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn patch_that_leaves_the_session_expired_answers_200_with_no_time_left() {
-    // Arrange
+    // Arrange: ten minutes into a 30-minute session.
+    let app = spawn_app_with_clock(|_| {}).await;
+    let session = app.create_session().await;
+    app.advance_clock(10 * MINUTE);
+
+    // Act: a 10-minute timeout makes it expire this very millisecond.
+    let info = app
+        .patch_timeout(
+            &session.id,
+            &json!({"timeoutMinutes": 10, "warningThresholdMinutes": 0}),
+        )
+        .await
+        .expect(200);
+
+    // Assert
+    assert_eq!(info["timeRemaining"], json!(0));
+    assert_eq!(info["isNearExpiration"], json!(false));
+    assert_eq!(millis(&info["expiresAt"]), T0_MS + 10 * MINUTE_MS);
+    app.get_session(&session.id)
+        .await
+        .expect_error(410, "SESSION_EXPIRED");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn patch_that_leaves_the_session_expired_with_a_zero_timeout_answers_200_with_no_time_left() {
+    // Arrange: a zero timeout is only valid where the server allows it.
     let app = spawn_app_allowing_instant_expiry().await;
     let session = app.create_session().await;
 
@@ -498,9 +545,46 @@ async fn deleted_session_and_its_messages_are_gone() {
 // ---------------------------------------------------------------------------------------------
 // Expired sessions
 
+/// A 5-minute session without auto-renew, with the server's manual clock moved to the
+/// instant it expires.
 async fn expired_session(app: &TestApp) -> Session {
-    app.create_session_with_timeout(json!({"timeoutMinutes": 0}))
-        .await
+    let session = app
+        .create_session_with_timeout(json!({"timeoutMinutes": 5, "autoRenew": false}))
+        .await;
+    app.set_clock(millis(&session.body["expiresAt"]));
+    session
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn session_is_usable_until_its_last_millisecond_and_expired_at_expires_at() {
+    // Arrange
+    let app = spawn_app_with_clock(|_| {}).await;
+    let session = app
+        .create_session_with_timeout(json!({"timeoutMinutes": 5, "autoRenew": false}))
+        .await;
+    let expires_at = millis(&session.body["expiresAt"]);
+    assert_eq!(expires_at, T0_MS + 5 * MINUTE_MS);
+
+    // Act
+    app.set_clock(expires_at - 1);
+    let last_message = app
+        .post_message(&session.id, &json!({"content": "just in time"}))
+        .await;
+    let last_moment = app.get_session(&session.id).await;
+    app.set_clock(expires_at);
+    let too_late = app
+        .post_message(&session.id, &json!({"content": "too late"}))
+        .await;
+    let expired = app.get_session(&session.id).await;
+
+    // Assert
+    last_message.expect(201);
+    let info = last_moment.expect(200);
+    assert_eq!(info["timeRemaining"], json!(1));
+    assert_eq!(info["isNearExpiration"], json!(true));
+    assert_eq!(info["messageCount"], json!(1));
+    too_late.expect_error(410, "SESSION_EXPIRED");
+    expired.expect_error(410, "SESSION_EXPIRED");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -509,7 +593,9 @@ async fn session_with_a_zero_timeout_is_expired_at_once() {
     let app = spawn_app_allowing_instant_expiry().await;
 
     // Act
-    let session = expired_session(&app).await;
+    let session = app
+        .create_session_with_timeout(json!({"timeoutMinutes": 0}))
+        .await;
 
     // Assert
     assert_eq!(
@@ -523,7 +609,7 @@ async fn session_with_a_zero_timeout_is_expired_at_once() {
 #[tokio::test(flavor = "multi_thread")]
 async fn expired_session_answers_410_on_every_route_naming_id_and_expiry() {
     // Arrange
-    let app = spawn_app_allowing_instant_expiry().await;
+    let app = spawn_app_with_clock(|_| {}).await;
     let session = expired_session(&app).await;
     let id = &session.id;
     let expires_at = field_str(&session.body, "expiresAt");
@@ -575,14 +661,14 @@ async fn expired_session_answers_410_on_every_route_naming_id_and_expiry() {
     assert_eq!(stored["sessions"][0]["renewalCount"], json!(0));
     assert_eq!(
         stored["sessions"][0]["timeoutConfig"]["timeoutMinutes"],
-        json!(0)
+        json!(5)
     );
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn expired_session_can_still_be_deleted() {
     // Arrange
-    let app = spawn_app_allowing_instant_expiry().await;
+    let app = spawn_app_with_clock(|_| {}).await;
     let session = expired_session(&app).await;
 
     // Act
@@ -602,12 +688,12 @@ async fn expired_session_can_still_be_deleted() {
 #[tokio::test(flavor = "multi_thread")]
 async fn expired_session_is_404_once_swept() {
     // Arrange
-    let app = spawn_app_allowing_instant_expiry().await;
+    let app = spawn_app_with_clock(|_| {}).await;
     let session = expired_session(&app).await;
     let retention = Duration::from_secs(60 * 60);
     let expires_at = millis(&session.body["expiresAt"]);
 
-    // Act
+    // Act: the first millisecond past the retention.
     let removed = sweep_at(&app, expires_at + 60 * MINUTE_MS + 1, retention).await;
 
     // Assert
@@ -625,7 +711,7 @@ async fn expired_session_is_404_once_swept() {
 #[tokio::test(flavor = "multi_thread")]
 async fn session_info_of_an_expired_session_lists_no_time_left() {
     // Arrange
-    let app = spawn_app_allowing_instant_expiry().await;
+    let app = spawn_app_with_clock(|_| {}).await;
     let session = expired_session(&app).await;
 
     // Act
