@@ -6,12 +6,21 @@ use std::time::Duration;
 use serde_json::json;
 
 use crate::helpers::{
-    field_str, ids, millis, now_millis, spawn_app, spawn_app_allowing_instant_expiry, sweep_at,
-    wait_for_clock_past, MINUTE_MS,
+    field_str, ids, millis, spawn_app, spawn_app_with_clock, sweep_at, Session, TestApp, MINUTE_MS,
 };
 
 const RETENTION: Duration = Duration::from_secs(60 * 60);
 const RETENTION_MS: u64 = 60 * MINUTE_MS;
+
+/// A 5-minute session without auto-renew, with the server's manual clock moved to the
+/// instant it expires.
+async fn expired_session(app: &TestApp) -> Session {
+    let session = app
+        .create_session_with_timeout(json!({"timeoutMinutes": 5, "autoRenew": false}))
+        .await;
+    app.set_clock(millis(&session.body["expiresAt"]));
+    session
+}
 
 /// The `SessionInfo` fields that do not depend on the clock.
 const STABLE_SESSION_FIELDS: [&str; 10] = [
@@ -30,7 +39,7 @@ const STABLE_SESSION_FIELDS: [&str; 10] = [
 #[tokio::test(flavor = "multi_thread")]
 async fn sessions_and_messages_survive_a_restart() {
     // Arrange
-    let app = spawn_app().await;
+    let app = spawn_app_with_clock(|_| {}).await;
     let chatty = app
         .create_session_with(json!({"metadata": {"plan": "pro"},
                                     "timeoutConfig": {"timeoutMinutes": 90, "autoRenew": false}}))
@@ -48,8 +57,12 @@ async fn sessions_and_messages_survive_a_restart() {
         .await
         .expect(201);
     let quiet_messages = app.append_many(&quiet.id, 2).await;
-    wait_for_clock_past(millis(&quiet_messages[1]["createdAt"])).await;
-    app.renew(&quiet.id).await.expect(200);
+    app.advance_clock(Duration::from_secs(60));
+    let renewed = app.renew(&quiet.id).await.expect(200);
+    assert_eq!(
+        millis(&renewed["expiresAt"]),
+        millis(&quiet_messages[1]["createdAt"]) + 31 * MINUTE_MS
+    );
     app.delete_session(&deleted.id).await.expect(200);
     let sessions_before = [
         app.get_session(&chatty.id).await.expect(200),
@@ -179,15 +192,13 @@ async fn sweep_removes_sessions_expired_past_retention_with_their_messages() {
 #[tokio::test(flavor = "multi_thread")]
 async fn sweep_keeps_sessions_expired_within_retention_and_active_ones() {
     // Arrange
-    let app = spawn_app_allowing_instant_expiry().await;
-    let expired = app
-        .create_session_with_timeout(json!({"timeoutMinutes": 0}))
-        .await;
+    let app = spawn_app_with_clock(|_| {}).await;
     let active = app.create_session().await;
+    let expired = expired_session(&app).await;
     app.append(&active.id, "still chatting").await;
 
-    // Act
-    let removed = sweep_at(&app, now_millis(), RETENTION).await;
+    // Act: a sweep at the instant the expired session expired.
+    let removed = sweep_at(&app, millis(&expired.body["expiresAt"]), RETENTION).await;
 
     // Assert
     assert_eq!(removed, 0);
@@ -201,14 +212,13 @@ async fn sweep_keeps_sessions_expired_within_retention_and_active_ones() {
 #[tokio::test(flavor = "multi_thread")]
 async fn sweep_keeps_a_session_until_the_retention_has_passed() {
     // Arrange
-    let app = spawn_app_allowing_instant_expiry().await;
-    let expired = app
-        .create_session_with_timeout(json!({"timeoutMinutes": 0}))
-        .await;
+    let app = spawn_app_with_clock(|_| {}).await;
+    let expired = expired_session(&app).await;
     let expires_at = millis(&expired.body["expiresAt"]);
 
     // Act
     let just_before = sweep_at(&app, expires_at + RETENTION_MS - 1, RETENTION).await;
+    let exactly = sweep_at(&app, expires_at + RETENTION_MS, RETENTION).await;
     let still_there = app.get_session(&expired.id).await;
     let just_after = sweep_at(&app, expires_at + RETENTION_MS + 1, RETENTION).await;
 
@@ -217,6 +227,7 @@ async fn sweep_keeps_a_session_until_the_retention_has_passed() {
         just_before, 0,
         "expired less than the retention ago is kept"
     );
+    assert_eq!(exactly, 0, "expired exactly the retention ago is kept");
     still_there.expect_error(410, "SESSION_EXPIRED");
     assert_eq!(just_after, 1);
     app.get_session(&expired.id)
@@ -227,11 +238,9 @@ async fn sweep_keeps_a_session_until_the_retention_has_passed() {
 #[tokio::test(flavor = "multi_thread")]
 async fn swept_sessions_stay_gone_after_a_restart() {
     // Arrange
-    let app = spawn_app_allowing_instant_expiry().await;
-    let expired = app
-        .create_session_with_timeout(json!({"timeoutMinutes": 0}))
-        .await;
+    let app = spawn_app_with_clock(|_| {}).await;
     let kept = app.create_session().await;
+    let expired = expired_session(&app).await;
     let removed = sweep_at(
         &app,
         millis(&expired.body["expiresAt"]) + RETENTION_MS + MINUTE_MS,

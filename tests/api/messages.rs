@@ -9,7 +9,7 @@ use uuid::Uuid;
 
 use crate::helpers::{
     assert_canonical_uuid, field_str, field_u64, ids, millis, new_id, seqs, spawn_app,
-    wait_for_clock_past,
+    spawn_app_with_clock, MINUTE_MS, T0_MS,
 };
 
 const MESSAGE_FIELDS: [&str; 10] = [
@@ -529,32 +529,49 @@ async fn websocket_or_absent_transport_answers_201_at_once() {
 #[tokio::test(flavor = "multi_thread")]
 async fn message_renews_a_session_with_auto_renew() {
     // Arrange
-    let app = spawn_app().await;
+    let app = spawn_app_with_clock(|_| {}).await;
     let session = app.create_session().await;
-    wait_for_clock_past(millis(&session.body["createdAt"])).await;
+    app.advance_clock(Duration::from_secs(10 * 60));
 
     // Act
     let message = app.append(&session.id, "keep me alive").await;
 
-    // Assert
+    // Assert: a full timeout from the message.
     let status = &message["sessionStatus"];
     assert_eq!(status["wasRenewed"], json!(true));
     assert_eq!(status["renewalCount"], json!(1));
     assert!(millis(&status["expiresAt"]) > millis(&session.body["expiresAt"]));
+    assert_eq!(millis(&status["expiresAt"]), T0_MS + 40 * MINUTE_MS);
     let info = app.get_session(&session.id).await.expect(200);
     assert_eq!(info["renewalCount"], json!(1));
     assert_eq!(info["expiresAt"], status["expiresAt"]);
-    assert!(millis(&info["lastActivity"]) > millis(&session.body["createdAt"]));
+    assert_eq!(millis(&info["lastActivity"]), T0_MS + 10 * MINUTE_MS);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn message_in_the_same_millisecond_as_the_last_renewal_renews_nothing() {
+    // Arrange: a renewal must move the shown expiry by a millisecond at least.
+    let app = spawn_app_with_clock(|_| {}).await;
+    let session = app.create_session().await;
+
+    // Act
+    let message = app.append(&session.id, "at once").await;
+
+    // Assert
+    let status = &message["sessionStatus"];
+    assert_eq!(status["wasRenewed"], json!(false));
+    assert_eq!(status["renewalCount"], json!(0));
+    assert_eq!(status["expiresAt"], session.body["expiresAt"]);
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn message_does_not_renew_a_session_without_auto_renew() {
     // Arrange
-    let app = spawn_app().await;
+    let app = spawn_app_with_clock(|_| {}).await;
     let session = app
         .create_session_with_timeout(json!({"autoRenew": false}))
         .await;
-    wait_for_clock_past(millis(&session.body["createdAt"])).await;
+    app.advance_clock(Duration::from_secs(10 * 60));
 
     // Act
     let message = app.append(&session.id, "busy but not renewing").await;
@@ -567,7 +584,7 @@ async fn message_does_not_renew_a_session_without_auto_renew() {
     let info = app.get_session(&session.id).await.expect(200);
     assert_eq!(info["renewalCount"], json!(0));
     assert_eq!(info["expiresAt"], session.body["expiresAt"]);
-    assert!(millis(&info["lastActivity"]) > millis(&session.body["createdAt"]));
+    assert_eq!(millis(&info["lastActivity"]), T0_MS + 10 * MINUTE_MS);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -583,6 +600,25 @@ async fn session_status_warns_inside_the_threshold() {
 
     // Assert
     assert_eq!(message["sessionStatus"]["isNearExpiration"], json!(true));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn session_status_warns_from_the_first_millisecond_inside_the_threshold() {
+    // Arrange: a 30-minute session without auto-renew warns during its last 5 minutes.
+    let app = spawn_app_with_clock(|_| {}).await;
+    let session = app
+        .create_session_with_timeout(json!({"autoRenew": false}))
+        .await;
+
+    // Act
+    app.set_clock(T0_MS + 25 * MINUTE_MS - 1);
+    let before = app.append(&session.id, "not yet").await;
+    app.set_clock(T0_MS + 25 * MINUTE_MS);
+    let at = app.append(&session.id, "now").await;
+
+    // Assert
+    assert_eq!(before["sessionStatus"]["isNearExpiration"], json!(false));
+    assert_eq!(at["sessionStatus"]["isNearExpiration"], json!(true));
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -6,8 +6,8 @@ use std::sync::Arc;
 use serde_json::{json, Value};
 
 use crate::helpers::{
-    assert_canonical_uuid, create_many_sessions, field_str, field_u64, millis, new_id, now_millis,
-    spawn_app, spawn_app_allowing_instant_expiry, MINUTE_MS,
+    assert_canonical_uuid, create_many_sessions, field_str, field_u64, millis, new_id, spawn_app,
+    spawn_app_allowing_instant_expiry, spawn_app_with_clock, MINUTE_MS, T0_MS,
 };
 
 const SESSION_INFO_FIELDS: [&str; 12] = [
@@ -429,7 +429,7 @@ async fn create_session_accepts_any_uuid_form_and_returns_it_lowercase_hyphenate
 #[tokio::test(flavor = "multi_thread")]
 async fn get_session_returns_session_info() {
     // Arrange
-    let app = spawn_app().await;
+    let app = spawn_app_with_clock(|_| {}).await;
     let session = app
         .create_session_with(json!({"metadata": {"topic": "billing"}}))
         .await;
@@ -455,17 +455,45 @@ async fn get_session_returns_session_info() {
     assert_eq!(info["messageCount"], json!(0));
     assert_eq!(info["isNearExpiration"], json!(false));
     assert!(millis(&info["lastActivity"]) >= millis(&info["createdAt"]));
-    let remaining = field_u64(&info, "timeRemaining");
-    assert!(
-        remaining > 29 * MINUTE_MS && remaining <= 30 * MINUTE_MS,
-        "timeRemaining {remaining} ms for a fresh 30-minute session"
+    assert_eq!(millis(&info["createdAt"]), T0_MS);
+    assert_eq!(
+        field_u64(&info, "timeRemaining"),
+        30 * MINUTE_MS,
+        "a fresh 30-minute session"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn time_remaining_counts_down_with_the_clock_to_zero_at_expiry() {
+    // Arrange
+    let app = spawn_app_with_clock(|_| {}).await;
+    let session = app
+        .create_session_with_timeout(json!({"autoRenew": false}))
+        .await;
+
+    // Act
+    let mut remaining = Vec::new();
+    for at in [
+        T0_MS + 1,
+        T0_MS + 29 * MINUTE_MS,
+        T0_MS + 30 * MINUTE_MS - 1,
+        T0_MS + 30 * MINUTE_MS,
+    ] {
+        app.set_clock(at);
+        let listing = app.list_sessions("status=all").await.expect(200);
+        remaining.push(field_u64(&listing["sessions"][0], "timeRemaining"));
+    }
+    let listing = app.list_sessions("status=expired").await.expect(200);
+
+    // Assert
+    assert_eq!(remaining, [30 * MINUTE_MS - 1, MINUTE_MS, 1, 0]);
+    assert_eq!(listing["sessions"][0]["sessionId"], json!(session.id));
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn session_inside_its_warning_threshold_is_near_expiration() {
     // Arrange: a 5-minute session warns during its last 5 minutes, i.e. from the start.
-    let app = spawn_app().await;
+    let app = spawn_app_with_clock(|_| {}).await;
     let session = app
         .create_session_with_timeout(json!({"timeoutMinutes": 5, "warningThresholdMinutes": 5}))
         .await;
@@ -479,8 +507,35 @@ async fn session_inside_its_warning_threshold_is_near_expiration() {
 
     // Assert
     assert_eq!(info["isNearExpiration"], json!(true));
-    assert!(field_u64(&info, "timeRemaining") <= 5 * MINUTE_MS);
+    assert_eq!(field_u64(&info, "timeRemaining"), 5 * MINUTE_MS);
     assert_eq!(quiet["isNearExpiration"], json!(false));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn session_is_near_expiration_from_the_threshold_until_it_expires() {
+    // Arrange: a 30-minute session without auto-renew warns during its last 5 minutes.
+    let app = spawn_app_with_clock(|_| {}).await;
+    let session = app
+        .create_session_with_timeout(json!({"autoRenew": false}))
+        .await;
+
+    // Act
+    let mut near = Vec::new();
+    for at in [
+        T0_MS + 25 * MINUTE_MS - 1,
+        T0_MS + 25 * MINUTE_MS,
+        T0_MS + 30 * MINUTE_MS - 1,
+    ] {
+        app.set_clock(at);
+        let info = app.get_session(&session.id).await.expect(200);
+        near.push(info["isNearExpiration"].clone());
+    }
+    app.set_clock(T0_MS + 30 * MINUTE_MS);
+    let expired = app.list_sessions("status=expired").await.expect(200);
+
+    // Assert: not near once expired (there is no time left to warn about).
+    assert_eq!(near, [json!(false), json!(true), json!(true)]);
+    assert_eq!(expired["sessions"][0]["isNearExpiration"], json!(false));
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -631,13 +686,14 @@ async fn list_sessions_filters_by_agent_and_by_user() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn list_sessions_filters_by_status_and_reports_store_wide_stats() {
-    // Arrange
-    let app = spawn_app_allowing_instant_expiry().await;
+    // Arrange: a 5-minute session, expired by moving the clock 5 minutes on.
+    let app = spawn_app_with_clock(|_| {}).await;
     let active_a = app.create_session().await;
     let active_b = app.create_session().await;
     let expired = app
-        .create_session_with_timeout(json!({"timeoutMinutes": 0}))
+        .create_session_with_timeout(json!({"timeoutMinutes": 5, "autoRenew": false}))
         .await;
+    app.set_clock(millis(&expired.body["expiresAt"]));
 
     // Act
     let default = app.list_sessions("").await.expect(200);
@@ -877,14 +933,14 @@ async fn list_sessions_paging_visits_every_session_exactly_once() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn health_reports_active_and_expiring_sessions() {
-    // Arrange
-    let app = spawn_app_allowing_instant_expiry().await;
+    // Arrange: one session expired by the clock, then one quiet and one inside its warning.
+    let app = spawn_app_with_clock(|_| {}).await;
+    app.create_session_with_timeout(json!({"timeoutMinutes": 5, "warningThresholdMinutes": 0}))
+        .await;
+    app.set_clock(T0_MS + 5 * MINUTE_MS);
     app.create_session().await;
     app.create_session_with_timeout(json!({"timeoutMinutes": 5, "warningThresholdMinutes": 5}))
         .await;
-    app.create_session_with_timeout(json!({"timeoutMinutes": 0}))
-        .await;
-    let before = now_millis();
 
     // Act
     let health = app.get("/sessions/health").await.expect(200);
@@ -893,7 +949,7 @@ async fn health_reports_active_and_expiring_sessions() {
     assert_eq!(health["status"], json!("healthy"));
     assert_eq!(health["activeSessions"], json!(2));
     assert_eq!(health["expiringSoon"], json!(1));
-    assert!(millis(&health["timestamp"]) >= before);
+    assert_eq!(millis(&health["timestamp"]), T0_MS + 5 * MINUTE_MS);
     assert!(
         health["uptime"].as_f64().is_some_and(|s| s >= 0.0),
         "uptime must be a number of seconds: {health}"
