@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::helpers::{
     field_str, field_u64, millis, new_id, spawn_app, spawn_app_allowing_instant_expiry,
-    spawn_app_with, wait_for_clock_past, Session, TestApp, API, API_KEY_HEADER,
+    spawn_app_with, spawn_app_with_clock, Session, TestApp, API, API_KEY_HEADER, MINUTE_MS, T0_MS,
 };
 
 #[allow(dead_code)] // its `main` only runs as the example
@@ -663,10 +663,11 @@ async fn session_stream_replays_its_session_created_from_last_event_id_zero() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_message_publishes_message_and_session_renewed() {
     // Arrange
-    let app = spawn_app().await;
+    let app = spawn_app_with_clock(|_| {}).await;
     let session = app.create_session().await;
     let mut stream = EventStream::open(&app, &session_events(&session.id), None).await;
-    wait_for_clock_past(millis(&session.body["createdAt"])).await;
+    // Later than the creation, so the message renews.
+    app.advance_clock(Duration::from_secs(60));
 
     // Act
     let created = app.append(&session.id, "hello").await;
@@ -703,15 +704,15 @@ async fn a_message_publishes_message_and_session_renewed() {
 #[tokio::test(flavor = "multi_thread")]
 async fn heartbeat_and_manual_renew_publish_session_renewed() {
     // Arrange
-    let app = spawn_app().await;
+    let app = spawn_app_with_clock(|_| {}).await;
     let session = app.create_session().await;
     let mut stream = EventStream::open(&app, &session_events(&session.id), None).await;
-    wait_for_clock_past(millis(&session.body["createdAt"])).await;
+    app.advance_clock(Duration::from_secs(60));
 
     // Act
     let after_heartbeat = app.heartbeat(&session.id).await.expect(200);
     let by_heartbeat = stream.next().await;
-    wait_for_clock_past(millis(&after_heartbeat["lastActivity"])).await;
+    app.advance_clock(Duration::from_secs(60));
     let after_renew = app.renew(&session.id).await.expect(200);
     let by_renew = stream.next().await;
 
@@ -722,6 +723,7 @@ async fn heartbeat_and_manual_renew_publish_session_renewed() {
     assert_eq!(by_renew.name, "session.renewed");
     assert_eq!(by_renew.data["renewalCount"], json!(2));
     assert_eq!(by_renew.data["expiresAt"], after_renew["expiresAt"]);
+    assert_eq!(millis(&after_renew["expiresAt"]), T0_MS + 32 * MINUTE_MS);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -791,14 +793,15 @@ async fn a_patch_into_the_warning_window_publishes_session_expiring() {
 #[tokio::test(flavor = "multi_thread")]
 async fn session_stream_ends_after_session_expired() {
     // Arrange
-    let app = spawn_app_allowing_instant_expiry().await;
+    let app = spawn_app_with_clock(|_| {}).await;
     let session = app.create_session().await;
     let mut stream = EventStream::open(&app, &session_events(&session.id), None).await;
+    app.advance_clock(Duration::from_secs(10 * 60));
 
-    // Act: a PATCH that leaves the session expired.
+    // Act: a PATCH that leaves the session expired, ten minutes in.
     app.patch_timeout(
         &session.id,
-        &json!({"timeoutMinutes": 0, "warningThresholdMinutes": 0}),
+        &json!({"timeoutMinutes": 10, "warningThresholdMinutes": 0}),
     )
     .await
     .expect(200);
@@ -814,6 +817,66 @@ async fn session_stream_ends_after_session_expired() {
     assert_eq!(expired["timeRemaining"], json!(0));
     assert_eq!(expired["isNearExpiration"], json!(false));
     stream.assert_ends().await;
+}
+
+/// The notifier alone (no request touches the session) pushes `session.expiring` when the
+/// clock reaches the warning threshold and `session.expired` when it reaches the expiry, and
+/// neither a millisecond earlier.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_server_pushes_session_expiring_and_session_expired_as_the_clock_reaches_them() {
+    // Arrange: a quiet 30-minute session warns during its last 5 minutes.
+    let app = spawn_app_with_clock(|_| {}).await;
+    let agent_id = new_id();
+    let session = app
+        .create_session_with(json!({"agentId": agent_id, "timeoutConfig": {"autoRenew": false}}))
+        .await;
+    let mut agent_stream = EventStream::open(&app, &agent_events(&agent_id), None).await;
+    let mut session_stream = EventStream::open(&app, &session_events(&session.id), None).await;
+    // Another of the agent's sessions marks a point on the agent stream: whatever it comes
+    // after was published before it.
+    let mark = json!({ "agentId": agent_id });
+
+    // Act / Assert: one millisecond before the warning, nothing is due.
+    app.set_clock(T0_MS + 25 * MINUTE_MS - 1);
+    assert_eq!(app.notify_due_now().await, 0);
+    let first_mark = app.create_session_with(mark.clone()).await;
+    let event = agent_stream.next().await;
+    assert_eq!(
+        (event.name.as_str(), &event.data["sessionId"]),
+        ("session.created", &json!(first_mark.id))
+    );
+
+    // At the warning threshold, the notifier's next poll warns.
+    app.set_clock(T0_MS + 25 * MINUTE_MS);
+    let expiring = agent_stream.next().await;
+    assert_eq!(expiring.name, "session.expiring");
+    assert_eq!(expiring.data["sessionId"], json!(session.id));
+    assert_eq!(expiring.data["isNearExpiration"], json!(true));
+    assert_eq!(expiring.data["timeRemaining"], json!(5 * MINUTE_MS));
+
+    // One millisecond before the expiry, nothing more is due.
+    app.set_clock(T0_MS + 30 * MINUTE_MS - 1);
+    assert_eq!(app.notify_due_now().await, 0);
+    let second_mark = app.create_session_with(mark).await;
+    let event = agent_stream.next().await;
+    assert_eq!(
+        (event.name.as_str(), &event.data["sessionId"]),
+        ("session.created", &json!(second_mark.id))
+    );
+
+    // At the expiry, the notifier announces it and the session's stream ends.
+    app.set_clock(T0_MS + 30 * MINUTE_MS);
+    let expired = agent_stream.next().await;
+    assert_eq!(expired.name, "session.expired");
+    assert_eq!(expired.data["sessionId"], json!(session.id));
+    assert_eq!(expired.data["timeRemaining"], json!(0));
+    assert_eq!(expired.data["isNearExpiration"], json!(false));
+    let on_session_stream = session_stream.until_named("session.expired").await;
+    assert_eq!(
+        names(&on_session_stream),
+        ["session.expiring", "session.expired"]
+    );
+    session_stream.assert_ends().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -1284,11 +1347,12 @@ async fn session_events_of_an_unknown_session_is_404_session_not_found() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn session_events_of_an_expired_session_is_410_session_expired() {
-    // Arrange
-    let app = spawn_app_allowing_instant_expiry().await;
+    // Arrange: a 5-minute session, and the clock at its expiry.
+    let app = spawn_app_with_clock(|_| {}).await;
     let session = app
-        .create_session_with_timeout(json!({"timeoutMinutes": 0}))
+        .create_session_with_timeout(json!({"timeoutMinutes": 5, "autoRenew": false}))
         .await;
+    app.set_clock(millis(&session.body["expiresAt"]));
 
     // Act
     let reply = app.get(&session_events(&session.id)).await;

@@ -232,6 +232,23 @@ impl TestApp {
         self.clock().advance(by);
     }
 
+    /// Records every notice (`session.expiring`, `session.expired`) due by the manual clock's
+    /// reading, as the server's notifier does on each of its polls; returns how many sessions
+    /// got one. Lets a test know that nothing is due yet without waiting for a poll.
+    ///
+    /// # Panics
+    /// When the server was not started with [`spawn_app_with_clock`].
+    pub async fn notify_due_now(&self) -> usize {
+        let clock: Arc<dyn sessiond::domain::Clock> = self
+            .clock
+            .clone()
+            .expect("the server was started with spawn_app_with_clock");
+        let now = clock.now();
+        sessiond::notifier::notify_due_once(self.store(), &clock, Timestamp::EPOCH, now)
+            .await
+            .expect("looking for due notices in a healthy store succeeds")
+    }
+
     /// The store behind the server (for sweeper tests).
     pub fn store(&self) -> &sessiond::store::Store {
         self.server.store()
