@@ -8,7 +8,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::helpers::{
-    new_id, spawn_app, spawn_app_with, TestApp, API, API_KEY_HEADER, DEFAULT_MAX_BODY_BYTES,
+    embedded_app, new_id, spawn_app, spawn_app_with, TestApp, API, API_KEY_HEADER,
+    DEFAULT_MAX_BODY_BYTES,
 };
 
 const API_KEY: &str = "s3cret-key";
@@ -118,7 +119,7 @@ async fn wrong_method_on_an_existing_route_is_a_405_envelope() {
 #[tokio::test(flavor = "multi_thread")]
 async fn malformed_json_is_invalid_json() {
     // Arrange
-    let app = spawn_app().await;
+    let app = embedded_app().await;
     let session = app.create_session().await;
     let bodies = [
         "{not json",
@@ -140,10 +141,11 @@ async fn malformed_json_is_invalid_json() {
             )
             .await;
         let patch = app
-            .send(
-                app.api(Method::PATCH, &format!("/sessions/{}/timeout", session.id))
-                    .header(CONTENT_TYPE, "application/json")
-                    .body(body.to_owned()),
+            .call(
+                Method::PATCH,
+                &format!("/sessions/{}/timeout", session.id),
+                Some("application/json"),
+                Some(body.to_owned()),
             )
             .await;
 
@@ -159,7 +161,7 @@ async fn malformed_json_is_invalid_json() {
 #[tokio::test(flavor = "multi_thread")]
 async fn json_that_is_not_an_object_is_invalid_json() {
     // Arrange
-    let app = spawn_app().await;
+    let app = embedded_app().await;
     let session = app.create_session().await;
 
     for body in [
@@ -191,7 +193,7 @@ async fn json_that_is_not_an_object_is_invalid_json() {
 #[tokio::test(flavor = "multi_thread")]
 async fn body_without_a_json_content_type_is_415() {
     // Arrange
-    let app = spawn_app().await;
+    let app = embedded_app().await;
     let session = app.create_session().await;
     let session_body = json!({"agentId": new_id(), "userId": new_id()}).to_string();
     let message_body = json!({"content": "hi"}).to_string();
@@ -212,13 +214,14 @@ async fn body_without_a_json_content_type_is_415() {
                 message_body.clone(),
             )
             .await;
-        let mut patch = app
-            .api(Method::PATCH, &format!("/sessions/{}/timeout", session.id))
-            .body(r#"{"timeoutMinutes": 10}"#);
-        if let Some(content_type) = content_type {
-            patch = patch.header(CONTENT_TYPE, content_type);
-        }
-        let patch = app.send(patch).await;
+        let patch = app
+            .call(
+                Method::PATCH,
+                &format!("/sessions/{}/timeout", session.id),
+                content_type,
+                Some(r#"{"timeoutMinutes": 10}"#.to_owned()),
+            )
+            .await;
 
         // Assert
         create.expect_error(415, "UNSUPPORTED_MEDIA_TYPE");
@@ -232,7 +235,7 @@ async fn body_without_a_json_content_type_is_415() {
 #[tokio::test(flavor = "multi_thread")]
 async fn json_content_type_with_parameters_is_accepted() {
     // Arrange
-    let app = spawn_app().await;
+    let app = embedded_app().await;
     let body = json!({"agentId": new_id(), "userId": new_id()}).to_string();
 
     for content_type in [

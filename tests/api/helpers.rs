@@ -582,3 +582,172 @@ impl TestApp {
         .await
     }
 }
+
+/// sessiond's routes with no socket: requests go through `warp::test` straight to the
+/// filters, for tests about what the API answers to a request (validation, error codes)
+/// rather than about HTTP itself (connections, headers on the wire, body limits, paths
+/// outside the API, which only the server's own routes answer).
+pub struct EmbeddedApp {
+    /// The routes, as an embedding app would mount them.
+    routes: warp::filters::BoxedFilter<(warp::reply::Response,)>,
+    /// The store and background tasks behind the routes, as the embedding app holds them.
+    _sessiond: sessiond::app::Sessiond,
+    /// The data directory; deleted when the test ends.
+    _dir: TempDir,
+}
+
+/// Opens sessiond on a temporary directory with the default configuration and a manual
+/// clock reading [`T0_MS`] (nothing here depends on time passing).
+pub async fn embedded_app() -> EmbeddedApp {
+    let dir = tempfile::tempdir().expect("a temporary directory can be created");
+    let config = ServeConfig {
+        data_dir: dir.path().to_path_buf(),
+        ..ServeConfig::default()
+    };
+    let clock = Arc::new(ManualClock::new(Timestamp::from_millis(T0_MS)));
+    let sessiond = sessiond::app::Sessiond::open_with_clock(&config, clock)
+        .await
+        .expect("sessiond opens on an empty directory");
+    EmbeddedApp {
+        routes: sessiond.routes(),
+        _sessiond: sessiond,
+        _dir: dir,
+    }
+}
+
+impl EmbeddedApp {
+    /// Sends a request to a path under `/api/messaging`, with a body of the given Content-Type
+    /// (none when `None`) when `body` is given, and reads the whole response.
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        content_type: Option<&str>,
+        body: Option<String>,
+    ) -> Reply {
+        let mut request = warp::test::request()
+            .method(method.as_str())
+            .path(&format!("{API}{path}"));
+        if let Some(content_type) = content_type {
+            request = request.header(CONTENT_TYPE.as_str(), content_type);
+        }
+        if let Some(body) = body {
+            request = request.body(body);
+        }
+        let response = request.reply(&self.routes).await;
+        let status = response.status();
+        let headers = response.headers().clone();
+        let text = String::from_utf8_lossy(response.body()).into_owned();
+        let body = serde_json::from_str(&text).unwrap_or(Value::Null);
+        Reply {
+            status,
+            headers,
+            text,
+            body,
+        }
+    }
+
+    /// GET a path under `/api/messaging`.
+    pub async fn get(&self, path: &str) -> Reply {
+        self.call(Method::GET, path, None, None).await
+    }
+
+    /// POST a JSON body to a path under `/api/messaging`.
+    pub async fn post(&self, path: &str, body: &Value) -> Reply {
+        self.post_raw(path, Some("application/json"), body.to_string())
+            .await
+    }
+
+    /// POST a raw body with the given Content-Type (none when `None`).
+    pub async fn post_raw(&self, path: &str, content_type: Option<&str>, body: String) -> Reply {
+        self.call(Method::POST, path, content_type, Some(body))
+            .await
+    }
+
+    /// PATCH a JSON body to a path under `/api/messaging`.
+    pub async fn patch(&self, path: &str, body: &Value) -> Reply {
+        self.call(
+            Method::PATCH,
+            path,
+            Some("application/json"),
+            Some(body.to_string()),
+        )
+        .await
+    }
+
+    /// POST /sessions with the given body as is.
+    pub async fn try_create_session(&self, body: &Value) -> Reply {
+        self.post("/sessions", body).await
+    }
+
+    /// Creates a session for a fresh agent and user; asserts 201.
+    pub async fn create_session(&self) -> Session {
+        let created = self
+            .try_create_session(&json!({"agentId": new_id(), "userId": new_id()}))
+            .await
+            .expect(201);
+        Session {
+            id: field_str(&created, "sessionId").to_owned(),
+            agent_id: field_str(&created, "agentId").to_owned(),
+            user_id: field_str(&created, "userId").to_owned(),
+            body: created,
+        }
+    }
+
+    /// GET /sessions/{id}.
+    pub async fn get_session(&self, id: &str) -> Reply {
+        self.get(&format!("/sessions/{id}")).await
+    }
+
+    /// GET /sessions?{query}.
+    pub async fn list_sessions(&self, query: &str) -> Reply {
+        self.get(&format!("/sessions?{query}")).await
+    }
+
+    /// POST /sessions/{id}/messages with the given body.
+    pub async fn post_message(&self, session_id: &str, body: &Value) -> Reply {
+        self.post(&format!("/sessions/{session_id}/messages"), body)
+            .await
+    }
+
+    /// GET /sessions/{id}/messages?{query}.
+    pub async fn list_messages(&self, session_id: &str, query: &str) -> Reply {
+        self.get(&format!("/sessions/{session_id}/messages?{query}"))
+            .await
+    }
+
+    /// Appends `count` messages one after another, contents "message 1", "message 2", ...;
+    /// asserts 201 for each.
+    pub async fn append_many(&self, session_id: &str, count: usize) -> Vec<Value> {
+        let mut messages = Vec::with_capacity(count);
+        for n in 1..=count {
+            let body = json!({ "content": format!("message {n}") });
+            messages.push(self.post_message(session_id, &body).await.expect(201));
+        }
+        messages
+    }
+
+    /// POST /sessions/{id}/renew (no body).
+    pub async fn renew(&self, session_id: &str) -> Reply {
+        let path = format!("/sessions/{session_id}/renew");
+        self.call(Method::POST, &path, None, None).await
+    }
+
+    /// POST /sessions/{id}/heartbeat (no body).
+    pub async fn heartbeat(&self, session_id: &str) -> Reply {
+        let path = format!("/sessions/{session_id}/heartbeat");
+        self.call(Method::POST, &path, None, None).await
+    }
+
+    /// PATCH /sessions/{id}/timeout.
+    pub async fn patch_timeout(&self, session_id: &str, body: &Value) -> Reply {
+        self.patch(&format!("/sessions/{session_id}/timeout"), body)
+            .await
+    }
+
+    /// DELETE /sessions/{id}.
+    pub async fn delete_session(&self, session_id: &str) -> Reply {
+        let path = format!("/sessions/{session_id}");
+        self.call(Method::DELETE, &path, None, None).await
+    }
+}

@@ -8,8 +8,9 @@ use serde_json::{json, Value};
 use tokio::task::JoinSet;
 
 use crate::helpers::{
-    field_str, field_u64, millis, new_id, spawn_app, spawn_app_allowing_instant_expiry,
-    spawn_app_with_clock, sweep_at, wait_for_clock_past, Session, TestApp, MINUTE_MS, T0_MS,
+    embedded_app, field_str, field_u64, millis, new_id, spawn_app,
+    spawn_app_allowing_instant_expiry, spawn_app_with_clock, sweep_at, wait_for_clock_past,
+    Session, TestApp, MINUTE_MS, T0_MS,
 };
 
 const MINUTE: Duration = Duration::from_secs(60);
@@ -136,7 +137,7 @@ async fn renewing_an_unknown_session_is_404() {
 #[tokio::test(flavor = "multi_thread")]
 async fn lifecycle_routes_reject_malformed_session_ids() {
     // Arrange
-    let app = spawn_app().await;
+    let app = embedded_app().await;
 
     // Act
     let renew = app.renew("nope").await;

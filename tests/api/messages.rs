@@ -8,8 +8,8 @@ use tokio::task::JoinSet;
 use uuid::Uuid;
 
 use crate::helpers::{
-    assert_canonical_uuid, field_str, field_u64, ids, millis, new_id, seqs, spawn_app,
-    spawn_app_with_clock, MINUTE_MS, T0_MS,
+    assert_canonical_uuid, embedded_app, field_str, field_u64, ids, millis, new_id, seqs,
+    spawn_app, spawn_app_with_clock, MINUTE_MS, T0_MS,
 };
 
 const MESSAGE_FIELDS: [&str; 10] = [
@@ -199,7 +199,7 @@ async fn parent_outside_the_session_is_invalid_parent() {
 #[tokio::test(flavor = "multi_thread")]
 async fn malformed_parent_id_is_invalid_uuid() {
     // Arrange
-    let app = spawn_app().await;
+    let app = embedded_app().await;
     let session = app.create_session().await;
 
     // Act
@@ -264,7 +264,7 @@ async fn stranger_author_is_forbidden() {
 #[tokio::test(flavor = "multi_thread")]
 async fn malformed_author_id_is_invalid_uuid() {
     // Arrange
-    let app = spawn_app().await;
+    let app = embedded_app().await;
     let session = app.create_session().await;
 
     // Act
@@ -279,7 +279,7 @@ async fn malformed_author_id_is_invalid_uuid() {
 #[tokio::test(flavor = "multi_thread")]
 async fn content_must_be_a_non_empty_string() {
     // Arrange
-    let app = spawn_app().await;
+    let app = embedded_app().await;
     let session = app.create_session().await;
 
     for content in [
@@ -302,7 +302,7 @@ async fn content_must_be_a_non_empty_string() {
 #[tokio::test(flavor = "multi_thread")]
 async fn absent_or_null_content_is_missing_fields() {
     // Arrange
-    let app = spawn_app().await;
+    let app = embedded_app().await;
     let session = app.create_session().await;
 
     for body in [json!({}), json!({"content": null}), json!({"metadata": {}})] {
@@ -317,7 +317,7 @@ async fn absent_or_null_content_is_missing_fields() {
 #[tokio::test(flavor = "multi_thread")]
 async fn content_over_4000_characters_is_rejected_with_the_documented_message() {
     // Arrange
-    let app = spawn_app().await;
+    let app = embedded_app().await;
     let session = app.create_session().await;
 
     for content in ["a".repeat(4001), "é".repeat(4001), "😀".repeat(4001)] {
@@ -373,7 +373,7 @@ async fn rejected_message_does_not_use_up_a_seq() {
 #[tokio::test(flavor = "multi_thread")]
 async fn message_metadata_must_be_a_small_object() {
     // Arrange
-    let app = spawn_app().await;
+    let app = embedded_app().await;
     let session = app.create_session().await;
     let oversized = json!({"k": "x".repeat(10240 - 8 + 1)});
 
@@ -446,7 +446,7 @@ async fn sixteen_attachments_are_accepted() {
 #[tokio::test(flavor = "multi_thread")]
 async fn malformed_attachments_are_rejected() {
     // Arrange
-    let app = spawn_app().await;
+    let app = embedded_app().await;
     let session = app.create_session().await;
     let seventeen: Vec<Value> = (0..17)
         .map(|n| json!({"type": "image", "url": format!("https://example.com/{n}.png")}))
@@ -478,7 +478,7 @@ async fn malformed_attachments_are_rejected() {
 #[tokio::test(flavor = "multi_thread")]
 async fn transport_outside_the_documented_values_is_rejected() {
     // Arrange
-    let app = spawn_app().await;
+    let app = embedded_app().await;
     let session = app.create_session().await;
     let bodies = [
         json!({"content": "hi", "transport": "bogus"}),
@@ -644,7 +644,7 @@ async fn messages_of_an_unknown_session_are_404() {
 #[tokio::test(flavor = "multi_thread")]
 async fn message_routes_reject_malformed_ids_in_the_path() {
     // Arrange
-    let app = spawn_app().await;
+    let app = embedded_app().await;
     let session = app.create_session().await;
 
     // Act
@@ -948,7 +948,7 @@ async fn out_of_range_seq_bounds_are_clamped_not_rejected() {
 #[tokio::test(flavor = "multi_thread")]
 async fn message_pagination_must_be_plain_decimal_integers() {
     // Arrange
-    let app = spawn_app().await;
+    let app = embedded_app().await;
     let session = app.create_session().await;
     app.append_many(&session.id, 2).await;
     let queries = [

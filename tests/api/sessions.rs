@@ -6,8 +6,8 @@ use std::sync::Arc;
 use serde_json::{json, Value};
 
 use crate::helpers::{
-    assert_canonical_uuid, create_many_sessions, field_str, field_u64, millis, new_id, spawn_app,
-    spawn_app_allowing_instant_expiry, spawn_app_with_clock, MINUTE_MS, T0_MS,
+    assert_canonical_uuid, create_many_sessions, embedded_app, field_str, field_u64, millis,
+    new_id, spawn_app, spawn_app_allowing_instant_expiry, spawn_app_with_clock, MINUTE_MS, T0_MS,
 };
 
 const SESSION_INFO_FIELDS: [&str; 12] = [
@@ -124,7 +124,7 @@ async fn create_session_accepts_a_full_config_at_the_bounds() {
 #[tokio::test(flavor = "multi_thread")]
 async fn create_session_rejects_out_of_range_timeout_fields_naming_the_field() {
     // Arrange
-    let app = spawn_app().await;
+    let app = embedded_app().await;
     let cases = [
         (json!({"timeoutMinutes": 4}), "timeoutMinutes"),
         (json!({"timeoutMinutes": 0}), "timeoutMinutes"),
@@ -164,7 +164,7 @@ async fn create_session_rejects_out_of_range_timeout_fields_naming_the_field() {
 #[tokio::test(flavor = "multi_thread")]
 async fn timeout_range_error_states_the_range() {
     // Arrange
-    let app = spawn_app().await;
+    let app = embedded_app().await;
 
     // Act
     let reply = app
@@ -184,7 +184,7 @@ async fn timeout_range_error_states_the_range() {
 #[tokio::test(flavor = "multi_thread")]
 async fn create_session_rejects_mistyped_timeout_fields() {
     // Arrange
-    let app = spawn_app().await;
+    let app = embedded_app().await;
     let cases = [
         (json!({"timeoutMinutes": 30.0}), "timeoutMinutes"),
         (json!({"timeoutMinutes": "30"}), "timeoutMinutes"),
@@ -223,7 +223,7 @@ async fn create_session_rejects_mistyped_timeout_fields() {
 #[tokio::test(flavor = "multi_thread")]
 async fn rejected_session_is_not_stored() {
     // Arrange
-    let app = spawn_app().await;
+    let app = embedded_app().await;
     let agent = new_id();
 
     // Act
@@ -244,7 +244,7 @@ async fn rejected_session_is_not_stored() {
 #[tokio::test(flavor = "multi_thread")]
 async fn create_session_without_agent_or_user_is_missing_fields() {
     // Arrange
-    let app = spawn_app().await;
+    let app = embedded_app().await;
     let bodies = [
         json!({}),
         json!({"userId": new_id()}),
@@ -265,7 +265,7 @@ async fn create_session_without_agent_or_user_is_missing_fields() {
 #[tokio::test(flavor = "multi_thread")]
 async fn create_session_rejects_ids_that_are_not_uuids() {
     // Arrange
-    let app = spawn_app().await;
+    let app = embedded_app().await;
     let bodies = [
         json!({"agentId": "agent-1", "userId": new_id()}),
         json!({"agentId": new_id(), "userId": "123"}),
@@ -286,7 +286,7 @@ async fn create_session_rejects_ids_that_are_not_uuids() {
 #[tokio::test(flavor = "multi_thread")]
 async fn create_session_rejects_metadata_that_is_not_an_object() {
     // Arrange
-    let app = spawn_app().await;
+    let app = embedded_app().await;
 
     for metadata in [json!("text"), json!([1, 2]), json!(5), json!(true)] {
         // Act
@@ -575,7 +575,7 @@ async fn unknown_session_is_404_naming_the_id() {
 #[tokio::test(flavor = "multi_thread")]
 async fn malformed_session_id_in_the_path_is_invalid_uuid() {
     // Arrange
-    let app = spawn_app().await;
+    let app = embedded_app().await;
 
     for bad in ["not-a-uuid", "123", "3c90c3cc-0d44-4b50-8888-8dd25736052g"] {
         // Act
@@ -746,7 +746,7 @@ async fn list_filters_accept_percent_encoded_braced_ids() {
 #[tokio::test(flavor = "multi_thread")]
 async fn list_sessions_rejects_an_unknown_status() {
     // Arrange
-    let app = spawn_app().await;
+    let app = embedded_app().await;
 
     for query in ["status=bogus", "status=ACTIVE", "status="] {
         // Act
@@ -760,7 +760,7 @@ async fn list_sessions_rejects_an_unknown_status() {
 #[tokio::test(flavor = "multi_thread")]
 async fn list_sessions_rejects_filter_ids_that_are_not_uuids() {
     // Arrange
-    let app = spawn_app().await;
+    let app = embedded_app().await;
 
     for query in ["agentId=agent-1", "userId=42"] {
         // Act
@@ -774,7 +774,7 @@ async fn list_sessions_rejects_filter_ids_that_are_not_uuids() {
 #[tokio::test(flavor = "multi_thread")]
 async fn list_sessions_rejects_a_limit_that_is_not_a_plain_integer() {
     // Arrange
-    let app = spawn_app().await;
+    let app = embedded_app().await;
     app.create_session().await;
 
     for limit in [
