@@ -163,7 +163,7 @@ impl Store {
                     expected_seq - 1
                 ));
             }
-            for counter in super::sessions::counters_of(&session) {
+            for counter in super::write_ops::counters_of(&session) {
                 *counts.entry(keys::counter(counter)).or_default() += 1;
             }
         }

@@ -12,13 +12,12 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use futures_util::Stream;
 use serde::{Deserialize, Serialize};
-use sled::transaction::TransactionalTree;
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
 use super::keys::{self, EventOwner};
 use super::writer::{Work, WriteTime};
-use super::{codec, encode_tx, settle_unrefused, Store, TxResult};
+use super::{codec, settle_unrefused, Store};
 use crate::domain::{
     DueNotices, Event, EventData, EventFilter, EventKind, Message, Session, Timestamp,
 };
@@ -113,22 +112,15 @@ pub(super) fn drop_v1_records(db: &sled::Db) -> Result<()> {
 }
 
 /// The events of one write, numbered from the next free id; stored by [`EventLog::finish`].
-pub(super) struct EventLog<'a> {
-    events: &'a TransactionalTree,
-    index: &'a TransactionalTree,
+pub(super) struct EventLog {
     first_id: u64,
     written: Vec<Event>,
 }
 
-impl<'a> EventLog<'a> {
-    pub(super) fn new(
-        events: &'a TransactionalTree,
-        index: &'a TransactionalTree,
-        first_id: u64,
-    ) -> Self {
+impl EventLog {
+    /// A log numbering its events from `first_id`.
+    pub(super) fn new(first_id: u64) -> Self {
         EventLog {
-            events,
-            index,
             first_id,
             written: Vec::new(),
         }
@@ -175,17 +167,22 @@ impl<'a> EventLog<'a> {
         }
     }
 
-    /// Stores the recorded events as one record with its index entries, and returns them.
-    pub(super) fn finish(self) -> TxResult<Vec<Event>> {
-        let Some(first) = self.written.first() else {
-            return Ok(self.written);
-        };
+    /// The recorded events, in id order.
+    pub(super) fn finish(self) -> Vec<Event> {
+        self.written
+    }
+}
+
+impl StoredEvents {
+    /// The record of one write's events (consecutive ids, one session): its first id and
+    /// itself, or `None` for no events.
+    pub(super) fn of(events: &[Event]) -> Option<(u64, StoredEvents)> {
+        let first = events.first()?;
         let record = StoredEvents {
             session_id: first.session_id,
             agent_id: first.agent_id,
             user_id: first.user_id,
-            entries: self
-                .written
+            entries: events
                 .iter()
                 .map(|event| StoredEntry {
                     at: event.at,
@@ -197,13 +194,7 @@ impl<'a> EventLog<'a> {
                 })
                 .collect(),
         };
-        self.events
-            .insert(&keys::event(self.first_id), encode_tx(&record)?)?;
-        for owner in record.owners() {
-            self.index
-                .insert(&keys::owner_event(owner, self.first_id), &[])?;
-        }
-        Ok(self.written)
+        Some((first.id, record))
     }
 }
 
@@ -580,7 +571,7 @@ impl Store {
                 if record.newest_at() >= cutoff {
                     break;
                 }
-                doomed.push((keys::parse_event(&key)?, record.owners()));
+                doomed.push(keys::parse_event(&key)?);
                 trimmed += record.entries.len();
             }
             let more = doomed.len() == BATCH;
@@ -588,13 +579,8 @@ impl Store {
                 break;
             }
             let work: Work<()> = Box::new(move |ctx| {
-                let tx = ctx.tx;
-                for (first_id, owners) in &doomed {
-                    for owner in owners {
-                        tx.event_index
-                            .remove(&keys::owner_event(*owner, *first_id))?;
-                    }
-                    tx.events.remove(&keys::event(*first_id))?;
+                for first_id in &doomed {
+                    ctx.tx.remove_events(*first_id)?;
                 }
                 Ok(())
             });

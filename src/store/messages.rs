@@ -4,10 +4,10 @@ use std::sync::Arc;
 
 use uuid::Uuid;
 
-use super::engine::WriteTx;
 use super::keys;
-use super::writer::{Announced, Work, WriteTime};
-use super::{codec, encode_tx, refuse, settle_unrefused, Store, TxResult};
+use super::write_ops::MESSAGES_PER_PURGE_WRITE;
+use super::writer::{Announced, Work, WriteCtx, WriteTime};
+use super::{codec, refuse, settle_unrefused, Store, TxResult};
 use crate::domain::{
     Clock, EventKind, Message, NewMessage, Renewal, Session, SessionError, Timestamp,
 };
@@ -50,101 +50,50 @@ pub struct MessagePage {
     pub has_more: bool,
 }
 
-impl WriteTx<'_> {
-    /// Stores `new` as the next message of `session` at `now`, with its index entries, and
-    /// applies it to `session` (count, last message); the caller stores the session. Refuses
-    /// an author who is neither the session's user nor its agent, and a parent that is not
-    /// a message of this session.
-    pub(super) fn add_message(
-        &self,
-        session: &mut Session,
-        new: &NewMessage,
-        now: Timestamp,
-    ) -> TxResult<Message> {
-        let session_id = session.id;
-        let author_id = match session.author_of(new) {
-            Ok(author_id) => author_id,
-            Err(refused) => return refuse(refused),
-        };
-        let parent_id = match new.parent_id {
-            Some(parent_id) => {
-                let belongs = match self.message_locations.get(keys::session(parent_id))? {
-                    Some(location) => {
-                        keys::parse_message(&location).map_err(super::broken)?.0 == session_id
-                    }
-                    None => false,
-                };
-                if !belongs {
-                    return refuse(SessionError::InvalidParent {
-                        session_id,
-                        parent_id,
-                    });
-                }
-                Some(parent_id)
-            }
-            None => session.last_message_id,
-        };
-
-        let seq = session.message_count + 1;
-        let created_at = now.max(session.last_message_at);
-        let message = Message {
-            id: created_at.new_v7(),
-            session_id,
-            seq,
-            parent_id,
-            content: new.content.clone(),
-            author_id,
-            is_agent: author_id == session.agent_id,
-            // Message times never go backwards, so seq order is time order and the epoch-ms
-            // bounds of a page can be found by binary search over seq.
-            created_at,
-            metadata_json: new.metadata_json.clone(),
-            attachments: new.attachments.clone(),
-        };
-        let key = keys::message(session_id, seq);
-        if self.messages.insert(&key, encode_tx(&message)?)?.is_some() {
-            return Err(super::broken(Error::corrupt(format!(
-                "message {seq} of session {session_id} already existed"
-            ))));
+/// Makes `new` the next message of `session` at the write's time and stores it; applies
+/// it to `session` (count, last message), which the caller stores. Refuses an author who
+/// is neither the session's user nor its agent, and a parent that is not a message of
+/// this session.
+pub(super) fn append_to(
+    ctx: &WriteCtx<'_>,
+    session: &mut Session,
+    new: &NewMessage,
+) -> TxResult<Message> {
+    let session_id = session.id;
+    let author_id = match session.author_of(new) {
+        Ok(author_id) => author_id,
+        Err(refused) => return refuse(refused),
+    };
+    let parent_id = match new.parent_id {
+        Some(parent_id) if ctx.tx.message_in(parent_id, session_id)? => Some(parent_id),
+        Some(parent_id) => {
+            return refuse(SessionError::InvalidParent {
+                session_id,
+                parent_id,
+            })
         }
-        self.message_locations
-            .insert(&keys::session(message.id), &key)?;
-        if let Some(parent_id) = parent_id {
-            // The value names the session, so an entry left by an interrupted purge can be
-            // traced to its (deleted) session.
-            self.children
-                .insert(&keys::child(parent_id, seq), &keys::session(session_id))?;
-        }
-        session.message_count = seq;
-        session.last_message_id = Some(message.id);
-        session.last_message_at = message.created_at;
-        Ok(message)
-    }
-
-    /// Removes the messages of a session with seqs in `seqs`, and their index entries.
-    pub(super) fn remove_messages(
-        &self,
-        session_id: Uuid,
-        seqs: std::ops::RangeInclusive<u64>,
-    ) -> TxResult<()> {
-        for seq in seqs {
-            let Some(bytes) = self.messages.remove(&keys::message(session_id, seq))? else {
-                continue;
-            };
-            match codec::decode::<Message>(&bytes) {
-                Ok(message) => {
-                    self.message_locations.remove(&keys::session(message.id))?;
-                    if let Some(parent_id) = message.parent_id {
-                        self.children.remove(&keys::child(parent_id, seq))?;
-                    }
-                }
-                Err(error) => {
-                    tracing::warn!(%session_id, %error, "removing an undecodable message")
-                }
-            }
-        }
-        Ok(())
-    }
+        None => session.last_message_id,
+    };
+    // Message times never go backwards, so seq order is time order and the epoch-ms
+    // bounds of a page can be found by binary search over seq.
+    let created_at = ctx.now.max(session.last_message_at);
+    let message = Message {
+        id: created_at.new_v7(),
+        session_id,
+        seq: session.message_count + 1,
+        parent_id,
+        content: new.content.clone(),
+        author_id,
+        is_agent: author_id == session.agent_id,
+        created_at,
+        metadata_json: new.metadata_json.clone(),
+        attachments: new.attachments.clone(),
+    };
+    ctx.tx.insert_message(&message)?;
+    session.message_count = message.seq;
+    session.last_message_id = Some(message.id);
+    session.last_message_at = message.created_at;
+    Ok(message)
 }
 
 impl Store {
@@ -164,7 +113,7 @@ impl Store {
         let work: Work<Appended> = Box::new(move |ctx| {
             let old = ctx.active_session(session_id)?;
             let mut session = old.clone();
-            let message = ctx.tx.add_message(&mut session, &new, ctx.now)?;
+            let message = append_to(ctx, &mut session, &new)?;
             let renewal = session.record_activity(ctx.now);
             let mut announced = vec![Announced::Message(&message)];
             if renewal == Renewal::Renewed {
@@ -429,10 +378,7 @@ impl Store {
                     .await?,
             )?;
         }
-        let work: Work<()> = Box::new(move |ctx| {
-            ctx.tx.purges.remove(&keys::session(session_id))?;
-            Ok(())
-        });
+        let work: Work<()> = Box::new(move |ctx| ctx.tx.finish_purge(session_id));
         settle_unrefused(
             self.writer
                 .write(WriteTime::At(Timestamp::now()), work)
@@ -440,9 +386,6 @@ impl Store {
         )
     }
 }
-
-/// Most messages one purge write removes: bounds how long the writes batched with it wait.
-pub(super) const MESSAGES_PER_PURGE_WRITE: u64 = 256;
 
 #[cfg(test)]
 mod tests {

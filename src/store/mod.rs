@@ -13,6 +13,7 @@ mod events;
 mod keys;
 mod messages;
 mod sessions;
+mod write_ops;
 mod writer;
 
 use std::path::{Path, PathBuf};

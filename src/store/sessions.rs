@@ -2,14 +2,12 @@
 
 use std::sync::Arc;
 
-use sled::transaction::TransactionalTree;
 use uuid::Uuid;
 
-use super::engine::WriteTx;
 use super::keys::{self, Counter};
-use super::messages::MESSAGES_PER_PURGE_WRITE;
+use super::messages::append_to;
 use super::writer::{Announced, Work, WriteTime};
-use super::{codec, decode_tx, encode_tx, refuse, settle_unrefused, Store, TxResult};
+use super::{codec, refuse, settle_unrefused, Store};
 use crate::domain::{Clock, DueNotices, EventKind, NewMessage, Session, SessionError, Timestamp};
 use crate::error::Result;
 
@@ -64,76 +62,6 @@ pub struct SessionCounts {
     pub expiring_soon: u64,
 }
 
-impl WriteTx<'_> {
-    pub(super) fn stored_session(&self, id: Uuid) -> TxResult<Option<Session>> {
-        self.sessions
-            .get(keys::session(id))?
-            .map(|bytes| decode_tx(&bytes))
-            .transpose()
-    }
-
-    /// Writes `new` and moves its deadline entries if they changed since `old`.
-    pub(super) fn put_session(&self, old: Option<&Session>, new: &Session) -> TxResult<()> {
-        self.sessions
-            .insert(&keys::session(new.id), encode_tx(new)?)?;
-        let moved = |old_at: Option<Timestamp>,
-                     new_at: Timestamp,
-                     tree: &TransactionalTree|
-         -> TxResult<()> {
-            if old_at != Some(new_at) {
-                if let Some(old_at) = old_at {
-                    tree.remove(&keys::deadline(old_at, new.id))?;
-                }
-                tree.insert(&keys::deadline(new_at, new.id), &[])?;
-            }
-            Ok(())
-        };
-        moved(
-            old.map(Session::expires_at),
-            new.expires_at(),
-            self.expirations,
-        )?;
-        moved(old.map(Session::warns_at), new.warns_at(), self.warnings)?;
-        Ok(())
-    }
-
-    fn remove_session(&self, session: &Session) -> TxResult<()> {
-        self.sessions.remove(&keys::session(session.id))?;
-        self.expirations
-            .remove(&keys::deadline(session.expires_at(), session.id))?;
-        self.warnings
-            .remove(&keys::deadline(session.warns_at(), session.id))?;
-        Ok(())
-    }
-}
-
-/// The counters a session counts in.
-pub(super) fn counters_of(session: &Session) -> [Counter; 4] {
-    [
-        Counter::Sessions,
-        Counter::Agent(session.agent_id),
-        Counter::User(session.user_id),
-        Counter::Pair(session.agent_id, session.user_id),
-    ]
-}
-
-fn add_to_counters(counters: &TransactionalTree, session: &Session, delta: i64) -> TxResult<()> {
-    for counter in counters_of(session) {
-        let key = keys::counter(counter);
-        let current = match counters.get(&key)? {
-            Some(bytes) => keys::parse_count(&bytes).map_err(super::broken)?,
-            None => 0,
-        };
-        let next = current.saturating_add_signed(delta);
-        if next == 0 {
-            counters.remove(key)?;
-        } else {
-            counters.insert(key, &keys::count_value(next))?;
-        }
-    }
-    Ok(())
-}
-
 impl Store {
     /// Stores a new session with its index entries and counts, and records
     /// `session.created` (plus any lifecycle notice already due). Returns once on disk.
@@ -161,10 +89,8 @@ impl Store {
     ) -> Result<Result<Session, SessionError>> {
         let created_at = session.created_at;
         let work: Work<Session> = Box::new(move |ctx| {
-            let tx = ctx.tx;
             // Everything that could refuse is checked before anything is written.
-            let key = keys::session(session.id);
-            if tx.sessions.get(key)?.is_some() || tx.purges.get(key)?.is_some() {
+            if ctx.tx.session_id_taken(session.id)? {
                 return refuse(SessionError::AlreadyExists(session.id));
             }
             for new in &history {
@@ -183,13 +109,8 @@ impl Store {
             stored.message_count = 0;
             stored.last_message_id = None;
             for new in &history {
-                tx.add_message(&mut stored, new, ctx.now)?;
+                append_to(ctx, &mut stored, new)?;
             }
-            tx.user_sessions
-                .insert(&keys::owned_session(session.user_id, session.id), &[])?;
-            tx.agent_sessions
-                .insert(&keys::owned_session(session.agent_id, session.id), &[])?;
-            add_to_counters(tx.counters, &session, 1)?;
             ctx.save_session(
                 None,
                 stored,
@@ -249,7 +170,7 @@ impl Store {
     /// Storage failures.
     pub async fn record_due_notices(&self, id: Uuid, clock: Arc<dyn Clock>) -> Result<bool> {
         let work: Work<bool> = Box::new(move |ctx| {
-            let Some(old) = ctx.tx.stored_session(id)? else {
+            let Some(old) = ctx.tx.session(id)? else {
                 return Ok(false);
             };
             if old.due_notices(ctx.now) == DueNotices::default() {
@@ -304,28 +225,13 @@ impl Store {
         condition: impl Fn(&Session) -> bool + Send + 'static,
     ) -> Result<Option<Session>> {
         let work: Work<Option<(Session, bool)>> = Box::new(move |ctx| {
-            let tx = ctx.tx;
-            let Some(session) = tx.stored_session(id)? else {
+            let Some(session) = ctx.tx.session(id)? else {
                 return Ok(None);
             };
             if !condition(&session) {
                 return Ok(None);
             }
-            tx.remove_session(&session)?;
-            tx.user_sessions
-                .remove(&keys::owned_session(session.user_id, id))?;
-            tx.agent_sessions
-                .remove(&keys::owned_session(session.agent_id, id))?;
-            add_to_counters(tx.counters, &session, -1)?;
-            // A long conversation would hold up the writes batched with this one: its
-            // messages go afterwards, in batches, behind a marker that makes the removal
-            // resumable after a crash.
-            let purge_later = session.message_count > MESSAGES_PER_PURGE_WRITE;
-            if purge_later {
-                tx.purges.insert(&keys::session(id), &[])?;
-            } else {
-                tx.remove_messages(id, 1..=session.message_count)?;
-            }
+            let purge_later = ctx.tx.delete_session(&session)?;
             if announce_at.is_some() {
                 ctx.announce(EventKind::SessionDeleted, &session);
             }

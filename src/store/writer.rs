@@ -23,6 +23,7 @@ use uuid::Uuid;
 
 use super::engine::{Engine, EngineSlot, Trees, WriteTx};
 use super::events::{EventBus, EventLog};
+use super::write_ops::WriteOps;
 use super::{broken, keys, refuse, Failure, TxResult};
 use crate::domain::{Clock, Event, EventKind, Message, Session, SessionError, Timestamp};
 use crate::error::{Error, Result};
@@ -36,10 +37,10 @@ const SLOW_BATCH: std::time::Duration = std::time::Duration::from_millis(100);
 /// What one write works in: the batch's transaction, the write's time (read once, when
 /// the writer first runs it) and its event log, which the writer numbers, finishes and
 /// publishes after the commit.
-pub(super) struct WriteCtx<'t, 'a> {
-    pub(super) tx: &'t WriteTx<'a>,
+pub(super) struct WriteCtx<'t> {
+    pub(super) tx: &'t dyn WriteOps,
     pub(super) now: Timestamp,
-    log: EventLog<'a>,
+    log: EventLog,
 }
 
 /// What a write that stores a session announces, in order, before the lifecycle notices.
@@ -48,10 +49,10 @@ pub(super) enum Announced<'m> {
     Message(&'m Message),
 }
 
-impl WriteCtx<'_, '_> {
+impl WriteCtx<'_> {
     /// The stored session, refusing a missing one or one expired at the write's time.
     pub(super) fn active_session(&self, id: Uuid) -> TxResult<Session> {
-        let Some(session) = self.tx.stored_session(id)? else {
+        let Some(session) = self.tx.session(id)? else {
             return refuse(SessionError::NotFound(id));
         };
         match session.check_active(self.now) {
@@ -71,8 +72,10 @@ impl WriteCtx<'_, '_> {
     ) -> TxResult<Session> {
         let due = new.due_notices(self.now);
         new.mark_noticed(due);
-        if old != Some(&new) {
-            self.tx.put_session(old, &new)?;
+        match old {
+            None => self.tx.insert_session(&new)?,
+            Some(old) if *old != new => self.tx.update_session(old, &new)?,
+            Some(_) => {}
         }
         for announcement in announced {
             match announcement {
@@ -104,7 +107,7 @@ pub(super) enum WriteTime {
 /// batch commits. It may run more than once (when another write of its batch fails, the
 /// batch runs again without that one), always with the same time, so it must only change
 /// the store through the transaction.
-pub(super) type Work<T> = Box<dyn Fn(&mut WriteCtx<'_, '_>) -> TxResult<T> + Send + 'static>;
+pub(super) type Work<T> = Box<dyn Fn(&mut WriteCtx<'_>) -> TxResult<T> + Send + 'static>;
 
 type Answer<T> = Result<Result<T, SessionError>>;
 
@@ -121,7 +124,7 @@ struct Pending<T> {
 trait Job: Send {
     /// Runs the write in the batch transaction, its events numbered from
     /// `first_event_id`; keeps its result and returns its events.
-    fn run(&self, tx: &WriteTx<'_>, first_event_id: u64) -> TxResult<Vec<Event>>;
+    fn run(&self, tx: &dyn WriteOps, first_event_id: u64) -> TxResult<Vec<Event>>;
     /// Settles the write as refused: it changes nothing.
     fn refuse(&self, refusal: SessionError);
     /// Answers the writer: its outcome once `durable` succeeded, else the failure.
@@ -131,7 +134,7 @@ trait Job: Send {
 }
 
 impl<T: Send> Job for Pending<T> {
-    fn run(&self, tx: &WriteTx<'_>, first_event_id: u64) -> TxResult<Vec<Event>> {
+    fn run(&self, tx: &dyn WriteOps, first_event_id: u64) -> TxResult<Vec<Event>> {
         let now = self.now.get().unwrap_or_else(|| match &self.time {
             WriteTime::Clock(clock) => clock.now(),
             WriteTime::At(at) => *at,
@@ -140,10 +143,11 @@ impl<T: Send> Job for Pending<T> {
         let mut ctx = WriteCtx {
             tx,
             now,
-            log: EventLog::new(tx.events, tx.event_index, first_event_id),
+            log: EventLog::new(first_event_id),
         };
         let value = (self.work)(&mut ctx)?;
-        let events = ctx.log.finish()?;
+        let events = ctx.log.finish();
+        tx.append_events(&events)?;
         *self.outcome.borrow_mut() = Some(Ok(value));
         Ok(events)
     }
