@@ -7,6 +7,7 @@ use std::collections::HashMap;
 
 use uuid::Uuid;
 
+use super::engine::Engine;
 use super::events::StoredEvents;
 use super::keys;
 use super::{codec, Store};
@@ -64,9 +65,27 @@ impl Store {
     /// # Errors
     /// Storage failures.
     pub fn tree_stats(&self) -> Result<Vec<TreeStats>> {
+        self.engine()?.tree_stats()
+    }
+
+    /// Verifies every record against its index entries and counters, and that every value
+    /// decodes. Read-only.
+    ///
+    /// # Errors
+    /// Storage failures (problems in the data go into the report).
+    pub fn check(&self) -> Result<CheckReport> {
+        self.engine()?.check()
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl Engine {
+    pub(super) fn tree_stats(&self) -> Result<Vec<TreeStats>> {
         let mut stats = Vec::new();
-        let engine = self.engine()?;
-        for (name, tree) in engine.trees.named() {
+        for (name, tree) in self.trees.named() {
             let (mut entries, mut bytes) = (0, 0);
             for entry in tree.iter() {
                 let (key, value) = entry?;
@@ -82,12 +101,7 @@ impl Store {
         Ok(stats)
     }
 
-    /// Verifies every record against its index entries and counters, and that every value
-    /// decodes. Read-only.
-    ///
-    /// # Errors
-    /// Storage failures (problems in the data go into the report).
-    pub fn check(&self) -> Result<CheckReport> {
+    pub(super) fn check(&self) -> Result<CheckReport> {
         let mut report = CheckReport::default();
         let pending: std::collections::HashSet<Uuid> = self.pending_purges()?.into_iter().collect();
         report.pending_purges = pending.len() as u64;
@@ -99,9 +113,8 @@ impl Store {
     }
 
     fn check_sessions(&self, report: &mut CheckReport) -> Result<()> {
-        let engine = self.engine()?;
         let mut counts: HashMap<Vec<u8>, u64> = HashMap::new();
-        for entry in engine.trees.sessions.iter() {
+        for entry in self.trees.sessions.iter() {
             let (key, value) = entry?;
             report.sessions += 1;
             let session: Session = match codec::decode(&value) {
@@ -120,22 +133,22 @@ impl Store {
             }
             let expected = [
                 (
-                    &engine.trees.user_sessions,
+                    &self.trees.user_sessions,
                     keys::owned_session(session.user_id, id).to_vec(),
                     "user index",
                 ),
                 (
-                    &engine.trees.agent_sessions,
+                    &self.trees.agent_sessions,
                     keys::owned_session(session.agent_id, id).to_vec(),
                     "agent index",
                 ),
                 (
-                    &engine.trees.expirations,
+                    &self.trees.expirations,
                     keys::deadline(session.expires_at(), id).to_vec(),
                     "expiry index",
                 ),
                 (
-                    &engine.trees.warnings,
+                    &self.trees.warnings,
                     keys::deadline(session.warns_at(), id).to_vec(),
                     "warning index",
                 ),
@@ -147,7 +160,7 @@ impl Store {
             }
             // Seqs must run 1..=messageCount with nothing beyond.
             let mut expected_seq = 1;
-            for message_key in engine.trees.messages.scan_prefix(keys::session(id)).keys() {
+            for message_key in self.trees.messages.scan_prefix(keys::session(id)).keys() {
                 let (_, seq) = keys::parse_message(&message_key?)?;
                 if seq != expected_seq {
                     report.problem(format!(
@@ -167,7 +180,7 @@ impl Store {
                 *counts.entry(keys::counter(counter)).or_default() += 1;
             }
         }
-        for entry in engine.trees.counters.iter() {
+        for entry in self.trees.counters.iter() {
             let (key, value) = entry?;
             let stored = keys::parse_count(&value)?;
             let actual = counts.remove(key.as_ref()).unwrap_or(0);
@@ -189,10 +202,9 @@ impl Store {
 
     /// Every index entry must point to a session whose values put it there.
     fn check_session_indexes(&self, report: &mut CheckReport) -> Result<()> {
-        let engine = self.engine()?;
         for (tree, what) in [
-            (&engine.trees.user_sessions, "user"),
-            (&engine.trees.agent_sessions, "agent"),
+            (&self.trees.user_sessions, "user"),
+            (&self.trees.agent_sessions, "agent"),
         ] {
             for key in tree.iter().keys() {
                 let key = key?;
@@ -215,8 +227,8 @@ impl Store {
             }
         }
         for (tree, what) in [
-            (&engine.trees.expirations, "expiry"),
-            (&engine.trees.warnings, "warning"),
+            (&self.trees.expirations, "expiry"),
+            (&self.trees.warnings, "warning"),
         ] {
             for key in tree.iter().keys() {
                 let (at, id) = keys::parse_deadline(&key?)?;
@@ -246,15 +258,14 @@ impl Store {
         report: &mut CheckReport,
         pending: &std::collections::HashSet<Uuid>,
     ) -> Result<()> {
-        let engine = self.engine()?;
-        for entry in engine.trees.messages.iter() {
+        for entry in self.trees.messages.iter() {
             let (key, value) = entry?;
             report.messages += 1;
             let (session_id, seq) = keys::parse_message(&key)?;
             if pending.contains(&session_id) {
                 continue;
             }
-            if !engine
+            if !self
                 .trees
                 .sessions
                 .contains_key(keys::session(session_id))?
@@ -279,7 +290,7 @@ impl Store {
                     message.id
                 ));
             }
-            match engine
+            match self
                 .trees
                 .message_locations
                 .get(keys::session(message.id))?
@@ -288,18 +299,14 @@ impl Store {
                 _ => report.problem(format!("message {} has no id index entry", message.id)),
             }
             if let Some(parent_id) = message.parent_id {
-                if !engine
+                if !self
                     .trees
                     .children
                     .contains_key(keys::child(parent_id, seq))?
                 {
                     report.problem(format!("message {} has no reply index entry", message.id));
                 }
-                match engine
-                    .trees
-                    .message_locations
-                    .get(keys::session(parent_id))?
-                {
+                match self.trees.message_locations.get(keys::session(parent_id))? {
                     Some(location) if keys::parse_message(&location)?.0 == session_id => {}
                     _ => report.problem(format!(
                         "message {}'s parent {parent_id} is not in its session",
@@ -308,7 +315,7 @@ impl Store {
                 }
             }
         }
-        for entry in engine.trees.message_locations.iter() {
+        for entry in self.trees.message_locations.iter() {
             let (id_key, location) = entry?;
             let (session_id, seq) = keys::parse_message(&location)?;
             if pending.contains(&session_id) {
@@ -322,18 +329,14 @@ impl Store {
                 ));
             }
         }
-        for entry in engine.trees.children.iter() {
+        for entry in self.trees.children.iter() {
             let (key, value) = entry?;
             let (parent_id, seq) = keys::parse_child(&key)?;
             let session_id = keys::parse_session(&value)?;
             if pending.contains(&session_id) {
                 continue;
             }
-            match engine
-                .trees
-                .message_locations
-                .get(keys::session(parent_id))?
-            {
+            match self.trees.message_locations.get(keys::session(parent_id))? {
                 Some(location) if keys::parse_message(&location)?.0 == session_id => {}
                 _ => {
                     report.problem(format!(
@@ -355,10 +358,9 @@ impl Store {
     }
 
     fn check_events(&self, report: &mut CheckReport) -> Result<()> {
-        let engine = self.engine()?;
         // Each record holds ids first..first + len; the next record starts after them.
         let mut next_free: u64 = 0;
-        for entry in engine.trees.events.iter() {
+        for entry in self.trees.events.iter() {
             let (key, value) = entry?;
             let first_id = keys::parse_event(&key)?;
             let record: StoredEvents = match codec::decode(&value) {
@@ -380,7 +382,7 @@ impl Store {
             next_free = first_id + record.entries.len() as u64;
             report.events += record.entries.len() as u64;
             for owner in record.owners() {
-                if !engine
+                if !self
                     .trees
                     .event_index
                     .contains_key(keys::owner_event(owner, first_id))?
@@ -391,9 +393,9 @@ impl Store {
                 }
             }
         }
-        for key in engine.trees.event_index.iter().keys() {
+        for key in self.trees.event_index.iter().keys() {
             let first_id = keys::parse_owner_event(&key?)?;
-            if !engine.trees.events.contains_key(keys::event(first_id))? {
+            if !self.trees.events.contains_key(keys::event(first_id))? {
                 report.problem(format!(
                     "event index entry points to missing record {first_id}"
                 ));
@@ -401,10 +403,6 @@ impl Store {
         }
         Ok(())
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]

@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
+use super::engine::Engine;
 use super::keys::{self, EventOwner};
 use super::writer::{Work, WriteTime};
 use super::{codec, settle_unrefused, Store};
@@ -464,7 +465,95 @@ impl Store {
         through: u64,
         limit: usize,
     ) -> Result<Vec<Event>> {
-        let engine = self.engine()?;
+        self.engine()?.events_after(filter, after, through, limit)
+    }
+
+    /// Removes event records whose events all happened before `cutoff`, oldest first, in
+    /// writes of at most 64 records. The newest record is always kept, so ids keep
+    /// increasing across restarts.
+    ///
+    /// # Errors
+    /// Storage failures.
+    pub(crate) async fn trim_events(&self, cutoff: Timestamp) -> Result<usize> {
+        // Records per write: bounds how long the writes batched with it wait.
+        const BATCH: usize = 64;
+        let Some(newest) = self.engine()?.newest_event_record()? else {
+            return Ok(0);
+        };
+        let mut trimmed = 0;
+        loop {
+            let (doomed, events) = self.engine()?.records_before(newest, cutoff, BATCH)?;
+            trimmed += events;
+            let more = doomed.len() == BATCH;
+            if doomed.is_empty() {
+                break;
+            }
+            let work: Work<()> = Box::new(move |ctx| {
+                for first_id in &doomed {
+                    ctx.tx.remove_events(*first_id)?;
+                }
+                Ok(())
+            });
+            settle_unrefused(self.writer.write(WriteTime::At(cutoff), work).await?)?;
+            if !more {
+                break;
+            }
+        }
+        Ok(trimmed)
+    }
+}
+
+/// The id after the newest stored event. A log with no event starts at the current time in
+/// microseconds, so a new store's ids are above those of any store made before it: a reader
+/// that kept its Last-Event-ID across a wiped or replaced store gets a replay, not silence.
+/// (The newest record is never trimmed, so only a new store has none.)
+pub(super) fn next_event_id(events: &sled::Tree) -> Result<u64> {
+    Ok(match events.last()? {
+        Some((key, value)) => {
+            let record: StoredEvents = codec::decode(&value)?;
+            keys::parse_event(&key)? + record.entries.len() as u64
+        }
+        None => Timestamp::now().as_micros().max(1),
+    })
+}
+
+impl Engine {
+    /// The first id of the newest event record.
+    fn newest_event_record(&self) -> Result<Option<u64>> {
+        match self.trees.events.last()? {
+            Some((key, _)) => Ok(Some(keys::parse_event(&key)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// The oldest records before `newest` whose events all happened before `cutoff`, at
+    /// most `limit`: their first ids and how many events they hold.
+    fn records_before(
+        &self,
+        newest: u64,
+        cutoff: Timestamp,
+        limit: usize,
+    ) -> Result<(Vec<u64>, usize)> {
+        let (mut doomed, mut events) = (Vec::new(), 0);
+        for entry in self.trees.events.range(..keys::event(newest)).take(limit) {
+            let (key, value) = entry?;
+            let record: StoredEvents = codec::decode(&value)?;
+            if record.newest_at() >= cutoff {
+                break;
+            }
+            doomed.push(keys::parse_event(&key)?);
+            events += record.entries.len();
+        }
+        Ok((doomed, events))
+    }
+
+    pub(super) fn events_after(
+        &self,
+        filter: EventFilter,
+        after: u64,
+        through: u64,
+        limit: usize,
+    ) -> Result<Vec<Event>> {
         let owner = match filter {
             EventFilter::Session(id) | EventFilter::RepliesTo { session_id: id, .. } => {
                 EventOwner::Session(id)
@@ -476,13 +565,13 @@ impl Store {
             return Ok(Vec::new());
         }
         // The owner's record holding `after + 1` may start at or before `after`.
-        let earlier = engine
+        let earlier = self
             .trees
             .event_index
             .range(keys::owner_event(owner, 0)..=keys::owner_event(owner, after))
             .keys()
             .next_back();
-        let later = engine
+        let later = self
             .trees
             .event_index
             .range(keys::owner_event(owner, after + 1)..=keys::owner_event(owner, through))
@@ -505,8 +594,7 @@ impl Store {
     /// The events of the record at `first_id` (none if it was trimmed), skipping message
     /// events whose session or message was deleted since.
     fn record_events(&self, first_id: u64) -> Result<Vec<Event>> {
-        let engine = self.engine()?;
-        let Some(bytes) = engine.trees.events.get(keys::event(first_id))? else {
+        let Some(bytes) = self.trees.events.get(keys::event(first_id))? else {
             return Ok(Vec::new());
         };
         let record: StoredEvents = codec::decode(&bytes)?;
@@ -547,64 +635,6 @@ impl Store {
         }
         Ok(events)
     }
-
-    /// Removes event records whose events all happened before `cutoff`, oldest first, in
-    /// writes of at most 64 records. The newest record is always kept, so ids keep
-    /// increasing across restarts.
-    ///
-    /// # Errors
-    /// Storage failures.
-    pub(crate) async fn trim_events(&self, cutoff: Timestamp) -> Result<usize> {
-        let engine = self.engine()?;
-        // Records per write: bounds how long the writes batched with it wait.
-        const BATCH: usize = 64;
-        let Some((newest, _)) = engine.trees.events.last()? else {
-            return Ok(0);
-        };
-        let newest = keys::parse_event(&newest)?;
-        let mut trimmed = 0;
-        loop {
-            let mut doomed = Vec::new();
-            for entry in engine.trees.events.range(..keys::event(newest)).take(BATCH) {
-                let (key, value) = entry?;
-                let record: StoredEvents = codec::decode(&value)?;
-                if record.newest_at() >= cutoff {
-                    break;
-                }
-                doomed.push(keys::parse_event(&key)?);
-                trimmed += record.entries.len();
-            }
-            let more = doomed.len() == BATCH;
-            if doomed.is_empty() {
-                break;
-            }
-            let work: Work<()> = Box::new(move |ctx| {
-                for first_id in &doomed {
-                    ctx.tx.remove_events(*first_id)?;
-                }
-                Ok(())
-            });
-            settle_unrefused(self.writer.write(WriteTime::At(cutoff), work).await?)?;
-            if !more {
-                break;
-            }
-        }
-        Ok(trimmed)
-    }
-}
-
-/// The id after the newest stored event. A log with no event starts at the current time in
-/// microseconds, so a new store's ids are above those of any store made before it: a reader
-/// that kept its Last-Event-ID across a wiped or replaced store gets a replay, not silence.
-/// (The newest record is never trimmed, so only a new store has none.)
-pub(super) fn next_event_id(events: &sled::Tree) -> Result<u64> {
-    Ok(match events.last()? {
-        Some((key, value)) => {
-            let record: StoredEvents = codec::decode(&value)?;
-            keys::parse_event(&key)? + record.entries.len() as u64
-        }
-        None => Timestamp::now().as_micros().max(1),
-    })
 }
 
 #[cfg(test)]

@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use uuid::Uuid;
 
+use super::engine::Engine;
 use super::keys;
 use super::write_ops::MESSAGES_PER_PURGE_WRITE;
 use super::writer::{Announced, Work, WriteCtx, WriteTime};
@@ -134,8 +135,84 @@ impl Store {
     /// # Errors
     /// Storage failures and undecodable records.
     pub fn message(&self, session_id: Uuid, message_id: Uuid) -> Result<Option<Message>> {
-        let engine = self.engine()?;
-        let Some(location) = engine
+        self.engine()?.message(session_id, message_id)
+    }
+
+    /// The last `limit` messages of the branch from the root down to `message_id`, oldest
+    /// first, and whether the branch goes further up. Walks at most `limit + 1` messages.
+    ///
+    /// Returns `Ok(Err(MessageNotFound))` when the message is not in this session, and
+    /// `Ok(Err(NotFound))` when the session was deleted while the branch was read.
+    ///
+    /// # Errors
+    /// Storage failures, or a parent link that leads nowhere in a session still stored
+    /// (corruption).
+    pub fn thread(
+        &self,
+        session_id: Uuid,
+        message_id: Uuid,
+        limit: usize,
+    ) -> Result<Result<MessagePage, SessionError>> {
+        self.engine()?.thread(session_id, message_id, limit)
+    }
+
+    /// One page of a session's messages.
+    ///
+    /// Returns `Ok(Err(..))` when `query.parent_id` is not a message of this session.
+    ///
+    /// # Errors
+    /// Storage failures.
+    pub fn page_messages(
+        &self,
+        session: &Session,
+        query: &MessageQuery,
+    ) -> Result<Result<MessagePage, SessionError>> {
+        self.engine()?.page_messages(session, query)
+    }
+
+    /// Removes a deleted session's messages and their index entries, newest first, in
+    /// writes of at most [`MESSAGES_PER_PURGE_WRITE`], then its purge marker. Safe to
+    /// repeat after a crash.
+    ///
+    /// # Errors
+    /// Storage failures.
+    pub(crate) async fn purge_messages(&self, session_id: Uuid) -> Result<()> {
+        while let Some(high) = self.engine()?.last_message_seq(session_id)? {
+            let low = high.saturating_sub(MESSAGES_PER_PURGE_WRITE - 1).max(1);
+            let work: Work<()> =
+                Box::new(move |ctx| ctx.tx.remove_messages(session_id, low..=high));
+            settle_unrefused(
+                self.writer
+                    .write(WriteTime::At(Timestamp::now()), work)
+                    .await?,
+            )?;
+        }
+        let work: Work<()> = Box::new(move |ctx| ctx.tx.finish_purge(session_id));
+        settle_unrefused(
+            self.writer
+                .write(WriteTime::At(Timestamp::now()), work)
+                .await?,
+        )
+    }
+}
+
+impl Engine {
+    /// The seq of the last message stored for a session (deleted or not).
+    fn last_message_seq(&self, session_id: Uuid) -> Result<Option<u64>> {
+        match self
+            .trees
+            .messages
+            .scan_prefix(keys::session(session_id))
+            .keys()
+            .next_back()
+        {
+            Some(last) => Ok(Some(keys::parse_message(&last?)?.1)),
+            None => Ok(None),
+        }
+    }
+
+    pub(super) fn message(&self, session_id: Uuid, message_id: Uuid) -> Result<Option<Message>> {
+        let Some(location) = self
             .trees
             .message_locations
             .get(keys::session(message_id))?
@@ -150,25 +227,14 @@ impl Store {
     }
 
     pub(super) fn message_at(&self, session_id: Uuid, seq: u64) -> Result<Option<Message>> {
-        let engine = self.engine()?;
-        engine
-            .trees
+        self.trees
             .messages
             .get(keys::message(session_id, seq))?
             .map(|bytes| codec::decode(&bytes))
             .transpose()
     }
 
-    /// The last `limit` messages of the branch from the root down to `message_id`, oldest
-    /// first, and whether the branch goes further up. Walks at most `limit + 1` messages.
-    ///
-    /// Returns `Ok(Err(MessageNotFound))` when the message is not in this session, and
-    /// `Ok(Err(NotFound))` when the session was deleted while the branch was read.
-    ///
-    /// # Errors
-    /// Storage failures, or a parent link that leads nowhere in a session still stored
-    /// (corruption).
-    pub fn thread(
+    pub(super) fn thread(
         &self,
         session_id: Uuid,
         message_id: Uuid,
@@ -204,37 +270,7 @@ impl Store {
         }))
     }
 
-    /// Explains a message that a read expected and did not find. Messages are never
-    /// removed from a session that is still stored (a delete removes the session first, or
-    /// with them), so the session being gone means a delete raced the read.
-    ///
-    /// # Errors
-    /// [`Error::Corrupt`] when the session is still stored: the message should be there.
-    fn vanished(&self, session_id: Uuid, what: impl FnOnce() -> String) -> Result<SessionError> {
-        if self.session(session_id)?.is_none() {
-            Ok(SessionError::NotFound(session_id))
-        } else {
-            Err(Error::corrupt(format!("session {session_id}: {}", what())))
-        }
-    }
-
-    /// Message `seq` of a session, which its count says exists.
-    fn counted_message(&self, session_id: Uuid, seq: u64) -> Result<Result<Message, SessionError>> {
-        match self.message_at(session_id, seq)? {
-            Some(message) => Ok(Ok(message)),
-            None => self
-                .vanished(session_id, || format!("message {seq} is missing"))
-                .map(Err),
-        }
-    }
-
-    /// One page of a session's messages.
-    ///
-    /// Returns `Ok(Err(..))` when `query.parent_id` is not a message of this session.
-    ///
-    /// # Errors
-    /// Storage failures.
-    pub fn page_messages(
+    pub(super) fn page_messages(
         &self,
         session: &Session,
         query: &MessageQuery,
@@ -281,6 +317,30 @@ impl Store {
         self.read_page(session.id, query, low, high, oldest_first && !newest_first)
     }
 
+    /// Explains a message that a read expected and did not find. Messages are never
+    /// removed from a session that is still stored (a delete removes the session first, or
+    /// with them), so the session being gone means a delete raced the read.
+    ///
+    /// # Errors
+    /// [`Error::Corrupt`] when the session is still stored: the message should be there.
+    fn vanished(&self, session_id: Uuid, what: impl FnOnce() -> String) -> Result<SessionError> {
+        if self.session(session_id)?.is_none() {
+            Ok(SessionError::NotFound(session_id))
+        } else {
+            Err(Error::corrupt(format!("session {session_id}: {}", what())))
+        }
+    }
+
+    /// Message `seq` of a session, which its count says exists.
+    fn counted_message(&self, session_id: Uuid, seq: u64) -> Result<Result<Message, SessionError>> {
+        match self.message_at(session_id, seq)? {
+            Some(message) => Ok(Ok(message)),
+            None => self
+                .vanished(session_id, || format!("message {seq} is missing"))
+                .map(Err),
+        }
+    }
+
     /// Reads up to `limit` messages in (low, high): the oldest ones when `ascending`, else
     /// the newest ones. The page is returned newest first.
     fn read_page(
@@ -291,19 +351,16 @@ impl Store {
         high: u64,
         ascending: bool,
     ) -> Result<Result<MessagePage, SessionError>> {
-        let engine = self.engine()?;
         let seqs: Box<dyn DoubleEndedIterator<Item = Result<u64>>> = match query.parent_id {
             None => Box::new(
-                engine
-                    .trees
+                self.trees
                     .messages
                     .range(keys::message(session_id, low + 1)..keys::message(session_id, high))
                     .keys()
                     .map(|key| Ok(keys::parse_message(&key?)?.1)),
             ),
             Some(parent_id) => Box::new(
-                engine
-                    .trees
+                self.trees
                     .children
                     .range(keys::child(parent_id, low + 1)..keys::child(parent_id, high))
                     .keys()
@@ -351,39 +408,6 @@ impl Store {
             }
         }
         Ok(Ok(low))
-    }
-
-    /// Removes a deleted session's messages and their index entries, newest first, in
-    /// writes of at most [`MESSAGES_PER_PURGE_WRITE`], then its purge marker. Safe to
-    /// repeat after a crash.
-    ///
-    /// # Errors
-    /// Storage failures.
-    pub(crate) async fn purge_messages(&self, session_id: Uuid) -> Result<()> {
-        let engine = self.engine()?;
-        while let Some(last) = engine
-            .trees
-            .messages
-            .scan_prefix(keys::session(session_id))
-            .keys()
-            .next_back()
-        {
-            let high = keys::parse_message(&last?)?.1;
-            let low = high.saturating_sub(MESSAGES_PER_PURGE_WRITE - 1).max(1);
-            let work: Work<()> =
-                Box::new(move |ctx| ctx.tx.remove_messages(session_id, low..=high));
-            settle_unrefused(
-                self.writer
-                    .write(WriteTime::At(Timestamp::now()), work)
-                    .await?,
-            )?;
-        }
-        let work: Work<()> = Box::new(move |ctx| ctx.tx.finish_purge(session_id));
-        settle_unrefused(
-            self.writer
-                .write(WriteTime::At(Timestamp::now()), work)
-                .await?,
-        )
     }
 }
 
@@ -522,7 +546,12 @@ mod tests {
         let session = created_session(&store, T0).await;
         let clock = Arc::new(ManualClock::new(T0));
         append_texts(&store, session.id, &clock, 5).await;
-        let leaf = store.message_at(session.id, 5).unwrap().unwrap();
+        let leaf = store
+            .engine()
+            .unwrap()
+            .message_at(session.id, 5)
+            .unwrap()
+            .unwrap();
         let thread = |limit| store.thread(session.id, leaf.id, limit).unwrap().unwrap();
 
         let last_two = thread(2);

@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use uuid::Uuid;
 
+use super::engine::Engine;
 use super::keys::{self, Counter};
 use super::messages::append_to;
 use super::writer::{Announced, Work, WriteTime};
@@ -125,13 +126,7 @@ impl Store {
     /// # Errors
     /// Storage failures and undecodable records.
     pub fn session(&self, id: Uuid) -> Result<Option<Session>> {
-        let engine = self.engine()?;
-        engine
-            .trees
-            .sessions
-            .get(keys::session(id))?
-            .map(|bytes| codec::decode(&bytes))
-            .transpose()
+        self.engine()?.session(id)
     }
 
     /// Reads the session, refuses if it is missing or expired at the write's `now`, applies
@@ -191,18 +186,7 @@ impl Store {
         from: Timestamp,
         to: Timestamp,
     ) -> Result<Vec<Uuid>> {
-        let engine = self.engine()?;
-        let mut ids = Vec::new();
-        for deadlines in [&engine.trees.warnings, &engine.trees.expirations] {
-            let range =
-                keys::deadline(from, Uuid::nil()).to_vec()..keys::deadline_upper_bound(to).to_vec();
-            for key in deadlines.range(range).keys() {
-                ids.push(keys::parse_deadline(&key?)?.1);
-            }
-        }
-        ids.sort_unstable();
-        ids.dedup();
-        Ok(ids)
+        self.engine()?.sessions_with_deadlines_between(from, to)
     }
 
     /// Deletes a session: the record, its index entries and counts go in one write with a
@@ -257,14 +241,7 @@ impl Store {
     /// # Errors
     /// Storage failures.
     pub fn pending_purges(&self) -> Result<Vec<Uuid>> {
-        let engine = self.engine()?;
-        engine
-            .trees
-            .purges
-            .iter()
-            .keys()
-            .map(|key| keys::parse_session(&key?))
-            .collect()
+        self.engine()?.pending_purges()
     }
 
     /// Ids of sessions whose `expiresAt` is at or before `cutoff`, soonest first.
@@ -276,9 +253,92 @@ impl Store {
         cutoff: Timestamp,
         limit: usize,
     ) -> Result<Vec<(Timestamp, Uuid)>> {
-        let engine = self.engine()?;
-        engine
-            .trees
+        self.engine()?.sessions_expired_by(cutoff, limit)
+    }
+
+    /// Whole-store counts at `now`.
+    ///
+    /// # Errors
+    /// Storage failures.
+    pub fn counts(&self, now: Timestamp) -> Result<SessionCounts> {
+        self.engine()?.counts(now)
+    }
+
+    /// One page of sessions matching `query` at `now`, newest first.
+    ///
+    /// # Errors
+    /// Storage failures.
+    pub fn list_sessions(&self, query: &SessionQuery, now: Timestamp) -> Result<SessionPage> {
+        self.engine()?.list_sessions(query, now)
+    }
+}
+
+fn count_keys(deadlines: &sled::Tree, now: Timestamp) -> Result<u64> {
+    let mut n = 0;
+    for key in deadlines.range(..keys::deadline_upper_bound(now)).keys() {
+        key?;
+        n += 1;
+    }
+    Ok(n)
+}
+
+fn paginate(sessions: impl Iterator<Item = Session>, limit: usize, total: u64) -> SessionPage {
+    let mut sessions: Vec<Session> = sessions.take(limit + 1).collect();
+    let next = if sessions.len() > limit {
+        sessions.truncate(limit);
+        sessions.last().map(|s| s.id)
+    } else {
+        None
+    };
+    SessionPage {
+        sessions,
+        total,
+        next,
+    }
+}
+
+impl Engine {
+    pub(super) fn session(&self, id: Uuid) -> Result<Option<Session>> {
+        self.trees
+            .sessions
+            .get(keys::session(id))?
+            .map(|bytes| codec::decode(&bytes))
+            .transpose()
+    }
+
+    pub(super) fn sessions_with_deadlines_between(
+        &self,
+        from: Timestamp,
+        to: Timestamp,
+    ) -> Result<Vec<Uuid>> {
+        let mut ids = Vec::new();
+        for deadlines in [&self.trees.warnings, &self.trees.expirations] {
+            let range =
+                keys::deadline(from, Uuid::nil()).to_vec()..keys::deadline_upper_bound(to).to_vec();
+            for key in deadlines.range(range).keys() {
+                ids.push(keys::parse_deadline(&key?)?.1);
+            }
+        }
+        ids.sort_unstable();
+        ids.dedup();
+        Ok(ids)
+    }
+
+    pub(super) fn pending_purges(&self) -> Result<Vec<Uuid>> {
+        self.trees
+            .purges
+            .iter()
+            .keys()
+            .map(|key| keys::parse_session(&key?))
+            .collect()
+    }
+
+    pub(super) fn sessions_expired_by(
+        &self,
+        cutoff: Timestamp,
+        limit: usize,
+    ) -> Result<Vec<(Timestamp, Uuid)>> {
+        self.trees
             .expirations
             .range(..keys::deadline_upper_bound(cutoff))
             .keys()
@@ -287,15 +347,10 @@ impl Store {
             .collect()
     }
 
-    /// Whole-store counts at `now`.
-    ///
-    /// # Errors
-    /// Storage failures.
-    pub fn counts(&self, now: Timestamp) -> Result<SessionCounts> {
-        let engine = self.engine()?;
+    pub(super) fn counts(&self, now: Timestamp) -> Result<SessionCounts> {
         let total = self.counter(Counter::Sessions)?;
-        let expired = count_keys(&engine.trees.expirations, now)?;
-        let warned = count_keys(&engine.trees.warnings, now)?;
+        let expired = count_keys(&self.trees.expirations, now)?;
+        let warned = count_keys(&self.trees.warnings, now)?;
         Ok(SessionCounts {
             total,
             active: total.saturating_sub(expired),
@@ -306,12 +361,11 @@ impl Store {
         })
     }
 
-    /// One page of sessions matching `query` at `now`, newest first.
-    ///
-    /// # Errors
-    /// Storage failures.
-    pub fn list_sessions(&self, query: &SessionQuery, now: Timestamp) -> Result<SessionPage> {
-        let engine = self.engine()?;
+    pub(super) fn list_sessions(
+        &self,
+        query: &SessionQuery,
+        now: Timestamp,
+    ) -> Result<SessionPage> {
         let matches_owner = |session: &Session| {
             query.agent_id.is_none_or(|agent| agent == session.agent_id)
                 && query.user_id.is_none_or(|user| user == session.user_id)
@@ -360,8 +414,7 @@ impl Store {
                         std::ops::Bound::Excluded(keys::session(after).to_vec())
                     });
                     Box::new(
-                        engine
-                            .trees
+                        self.trees
                             .sessions
                             .range::<Vec<u8>, _>((std::ops::Bound::Unbounded, upper))
                             .values()
@@ -371,10 +424,10 @@ impl Store {
                 }
                 // A user usually has fewer sessions than an agent: walk the user's index.
                 (Some(owner), _) => {
-                    Box::new(self.owned_sessions(&engine.trees.user_sessions, owner, query.after))
+                    Box::new(self.owned_sessions(&self.trees.user_sessions, owner, query.after))
                 }
                 (None, Some(owner)) => {
-                    Box::new(self.owned_sessions(&engine.trees.agent_sessions, owner, query.after))
+                    Box::new(self.owned_sessions(&self.trees.agent_sessions, owner, query.after))
                 }
             };
         let mut selected = Vec::new();
@@ -420,34 +473,9 @@ impl Store {
     }
 
     fn counter(&self, counter: Counter) -> Result<u64> {
-        let engine = self.engine()?;
-        match engine.trees.counters.get(keys::counter(counter))? {
+        match self.trees.counters.get(keys::counter(counter))? {
             Some(bytes) => keys::parse_count(&bytes),
             None => Ok(0),
         }
-    }
-}
-
-fn count_keys(deadlines: &sled::Tree, now: Timestamp) -> Result<u64> {
-    let mut n = 0;
-    for key in deadlines.range(..keys::deadline_upper_bound(now)).keys() {
-        key?;
-        n += 1;
-    }
-    Ok(n)
-}
-
-fn paginate(sessions: impl Iterator<Item = Session>, limit: usize, total: u64) -> SessionPage {
-    let mut sessions: Vec<Session> = sessions.take(limit + 1).collect();
-    let next = if sessions.len() > limit {
-        sessions.truncate(limit);
-        sessions.last().map(|s| s.id)
-    } else {
-        None
-    };
-    SessionPage {
-        sessions,
-        total,
-        next,
     }
 }
