@@ -15,7 +15,8 @@ use warp::sse;
 use warp::{Filter, Rejection, Reply};
 
 use super::error::{respond, ApiError};
-use super::request::Query;
+use super::fields::path_uuid;
+use super::query::Query;
 use super::sessions::{load_active, query, session_path};
 use super::views::{MessageView, SessionContext, SessionInfo};
 use super::{with_state, AppState, SharedState};
@@ -133,7 +134,7 @@ async fn stream_session_events(
     state: Arc<AppState>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let id = super::request::path_uuid("sessionId", &id)?;
+    let id = path_uuid("sessionId", &id)?;
     let last_event_id = last_event_id(&headers)?;
     load_active(&state, id)?;
     event_stream(&state, EventFilter::Session(id), last_event_id)

@@ -13,8 +13,8 @@ use warp::http::{HeaderMap, StatusCode};
 use warp::reply::Response;
 use warp::{Filter, Rejection};
 
+use super::body::{is_json_content_type, read_body_bytes};
 use super::error::{respond, ApiError};
-use super::request::{is_json_content_type, read_body_bytes};
 use super::views::{json as json_reply, MessageView, SessionContext};
 use super::{with_state, AppState, SharedState};
 use crate::domain::message::MAX_CONTENT_CHARS;
@@ -318,13 +318,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn object(value: Value) -> Map<String, Value> {
-        match value {
-            Value::Object(object) => object,
-            _ => unreachable!("test inputs are objects"),
-        }
-    }
+    use crate::api::test_values::object;
 
     #[test]
     fn every_field_problem_is_reported_together() {

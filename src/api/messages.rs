@@ -1,28 +1,27 @@
 //! Message routes: append, page, get one, thread.
 
-use serde::Serialize;
-use serde_json::Value;
-use warp::http::StatusCode;
-use warp::reply::Response;
-use warp::{Filter, Rejection};
-
-use super::error::{respond, ApiError};
-use super::request::{
-    attachments_field, content_field, field, metadata_field, path_uuid, uuid_field, JsonObject,
-    Query,
-};
-use super::sessions::{json_body, load_active, query, session_path};
-use super::views::{json, MessageCreated, MessageView, SessionContext};
-use super::{with_state, AppState, SharedState};
 use std::sync::Arc;
 
 use futures_util::StreamExt;
+use serde::Serialize;
+use serde_json::Value;
 use tokio::sync::mpsc;
+use uuid::Uuid;
+use warp::http::StatusCode;
+use warp::reply::Response;
 use warp::sse;
-use warp::Reply;
+use warp::{Filter, Rejection, Reply};
 
+use super::body::JsonObject;
+use super::error::{respond, ApiError};
 use super::events::{sse_event, KEEP_ALIVE};
-use crate::domain::{Event, EventData, EventFilter, Message, NewMessage, SessionError};
+use super::fields::{field, metadata_field, path_uuid, uuid_field};
+use super::query::Query;
+use super::sessions::{json_body, load_active, query, session_path};
+use super::views::{json, MessageCreated, MessageView, SessionContext};
+use super::{with_state, AppState, SharedState};
+use crate::domain::message::{MAX_ATTACHMENTS, MAX_CONTENT_CHARS};
+use crate::domain::{Attachment, Event, EventData, EventFilter, Message, NewMessage, SessionError};
 use crate::store::{MessageQuery, STREAM_BUFFER};
 
 /// Default and largest page size of a message page.
@@ -131,6 +130,134 @@ fn transport_field(body: &JsonObject) -> Result<Transport, ApiError> {
     }
 }
 
+/// The `content` field: a string of 1..=4000 characters.
+///
+/// # Errors
+/// 400 MISSING_FIELDS when absent, INVALID_CONTENT otherwise.
+fn content_field(object: &JsonObject) -> Result<String, ApiError> {
+    match field(object, "content") {
+        None => Err(ApiError::missing_fields(&["content"])),
+        Some(Value::String(text)) if text.is_empty() => Err(ApiError::invalid_content(
+            "Content must be a non-empty string",
+            "content is empty",
+        )),
+        Some(Value::String(text)) => {
+            let chars = text.chars().count();
+            if chars > MAX_CONTENT_CHARS {
+                Err(ApiError::invalid_content(
+                    &format!("Content exceeds maximum length of {MAX_CONTENT_CHARS} characters"),
+                    format!("content has {chars} characters"),
+                ))
+            } else {
+                Ok(text.clone())
+            }
+        }
+        Some(_) => Err(ApiError::invalid_content(
+            "Content must be a non-empty string",
+            "content is not a string",
+        )),
+    }
+}
+
+/// The `attachments` field: at most 16 objects `{type, url, name?}`; unknown keys dropped.
+///
+/// # Errors
+/// 400 INVALID_ATTACHMENTS.
+fn attachments_field(object: &JsonObject) -> Result<Vec<Attachment>, ApiError> {
+    let items = match field(object, "attachments") {
+        None => return Ok(Vec::new()),
+        Some(Value::Array(items)) => items,
+        Some(_) => {
+            return Err(ApiError::invalid_attachments(
+                "attachments must be an array",
+            ))
+        }
+    };
+    if items.len() > MAX_ATTACHMENTS {
+        return Err(ApiError::invalid_attachments(format!(
+            "{} attachments; at most {MAX_ATTACHMENTS} are allowed",
+            items.len()
+        )));
+    }
+    items
+        .iter()
+        .enumerate()
+        .map(|(i, item)| {
+            let Value::Object(item) = item else {
+                return Err(ApiError::invalid_attachments(format!(
+                    "attachments[{i}] must be an object"
+                )));
+            };
+            let text = |key: &str, required: bool| match field(item, key) {
+                Some(Value::String(s)) => Ok(Some(s.clone())),
+                None if !required => Ok(None),
+                None => Err(ApiError::invalid_attachments(format!(
+                    "attachments[{i}].{key} is required"
+                ))),
+                Some(_) => Err(ApiError::invalid_attachments(format!(
+                    "attachments[{i}].{key} must be a string"
+                ))),
+            };
+            Ok(Attachment {
+                kind: text("type", true)?.unwrap_or_default(),
+                url: text("url", true)?.unwrap_or_default(),
+                name: text("name", false)?,
+            })
+        })
+        .collect()
+}
+
+/// How the client wants the agent's reply: `http` (= `sync`) holds the request,
+/// `sse` (= `stream`) streams it, `websocket` answers at once.
+#[derive(utoipa::ToSchema)]
+#[schema(rename_all = "lowercase")]
+#[allow(dead_code, reason = "a schema for the OpenAPI document only")]
+enum TransportName {
+    Http,
+    Sse,
+    Websocket,
+    Sync,
+    Stream,
+}
+
+/// The body of `POST /sessions/{sessionId}/messages` (read by `create_message` with
+/// [`content_field`], [`metadata_field`], [`attachments_field`] and [`uuid_field`]).
+#[derive(utoipa::ToSchema)]
+#[schema(rename_all = "camelCase")]
+#[allow(dead_code, reason = "a schema for the OpenAPI document only")]
+struct CreateMessageRequest {
+    /// The text: 1..=4000 Unicode characters (whitespace is allowed).
+    #[schema(min_length = 1, max_length = 4000)]
+    content: String,
+    /// Any JSON object, at most 10240 bytes of compact JSON.
+    #[schema(value_type = Option<Object>)]
+    metadata: Option<Value>,
+    /// At most 16 attachments.
+    #[schema(max_items = 16)]
+    attachments: Option<Vec<AttachmentRequest>>,
+    /// The message this one answers (default: the session's newest message).
+    parent_id: Option<Uuid>,
+    /// The session's userId (the default) or its agentId.
+    author_id: Option<Uuid>,
+    /// How to deliver the agent's reply (default `websocket`: at once).
+    transport: Option<TransportName>,
+    /// The legacy name of `transport`, read only when `transport` is absent.
+    mode: Option<TransportName>,
+}
+
+/// An attachment in a request; other keys are dropped.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code, reason = "a schema for the OpenAPI document only")]
+struct AttachmentRequest {
+    /// The attachment's kind, e.g. `image`.
+    #[schema(rename = "type")]
+    kind: String,
+    /// Where it is.
+    url: String,
+    /// Its name.
+    name: Option<String>,
+}
+
 #[utoipa::path(
     post,
     path = "/api/messaging/sessions/{sessionId}/messages",
@@ -139,7 +266,7 @@ fn transport_field(body: &JsonObject) -> Result<Transport, ApiError> {
     params(
         ("sessionId" = Uuid, Path, description = "The session id (any standard textual UUID form)."),
     ),
-    request_body(content = super::request::CreateMessageRequest, content_type = "application/json"),
+    request_body(content = CreateMessageRequest, content_type = "application/json"),
     responses(
         (status = 201, description = "The stored message and the session's status (with `agentResponse` for transport `http`).", body = MessageCreated,
             links(
@@ -522,4 +649,90 @@ async fn get_thread(
             has_more: thread.has_more,
         },
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::test_values::{json_value, object};
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    proptest! {
+        #[test]
+        fn content_accepts_exactly_1_to_4000_characters(
+            text in proptest::collection::vec(any::<char>(), 0..=MAX_CONTENT_CHARS + 60)
+                .prop_map(|chars| chars.into_iter().collect::<String>())
+        ) {
+            let chars = text.chars().count();
+            match content_field(&object(json!({ "content": text.clone() }))) {
+                Ok(content) => {
+                    prop_assert!((1..=MAX_CONTENT_CHARS).contains(&chars));
+                    prop_assert_eq!(content, text);
+                }
+                Err(error) => {
+                    prop_assert!(chars == 0 || chars > MAX_CONTENT_CHARS);
+                    prop_assert_eq!(error.code, "INVALID_CONTENT");
+                }
+            }
+        }
+
+        #[test]
+        fn content_refuses_every_non_string(value in json_value()) {
+            let result = content_field(&object(json!({ "content": value.clone() })));
+            match value {
+                Value::String(_) => {}
+                Value::Null => prop_assert_eq!(result.unwrap_err().code, "MISSING_FIELDS"),
+                _ => prop_assert_eq!(result.unwrap_err().code, "INVALID_CONTENT"),
+            }
+        }
+    }
+
+    #[test]
+    fn content_is_counted_in_characters() {
+        let ok = "é".repeat(MAX_CONTENT_CHARS);
+        assert!(content_field(&object(json!({ "content": ok }))).is_ok());
+        let long = "é".repeat(MAX_CONTENT_CHARS + 1);
+        let error = content_field(&object(json!({ "content": long }))).unwrap_err();
+        assert_eq!(
+            error.message,
+            "Content exceeds maximum length of 4000 characters"
+        );
+        assert_eq!(
+            content_field(&object(json!({ "content": 5 })))
+                .unwrap_err()
+                .code,
+            "INVALID_CONTENT"
+        );
+        assert_eq!(
+            content_field(&object(json!({}))).unwrap_err().code,
+            "MISSING_FIELDS"
+        );
+    }
+
+    #[test]
+    fn attachments_drop_unknown_keys_and_check_shape() {
+        let parsed = attachments_field(&object(json!({
+            "attachments": [{ "type": "image", "url": "u", "extra": 1, "name": null }]
+        })))
+        .unwrap();
+        assert_eq!(
+            parsed,
+            vec![Attachment {
+                kind: "image".into(),
+                url: "u".into(),
+                name: None
+            }]
+        );
+        let missing_url = json!({ "attachments": [{ "type": "image" }] });
+        assert_eq!(
+            attachments_field(&object(missing_url)).unwrap_err().code,
+            "INVALID_ATTACHMENTS"
+        );
+        let too_many = json!({ "attachments": vec![json!({"type":"a","url":"b"}); 17] });
+        assert_eq!(
+            attachments_field(&object(too_many)).unwrap_err().code,
+            "INVALID_ATTACHMENTS"
+        );
+    }
 }

@@ -4,14 +4,18 @@
 //! wrong method) and the API-key check travel as rejections, and all of them meet the one
 //! `handle_rejection` at the top.
 
+mod body;
 mod error;
 mod events;
 mod feather;
+mod fields;
 mod health;
 mod messages;
 pub mod openapi;
-mod request;
+mod query;
 mod sessions;
+#[cfg(test)]
+mod test_values;
 mod views;
 
 use std::sync::Arc;
@@ -63,7 +67,7 @@ impl AppState {
         &self,
         headers: &warp::http::HeaderMap,
     ) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
-        let size = request::declared_length(headers)
+        let size = body::declared_length(headers)
             .unwrap_or(self.max_body_bytes)
             .min(self.max_body_bytes);
         self.body_budget
@@ -248,7 +252,7 @@ fn authorize(key: Option<Arc<str>>) -> BoxedFilter<()> {
                         .unwrap_or_default();
                     if constant_time_eq(given, key.as_bytes()) {
                         Ok(())
-                    } else if request::declares_body(&headers) {
+                    } else if body::declares_body(&headers) {
                         Err(warp::reject::custom(ApiError::unauthorized().closing()))
                     } else {
                         Err(warp::reject::custom(ApiError::unauthorized()))

@@ -4,6 +4,11 @@
 //! [`ROUTES`] is the one list of (method, path template) that the router serves;
 //! `tests/api/openapi.rs` checks that the document lists exactly these operations and that
 //! the router answers each of them (and only them) on a real server.
+//!
+//! Request bodies are read by hand, so each problem gets the contract's own error code; the
+//! doc-only request schemas beside each handler describe exactly what those readers accept
+//! and are never built. Unknown fields are ignored, so no schema closes its object, and
+//! `null` for an optional field means absent, so every optional field is nullable.
 
 use std::sync::OnceLock;
 

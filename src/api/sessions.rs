@@ -3,20 +3,22 @@
 use std::sync::Arc;
 
 use serde::Serialize;
-use serde_json::json;
+use serde_json::{json, Value};
 use uuid::Uuid;
 use warp::http::{HeaderMap, StatusCode};
 use warp::reply::Response;
 use warp::{Filter, Rejection};
 
+use super::body::{read_json_object, JsonObject};
 use super::error::{respond, ApiError};
-use super::request::{
-    metadata_field, path_uuid, read_json_object, require_fields, timeout_config_field,
-    timeout_patch, uuid_field, JsonObject, Query,
-};
+use super::fields::{field, metadata_field, path_uuid, uuid_field};
+use super::query::Query;
 use super::views::{json, SessionCreated, SessionInfo};
 use super::{sessions_prefix, with_state, AppState, SharedState};
-use crate::domain::{EventKind, Renewal, Session, SessionError, Timestamp};
+use crate::domain::session::INVALID_MINUTES;
+use crate::domain::{
+    EventKind, Renewal, Session, SessionError, TimeoutConfigPatch, TimeoutPolicy, Timestamp,
+};
 use crate::store::{SessionQuery, StatusFilter};
 
 /// Default and largest page size of the session list. The default is the largest: elizaOS's
@@ -171,12 +173,134 @@ pub(super) fn load_active(state: &AppState, id: Uuid) -> Result<(Session, Timest
     Ok((session, now))
 }
 
+/// Fails with MISSING_FIELDS naming every required field that is absent or null.
+///
+/// # Errors
+/// 400 MISSING_FIELDS.
+fn require_fields(object: &JsonObject, names: &[&str]) -> Result<(), ApiError> {
+    let missing: Vec<&str> = names
+        .iter()
+        .copied()
+        .filter(|name| field(object, name).is_none())
+        .collect();
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(ApiError::missing_fields(&missing))
+    }
+}
+
+/// A partial timeout config object, as sent at creation or in a PATCH.
+///
+/// # Errors
+/// 400 INVALID_TIMEOUT_CONFIG naming a mistyped field and its range.
+fn timeout_patch(
+    object: &JsonObject,
+    policy: &TimeoutPolicy,
+) -> Result<TimeoutConfigPatch, ApiError> {
+    let mut patch = TimeoutConfigPatch::default();
+    let mut mistyped: Option<&'static str> = None;
+    for (name, slot) in [
+        ("timeoutMinutes", &mut patch.timeout_minutes),
+        ("maxDurationMinutes", &mut patch.max_duration_minutes),
+        (
+            "warningThresholdMinutes",
+            &mut patch.warning_threshold_minutes,
+        ),
+    ] {
+        match field(object, name) {
+            None => {}
+            // JSON integers only: 30.0 and "30" are refused.
+            Some(Value::Number(n)) if n.is_i64() || n.is_u64() => {
+                *slot = Some(n.as_i64().unwrap_or(i64::MAX));
+            }
+            Some(_) => {
+                *slot = Some(INVALID_MINUTES);
+                mistyped.get_or_insert(name);
+            }
+        }
+    }
+    match field(object, "autoRenew") {
+        None => {}
+        Some(Value::Bool(b)) => patch.auto_renew = Some(*b),
+        Some(_) => {
+            return Err(ApiError::invalid_timeout(
+                "autoRenew must be a boolean".into(),
+            ));
+        }
+    }
+    if mistyped.is_some() {
+        // The policy reports the range of the first field it cannot accept.
+        let error = policy.resolve_new(patch).err();
+        if let Some(error) = error {
+            return Err(error.into());
+        }
+    }
+    Ok(patch)
+}
+
+/// The `timeoutConfig` member of a create body.
+///
+/// # Errors
+/// 400 INVALID_TIMEOUT_CONFIG when it is not an object or a field is mistyped.
+fn timeout_config_field(
+    object: &JsonObject,
+    policy: &TimeoutPolicy,
+) -> Result<TimeoutConfigPatch, ApiError> {
+    match field(object, "timeoutConfig") {
+        None => Ok(TimeoutConfigPatch::default()),
+        Some(Value::Object(config)) => timeout_patch(config, policy),
+        Some(_) => Err(ApiError::invalid_timeout(
+            "timeoutConfig must be an object".into(),
+        )),
+    }
+}
+
+/// The body of `POST /sessions` (read by `create_session` with [`require_fields`],
+/// [`uuid_field`], [`metadata_field`] and [`timeout_config_field`]).
+#[derive(utoipa::ToSchema)]
+#[schema(rename_all = "camelCase")]
+#[allow(dead_code, reason = "a schema for the OpenAPI document only")]
+struct CreateSessionRequest {
+    /// The agent's id.
+    agent_id: Uuid,
+    /// The user's id.
+    user_id: Uuid,
+    /// Any JSON object, at most 10240 bytes of compact JSON.
+    #[schema(value_type = Option<Object>)]
+    metadata: Option<Value>,
+    /// The timeout configuration; missing fields get defaults.
+    timeout_config: Option<TimeoutConfigPatchBody>,
+}
+
+/// A partial timeout configuration: `timeoutConfig` at creation, or the body of
+/// `PATCH …/timeout` (read by [`timeout_patch`]). Integer fields take JSON integers only.
+/// The bounds depend on the server's flags (defaults: timeout 5..=1440, maximum duration
+/// timeoutMinutes..=2880, warning 0..=timeoutMinutes); a value out of range is 400
+/// INVALID_TIMEOUT_CONFIG.
+#[derive(utoipa::ToSchema)]
+#[schema(rename_all = "camelCase", as = TimeoutConfigPatch)]
+#[allow(dead_code, reason = "a schema for the OpenAPI document only")]
+struct TimeoutConfigPatchBody {
+    /// Minutes of inactivity before the session expires.
+    #[schema(minimum = 0, maximum = 4294967295_i64)]
+    timeout_minutes: Option<i64>,
+    /// Whether activity (a message, a heartbeat) renews the session.
+    auto_renew: Option<bool>,
+    /// Minutes after creation the session can never outlive.
+    #[schema(minimum = 0, maximum = 4294967295_i64)]
+    max_duration_minutes: Option<i64>,
+    /// Minutes before expiry at which the session counts as near expiration (0: never).
+    #[schema(minimum = 0, maximum = 4294967295_i64)]
+    warning_threshold_minutes: Option<i64>,
+}
+
 #[utoipa::path(
     post,
     path = "/api/messaging/sessions",
     tag = "sessions",
     summary = "Create a session",
-    request_body(content = super::request::CreateSessionRequest, content_type = "application/json"),
+    request_body(content = CreateSessionRequest, content_type = "application/json"),
     responses(
         (status = 201, description = "The session, with its full, merged timeoutConfig.", body = SessionCreated,
             links(
@@ -466,7 +590,7 @@ async fn heartbeat_session(id: String, state: Arc<AppState>) -> Result<Response,
     params(
         ("sessionId" = Uuid, Path, description = "The session id (any standard textual UUID form)."),
     ),
-    request_body(content = super::request::TimeoutConfigPatchBody, content_type = "application/json"),
+    request_body(content = TimeoutConfigPatchBody, content_type = "application/json"),
     responses(
         (status = 200, description = "The session with the merged configuration and recomputed expiresAt.", body = SessionInfo),
         (status = 400, description = "INVALID_UUID, INVALID_JSON or INVALID_TIMEOUT_CONFIG.", body = super::error::Envelope),
@@ -488,4 +612,105 @@ async fn update_session_timeout(
         Ok(Some(EventKind::SessionTimeoutUpdated))
     })
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::test_values::{json_value, object};
+    use proptest::prelude::*;
+
+    fn policy() -> TimeoutPolicy {
+        TimeoutPolicy {
+            default_timeout_minutes: 30,
+            min_timeout_minutes: 5,
+            max_timeout_minutes: 1440,
+            default_max_duration_minutes: 720,
+            max_duration_limit_minutes: 2880,
+            default_warning_threshold_minutes: 5,
+        }
+    }
+
+    /// An object whose keys are mostly the timeout fields, with any values.
+    fn timeout_object() -> impl Strategy<Value = JsonObject> {
+        let key = prop_oneof![
+            Just("timeoutMinutes".to_owned()),
+            Just("autoRenew".to_owned()),
+            Just("maxDurationMinutes".to_owned()),
+            Just("warningThresholdMinutes".to_owned()),
+            ".{0,8}",
+        ];
+        let value = prop_oneof![
+            3 => any::<i64>().prop_map(|n| json!(n)),
+            1 => (0u64..3000).prop_map(|n| json!(n)),
+            1 => any::<bool>().prop_map(Value::Bool),
+            2 => json_value(),
+        ];
+        proptest::collection::btree_map(key, value, 0..6).prop_map(|map| map.into_iter().collect())
+    }
+
+    proptest! {
+        #[test]
+        fn timeout_patch_yields_a_patch_exactly_for_well_typed_fields(
+            body in timeout_object()
+        ) {
+            let well_typed = body.iter().all(|(name, value)| match name.as_str() {
+                "autoRenew" => value.is_null() || value.is_boolean(),
+                "timeoutMinutes" | "maxDurationMinutes" | "warningThresholdMinutes" => {
+                    value.is_null() || value.is_i64() || value.is_u64()
+                }
+                _ => true,
+            });
+            match timeout_patch(&body, &policy()) {
+                Ok(patch) => {
+                    prop_assert!(well_typed, "accepted {:?}", body);
+                    let given = |name: &str| field(&body, name).map(|v| v.as_i64().unwrap_or(i64::MAX));
+                    prop_assert_eq!(patch.timeout_minutes, given("timeoutMinutes"));
+                    prop_assert_eq!(patch.max_duration_minutes, given("maxDurationMinutes"));
+                    prop_assert_eq!(
+                        patch.warning_threshold_minutes,
+                        given("warningThresholdMinutes")
+                    );
+                    prop_assert_eq!(patch.auto_renew, field(&body, "autoRenew").and_then(Value::as_bool));
+                }
+                Err(error) => {
+                    prop_assert!(!well_typed, "refused {:?}: {}", body, error.message);
+                    prop_assert_eq!(error.code, "INVALID_TIMEOUT_CONFIG");
+                }
+            }
+        }
+
+        #[test]
+        fn timeout_config_field_never_panics(value in json_value()) {
+            if let Err(error) = timeout_config_field(&object(json!({ "timeoutConfig": value })), &policy()) {
+                prop_assert_eq!(error.code, "INVALID_TIMEOUT_CONFIG");
+            }
+        }
+
+    }
+
+    #[test]
+    fn mistyped_minutes_name_the_field_and_range() {
+        for bad in [json!(30.0), json!("30"), json!(true)] {
+            let error =
+                timeout_patch(&object(json!({ "timeoutMinutes": bad })), &policy()).unwrap_err();
+            assert_eq!(error.code, "INVALID_TIMEOUT_CONFIG");
+            assert_eq!(
+                error.message,
+                "timeoutMinutes must be an integer between 5 and 1440"
+            );
+        }
+        let error = timeout_patch(&object(json!({ "autoRenew": "yes" })), &policy()).unwrap_err();
+        assert!(error.message.contains("autoRenew"));
+    }
+
+    #[test]
+    fn null_means_absent() {
+        let patch = timeout_patch(&object(json!({ "timeoutMinutes": null })), &policy()).unwrap();
+        assert_eq!(patch, TimeoutConfigPatch::default());
+        assert_eq!(
+            metadata_field(&object(json!({ "metadata": null }))).unwrap(),
+            "{}"
+        );
+    }
 }
