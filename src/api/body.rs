@@ -7,8 +7,10 @@ use futures_util::{Stream, StreamExt};
 use serde_json::{Map, Value};
 use warp::http::header::{CONTENT_LENGTH, CONTENT_TYPE};
 use warp::http::HeaderMap;
+use warp::{Filter, Rejection};
 
 use super::error::ApiError;
+use super::SharedState;
 
 /// A JSON request body: always an object.
 pub(super) type JsonObject = Map<String, Value>;
@@ -125,6 +127,22 @@ where
         Ok(_) => Err(ApiError::invalid_json("the body must be a JSON object")),
         Err(error) => Err(ApiError::invalid_json(error.to_string())),
     }
+}
+
+/// The request body as a JSON object, or the error explaining why it is not one.
+pub(super) fn json_body(
+    state: &SharedState,
+) -> impl Filter<Extract = (Result<JsonObject, ApiError>,), Error = Rejection> + Clone {
+    let state = state.clone();
+    warp::header::headers_cloned()
+        .and(warp::body::stream())
+        .then(move |headers: HeaderMap, body| {
+            let state = state.clone();
+            async move {
+                let _reserved = state.reserve_body(&headers)?;
+                read_json_object(&headers, body, state.max_body_bytes).await
+            }
+        })
 }
 
 #[cfg(test)]

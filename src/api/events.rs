@@ -6,24 +6,19 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::Duration;
 
 use futures_util::StreamExt;
 use warp::http::HeaderMap;
 use warp::reply::Response;
-use warp::sse;
-use warp::{Filter, Rejection, Reply};
+use warp::{Filter, Rejection};
 
 use super::error::{respond, ApiError};
 use super::fields::path_uuid;
-use super::query::Query;
-use super::sessions::{load_active, query, session_path};
+use super::query::{query, Query};
+use super::sse;
 use super::views::{MessageView, SessionContext, SessionInfo};
-use super::{with_state, AppState, SharedState};
+use super::{load_active, session_path, with_state, AppState, SharedState};
 use crate::domain::{Event, EventData, EventFilter};
-
-/// A comment line at least this often keeps idle streams (and proxies) alive.
-pub(super) const KEEP_ALIVE: Duration = Duration::from_secs(15);
 
 /// Both event routes.
 pub(super) fn routes(
@@ -190,11 +185,11 @@ fn event_stream(
             Ok::<_, Infallible>(to_sse(&event))
         })
         .take_until(state.shutdown.clone().cancelled_owned());
-    Ok(sse::reply(sse::keep_alive().interval(KEEP_ALIVE).stream(events)).into_response())
+    Ok(sse::reply(events))
 }
 
 /// The JSON an event carries.
-pub(super) fn event_data(event: &Event) -> String {
+fn event_data(event: &Event) -> String {
     let rendered = match &event.data {
         EventData::Message {
             message,
@@ -217,20 +212,6 @@ pub(super) fn event_data(event: &Event) -> String {
     rendered.unwrap_or_else(|_| "{}".to_owned())
 }
 
-fn to_sse(event: &Event) -> sse::Event {
-    sse_event(Some(event.id), event.kind.name(), &event_data(event))
-}
-
-/// One Server-Sent Event, written `id: `, `event: `, `data: ` with a space after each colon,
-/// as the SSE specification's examples do: hand-written readers test for `data: `. warp
-/// writes `field:value`, and every SSE reader drops one space at the start of a value, so
-/// the space goes into the value. `data` is one line of JSON.
-pub(super) fn sse_event(id: Option<u64>, name: &str, data: &str) -> sse::Event {
-    let event = sse::Event::default()
-        .event(format!(" {name}"))
-        .data(format!(" {data}"));
-    match id {
-        Some(id) => event.id(format!(" {id}")),
-        None => event,
-    }
+fn to_sse(event: &Event) -> warp::sse::Event {
+    sse::event(Some(event.id), event.kind.name(), &event_data(event))
 }

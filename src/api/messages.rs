@@ -9,17 +9,15 @@ use tokio::sync::mpsc;
 use uuid::Uuid;
 use warp::http::StatusCode;
 use warp::reply::Response;
-use warp::sse;
-use warp::{Filter, Rejection, Reply};
+use warp::{Filter, Rejection};
 
-use super::body::JsonObject;
+use super::body::{json_body, JsonObject};
 use super::error::{respond, ApiError};
-use super::events::{sse_event, KEEP_ALIVE};
 use super::fields::{field, metadata_field, path_uuid, uuid_field};
-use super::query::Query;
-use super::sessions::{json_body, load_active, query, session_path};
+use super::query::{query, Query};
+use super::sse;
 use super::views::{json, MessageCreated, MessageView, SessionContext};
-use super::{with_state, AppState, SharedState};
+use super::{load_active, session_path, with_state, AppState, SharedState};
 use crate::domain::message::{MAX_ATTACHMENTS, MAX_CONTENT_CHARS};
 use crate::domain::{Attachment, Event, EventData, EventFilter, Message, NewMessage, SessionError};
 use crate::store::{MessageQuery, STREAM_BUFFER};
@@ -411,7 +409,7 @@ fn reply_stream(
     events: mpsc::Receiver<Arc<Event>>,
     permit: Option<tokio::sync::OwnedSemaphorePermit>,
 ) -> Response {
-    let first = sse_event(
+    let first = sse::event(
         None,
         "user_message",
         &serde_json::to_string(&MessageView::new(&message, &context)).unwrap_or_default(),
@@ -428,7 +426,7 @@ fn reply_stream(
                         let data = serde_json::to_string(&MessageView::new(&reply, &context))
                             .unwrap_or_default();
                         (
-                            sse_event(None, "agent_message", &data),
+                            sse::event(None, "agent_message", &data),
                             Some((state, message, context, events)),
                         )
                     }
@@ -444,11 +442,11 @@ fn reply_stream(
             let _open = &permit;
             Ok::<_, std::convert::Infallible>(event)
         });
-    sse::reply(sse::keep_alive().interval(KEEP_ALIVE).stream(stream)).into_response()
+    sse::reply(stream)
 }
 
-fn done(reason: &str) -> sse::Event {
-    sse_event(
+fn done(reason: &str) -> warp::sse::Event {
+    sse::event(
         None,
         "done",
         &serde_json::json!({ "reason": reason }).to_string(),

@@ -14,6 +14,7 @@ mod messages;
 pub mod openapi;
 mod query;
 mod sessions;
+mod sse;
 #[cfg(test)]
 mod test_values;
 mod views;
@@ -21,12 +22,13 @@ mod views;
 use std::sync::Arc;
 use std::time::Instant;
 
+use uuid::Uuid;
 use warp::filters::BoxedFilter;
 use warp::{Filter, Reply};
 
 pub(crate) use error::{handle_rejection, ApiError};
 
-use crate::domain::{Clock, TimeoutPolicy};
+use crate::domain::{Clock, Session, SessionError, TimeoutPolicy, Timestamp};
 use crate::store::Store;
 
 /// Everything a handler needs.
@@ -129,6 +131,19 @@ fn sessions_prefix() -> impl Filter<Extract = (), Error = warp::Rejection> + Clo
     warp::path("api")
         .and(warp::path("messaging"))
         .and(warp::path("sessions"))
+}
+
+/// `/api/messaging/sessions/{sessionId}` and what follows.
+fn session_path() -> impl Filter<Extract = (String,), Error = warp::Rejection> + Clone {
+    sessions_prefix().and(warp::path::param::<String>())
+}
+
+/// The session if it exists and has not expired, with the instant that was checked.
+fn load_active(state: &AppState, id: Uuid) -> Result<(Session, Timestamp), ApiError> {
+    let now = state.clock.now();
+    let session = state.store.session(id)?.ok_or(SessionError::NotFound(id))?;
+    session.check_active(now)?;
+    Ok((session, now))
 }
 
 /// The paths sessiond answers: everything under these belongs to it.

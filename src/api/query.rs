@@ -2,9 +2,18 @@
 //! [`ApiError`] the contract names for its input.
 
 use uuid::Uuid;
+use warp::Filter;
 
 use super::error::ApiError;
 use super::fields::parse_uuid;
+
+/// The query string, parsed (empty when there is none).
+pub(super) fn query() -> impl Filter<Extract = (Query,), Error = std::convert::Infallible> + Clone {
+    warp::query::raw()
+        .or(warp::any().map(String::new))
+        .unify()
+        .map(|raw: String| Query::parse(&raw))
+}
 
 /// Parsed query parameters (the last value of a repeated name wins).
 #[derive(Debug, Default)]

@@ -5,16 +5,16 @@ use std::sync::Arc;
 use serde::Serialize;
 use serde_json::{json, Value};
 use uuid::Uuid;
-use warp::http::{HeaderMap, StatusCode};
+use warp::http::StatusCode;
 use warp::reply::Response;
 use warp::{Filter, Rejection};
 
-use super::body::{read_json_object, JsonObject};
+use super::body::{json_body, JsonObject};
 use super::error::{respond, ApiError};
 use super::fields::{field, metadata_field, path_uuid, uuid_field};
-use super::query::Query;
+use super::query::{query, Query};
 use super::views::{json, SessionCreated, SessionInfo};
-use super::{sessions_prefix, with_state, AppState, SharedState};
+use super::{load_active, session_path, sessions_prefix, with_state, AppState, SharedState};
 use crate::domain::session::INVALID_MINUTES;
 use crate::domain::{
     EventKind, Renewal, Session, SessionError, TimeoutConfigPatch, TimeoutPolicy, Timestamp,
@@ -44,35 +44,6 @@ pub(super) fn routes(
         .unify()
         .or(session_timeout_update(state))
         .unify()
-}
-
-/// The request body as a JSON object, or the error explaining why it is not one.
-pub(super) fn json_body(
-    state: &SharedState,
-) -> impl Filter<Extract = (Result<JsonObject, ApiError>,), Error = Rejection> + Clone {
-    let state = state.clone();
-    warp::header::headers_cloned()
-        .and(warp::body::stream())
-        .then(move |headers: HeaderMap, body| {
-            let state = state.clone();
-            async move {
-                let _reserved = state.reserve_body(&headers)?;
-                read_json_object(&headers, body, state.max_body_bytes).await
-            }
-        })
-}
-
-/// The query string, parsed (empty when there is none).
-pub(super) fn query() -> impl Filter<Extract = (Query,), Error = std::convert::Infallible> + Clone {
-    warp::query::raw()
-        .or(warp::any().map(String::new))
-        .unify()
-        .map(|raw: String| Query::parse(&raw))
-}
-
-/// `/api/messaging/sessions/{sessionId}` and what follows.
-pub(super) fn session_path() -> impl Filter<Extract = (String,), Error = Rejection> + Clone {
-    sessions_prefix().and(warp::path::param::<String>())
 }
 
 /// POST /sessions
@@ -163,14 +134,6 @@ fn session_timeout_update(
         .and(json_body(state))
         .then(update_session_timeout)
         .map(respond)
-}
-
-/// The session if it exists and has not expired, with the instant that was checked.
-pub(super) fn load_active(state: &AppState, id: Uuid) -> Result<(Session, Timestamp), ApiError> {
-    let now = state.clock.now();
-    let session = state.store.session(id)?.ok_or(SessionError::NotFound(id))?;
-    session.check_active(now)?;
-    Ok((session, now))
 }
 
 /// Fails with MISSING_FIELDS naming every required field that is absent or null.
