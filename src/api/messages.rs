@@ -5,7 +5,7 @@ use std::sync::Arc;
 use futures_util::StreamExt;
 use serde::Serialize;
 use serde_json::Value;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, OwnedSemaphorePermit};
 use uuid::Uuid;
 use warp::http::StatusCode;
 use warp::reply::Response;
@@ -20,7 +20,7 @@ use super::views::{json, MessageCreated, MessageView, SessionContext};
 use super::{load_active, session_path, with_state, AppState, SharedState};
 use crate::domain::message::{MAX_ATTACHMENTS, MAX_CONTENT_CHARS};
 use crate::domain::{Attachment, Event, EventData, EventFilter, Message, NewMessage, SessionError};
-use crate::store::{MessageQuery, STREAM_BUFFER};
+use crate::store::{MessageQuery, Subscription, STREAM_BUFFER};
 
 /// Default and largest page size of a message page.
 const PAGE_LIMIT: (usize, usize) = (50, 100);
@@ -101,13 +101,54 @@ fn message_thread(
 
 /// How the client wants the reply delivered.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum Transport {
+enum Transport {
     /// Hold the request until the agent replies (`http`, legacy `sync`).
     Http,
     /// Stream the reply as Server-Sent Events (`sse`, legacy `stream`).
     Sse,
     /// Answer at once; replies reach the event streams (`websocket`, or nothing given).
     Websocket,
+}
+
+/// A [`Transport`] with what delivering the reply needs, taken before the message is stored.
+enum Delivery {
+    /// `http`: the session's events, to find the reply in.
+    Http { replies: Subscription },
+    /// `sse`: the stream's permit, and the session's events to find the replies in.
+    Sse {
+        permit: OwnedSemaphorePermit,
+        replies: Subscription,
+    },
+    /// `websocket`: nothing; the answer goes at once.
+    Websocket,
+}
+
+impl Delivery {
+    /// Takes what `transport` needs for the session `session_id`.
+    ///
+    /// # Errors
+    /// 503 STREAMS_EXHAUSTED for `sse` when --max-streams are open.
+    fn prepare(
+        transport: Transport,
+        state: &AppState,
+        session_id: Uuid,
+    ) -> Result<Delivery, ApiError> {
+        let subscribe = || {
+            state
+                .store
+                .subscribe(EventFilter::Session(session_id), STREAM_BUFFER)
+        };
+        Ok(match transport {
+            Transport::Http => Delivery::Http {
+                replies: subscribe(),
+            },
+            Transport::Sse => Delivery::Sse {
+                permit: state.stream_permit()?,
+                replies: subscribe(),
+            },
+            Transport::Websocket => Delivery::Websocket,
+        })
+    }
 }
 
 /// `transport`, or the legacy `mode` when `transport` is absent.
@@ -297,17 +338,9 @@ async fn create_message(
     // A held request may wait long for its reply: keep only what it needs, not the body
     // (ignored fields included) it came with.
     drop(body);
-    // Before the message is stored: a refused stream must not leave it behind.
-    let stream_permit = match transport {
-        Transport::Sse => Some(state.stream_permit()?),
-        Transport::Http | Transport::Websocket => None,
-    };
-    // Subscribe before appending: the agent may answer before this handler looks.
-    let replies = (transport != Transport::Websocket).then(|| {
-        state
-            .store
-            .subscribe(EventFilter::Session(session_id), STREAM_BUFFER)
-    });
+    // Before the message is stored: a refused stream must not leave it behind, and the agent
+    // may answer before this handler looks.
+    let delivery = Delivery::prepare(transport, &state, session_id)?;
     let appended = state
         .store
         .append_message(session_id, new, state.clock.clone())
@@ -321,22 +354,22 @@ async fn create_message(
         appended.renewal,
         now,
     );
-    match (transport, replies) {
-        (Transport::Http, Some(mut replies)) => {
+    match delivery {
+        Delivery::Http { mut replies } => {
             let reply = wait_for_reply(&state, &appended.message, &mut replies.events).await;
             Ok(json(
                 StatusCode::CREATED,
                 &created.with_agent_response(reply.as_ref()),
             ))
         }
-        (Transport::Sse, Some(replies)) => Ok(reply_stream(
+        Delivery::Sse { permit, replies } => Ok(reply_stream(
             state,
             appended.message,
             context,
             replies.events,
-            stream_permit,
+            permit,
         )),
-        _ => Ok(json(StatusCode::CREATED, &created)),
+        Delivery::Websocket => Ok(json(StatusCode::CREATED, &created)),
     }
 }
 
@@ -407,7 +440,7 @@ fn reply_stream(
     message: Message,
     context: SessionContext,
     events: mpsc::Receiver<Arc<Event>>,
-    permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    permit: OwnedSemaphorePermit,
 ) -> Response {
     let first = sse::event(
         None,
