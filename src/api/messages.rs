@@ -227,20 +227,22 @@ fn attachments_field(object: &JsonObject) -> Result<Vec<Attachment>, ApiError> {
                     "attachments[{i}] must be an object"
                 )));
             };
-            let text = |key: &str, required: bool| match field(item, key) {
+            let optional = |key: &str| match field(item, key) {
+                None => Ok(None),
                 Some(Value::String(s)) => Ok(Some(s.clone())),
-                None if !required => Ok(None),
-                None => Err(ApiError::invalid_attachments(format!(
-                    "attachments[{i}].{key} is required"
-                ))),
                 Some(_) => Err(ApiError::invalid_attachments(format!(
                     "attachments[{i}].{key} must be a string"
                 ))),
             };
+            let required = |key: &str| {
+                optional(key)?.ok_or_else(|| {
+                    ApiError::invalid_attachments(format!("attachments[{i}].{key} is required"))
+                })
+            };
             Ok(Attachment {
-                kind: text("type", true)?.unwrap_or_default(),
-                url: text("url", true)?.unwrap_or_default(),
-                name: text("name", false)?,
+                kind: required("type")?,
+                url: required("url")?,
+                name: optional("name")?,
             })
         })
         .collect()
