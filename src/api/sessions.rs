@@ -15,9 +15,9 @@ use super::fields::{field, metadata_field, path_uuid, uuid_field};
 use super::query::{query, Query};
 use super::views::{json, SessionCreated, SessionInfo};
 use super::{load_active, session_path, sessions_prefix, with_state, AppState, SharedState};
-use crate::domain::session::INVALID_MINUTES;
 use crate::domain::{
-    EventKind, Renewal, Session, SessionError, TimeoutConfigPatch, TimeoutPolicy, Timestamp,
+    EventKind, Minutes, Renewal, Session, SessionError, TimeoutConfigPatch, TimeoutPolicy,
+    Timestamp,
 };
 use crate::store::{SessionQuery, StatusFilter};
 
@@ -162,7 +162,6 @@ fn timeout_patch(
     policy: &TimeoutPolicy,
 ) -> Result<TimeoutConfigPatch, ApiError> {
     let mut patch = TimeoutConfigPatch::default();
-    let mut mistyped: Option<&'static str> = None;
     for (name, slot) in [
         ("timeoutMinutes", &mut patch.timeout_minutes),
         ("maxDurationMinutes", &mut patch.max_duration_minutes),
@@ -175,12 +174,9 @@ fn timeout_patch(
             None => {}
             // JSON integers only: 30.0 and "30" are refused.
             Some(Value::Number(n)) if n.is_i64() || n.is_u64() => {
-                *slot = Some(n.as_i64().unwrap_or(i64::MAX));
+                *slot = Some(Minutes::Integer(n.as_i64().unwrap_or(i64::MAX)));
             }
-            Some(_) => {
-                *slot = Some(INVALID_MINUTES);
-                mistyped.get_or_insert(name);
-            }
+            Some(_) => *slot = Some(Minutes::NotAnInteger),
         }
     }
     match field(object, "autoRenew") {
@@ -192,13 +188,7 @@ fn timeout_patch(
             ));
         }
     }
-    if mistyped.is_some() {
-        // The policy reports the range of the first field it cannot accept.
-        let error = policy.resolve_new(patch).err();
-        if let Some(error) = error {
-            return Err(error.into());
-        }
-    }
+    policy.check_integers(patch)?;
     Ok(patch)
 }
 
@@ -627,7 +617,9 @@ mod tests {
             match timeout_patch(&body, &policy()) {
                 Ok(patch) => {
                     prop_assert!(well_typed, "accepted {:?}", body);
-                    let given = |name: &str| field(&body, name).map(|v| v.as_i64().unwrap_or(i64::MAX));
+                    let given = |name: &str| {
+                        field(&body, name).map(|v| Minutes::Integer(v.as_i64().unwrap_or(i64::MAX)))
+                    };
                     prop_assert_eq!(patch.timeout_minutes, given("timeoutMinutes"));
                     prop_assert_eq!(patch.max_duration_minutes, given("maxDurationMinutes"));
                     prop_assert_eq!(

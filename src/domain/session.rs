@@ -20,18 +20,54 @@ pub struct TimeoutConfig {
     pub warning_threshold_minutes: u32,
 }
 
-/// A partial timeout config as a client sent it: `None` means "not given". Integers are
-/// kept wide so out-of-range values are reported, never wrapped.
+/// A minutes field as a client sent it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Minutes {
+    /// An integer, kept wide so that an out-of-range value is reported, never wrapped.
+    Integer(i64),
+    /// Something else (`30.0`, `"30"`): refused like an integer out of range, with the
+    /// field's range.
+    NotAnInteger,
+}
+
+impl From<i64> for Minutes {
+    fn from(minutes: i64) -> Self {
+        Minutes::Integer(minutes)
+    }
+}
+
+impl Minutes {
+    /// The integer, or `fallback` for a value that is not one (which is refused anyway).
+    fn or(self, fallback: i64) -> i64 {
+        match self {
+            Minutes::Integer(minutes) => minutes,
+            Minutes::NotAnInteger => fallback,
+        }
+    }
+}
+
+/// A partial timeout config as a client sent it: `None` means "not given".
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct TimeoutConfigPatch {
     /// `timeoutMinutes`, if given.
-    pub timeout_minutes: Option<i64>,
+    pub timeout_minutes: Option<Minutes>,
     /// `autoRenew`, if given.
     pub auto_renew: Option<bool>,
     /// `maxDurationMinutes`, if given.
-    pub max_duration_minutes: Option<i64>,
+    pub max_duration_minutes: Option<Minutes>,
     /// `warningThresholdMinutes`, if given.
-    pub warning_threshold_minutes: Option<i64>,
+    pub warning_threshold_minutes: Option<Minutes>,
+}
+
+impl TimeoutConfigPatch {
+    fn has_non_integer(&self) -> bool {
+        [
+            self.timeout_minutes,
+            self.max_duration_minutes,
+            self.warning_threshold_minutes,
+        ]
+        .contains(&Some(Minutes::NotAnInteger))
+    }
 }
 
 /// The server's defaults and bounds for timeout configs (from the command line).
@@ -63,15 +99,12 @@ pub struct TimeoutConfigError {
     pub max: u32,
 }
 
-/// A value no field accepts, for reporting a mistyped field with its range.
-pub const INVALID_MINUTES: i64 = -1;
-
 /// A config before its bounds are checked.
 struct Candidate {
-    timeout_minutes: i64,
+    timeout_minutes: Minutes,
     auto_renew: bool,
-    max_duration_minutes: i64,
-    warning_threshold_minutes: i64,
+    max_duration_minutes: Minutes,
+    warning_threshold_minutes: Minutes,
 }
 
 impl TimeoutPolicy {
@@ -84,19 +117,39 @@ impl TimeoutPolicy {
         &self,
         patch: TimeoutConfigPatch,
     ) -> Result<TimeoutConfig, TimeoutConfigError> {
-        let timeout_minutes = patch
-            .timeout_minutes
-            .unwrap_or(self.default_timeout_minutes.into());
+        let default_timeout = i64::from(self.default_timeout_minutes);
+        let timeout_minutes = patch.timeout_minutes.unwrap_or(default_timeout.into());
+        // Defaults follow the timeout given; a timeout that is not an integer is refused
+        // before they are looked at.
+        let timeout = timeout_minutes.or(default_timeout);
         self.check(Candidate {
             timeout_minutes,
             auto_renew: patch.auto_renew.unwrap_or(true),
             max_duration_minutes: patch.max_duration_minutes.unwrap_or_else(|| {
-                i64::from(self.default_max_duration_minutes).max(timeout_minutes)
+                i64::from(self.default_max_duration_minutes)
+                    .max(timeout)
+                    .into()
             }),
             warning_threshold_minutes: patch.warning_threshold_minutes.unwrap_or_else(|| {
-                i64::from(self.default_warning_threshold_minutes).min(timeout_minutes)
+                i64::from(self.default_warning_threshold_minutes)
+                    .min(timeout)
+                    .into()
             }),
         })
+    }
+
+    /// Refuses a patch with a field that is not an integer, as creation would refuse it:
+    /// naming the first field, in the order they are checked, that cannot be accepted,
+    /// with its range. A patch of integers passes (its ranges are checked on resolving).
+    ///
+    /// # Errors
+    /// The first field out of its range, when a field is not an integer.
+    pub fn check_integers(&self, patch: TimeoutConfigPatch) -> Result<(), TimeoutConfigError> {
+        if patch.has_non_integer() {
+            self.resolve_new(patch).map(drop)
+        } else {
+            Ok(())
+        }
     }
 
     /// Applies a partial update to an existing config: fields not given keep their
@@ -112,19 +165,22 @@ impl TimeoutPolicy {
         self.check(Candidate {
             timeout_minutes: patch
                 .timeout_minutes
-                .unwrap_or(current.timeout_minutes.into()),
+                .unwrap_or(i64::from(current.timeout_minutes).into()),
             auto_renew: patch.auto_renew.unwrap_or(current.auto_renew),
             max_duration_minutes: patch
                 .max_duration_minutes
-                .unwrap_or(current.max_duration_minutes.into()),
+                .unwrap_or(i64::from(current.max_duration_minutes).into()),
             warning_threshold_minutes: patch
                 .warning_threshold_minutes
-                .unwrap_or(current.warning_threshold_minutes.into()),
+                .unwrap_or(i64::from(current.warning_threshold_minutes).into()),
         })
     }
 
     fn check(&self, candidate: Candidate) -> Result<TimeoutConfig, TimeoutConfigError> {
-        let in_range = |field, value: i64, min: u32, max: u32| {
+        let in_range = |field, value: Minutes, min: u32, max: u32| {
+            let Minutes::Integer(value) = value else {
+                return Err(TimeoutConfigError { field, min, max });
+            };
             u32::try_from(value)
                 .ok()
                 .filter(|v| (min..=max).contains(v))
@@ -454,8 +510,8 @@ mod tests {
     fn defaults_follow_a_given_timeout() {
         let resolved = policy()
             .resolve_new(TimeoutConfigPatch {
-                timeout_minutes: Some(1000),
-                warning_threshold_minutes: Some(10),
+                timeout_minutes: Some(Minutes::Integer(1000)),
+                warning_threshold_minutes: Some(Minutes::Integer(10)),
                 ..Default::default()
             })
             .unwrap();
@@ -463,7 +519,7 @@ mod tests {
 
         let short = policy()
             .resolve_new(TimeoutConfigPatch {
-                timeout_minutes: Some(5),
+                timeout_minutes: Some(Minutes::Integer(5)),
                 ..Default::default()
             })
             .unwrap();
@@ -478,7 +534,7 @@ mod tests {
         };
         let resolved = policy
             .resolve_new(TimeoutConfigPatch {
-                timeout_minutes: Some(0),
+                timeout_minutes: Some(Minutes::Integer(0)),
                 ..Default::default()
             })
             .unwrap();
@@ -489,7 +545,7 @@ mod tests {
     fn out_of_range_fields_are_rejected_not_clamped() {
         let err = policy()
             .resolve_new(TimeoutConfigPatch {
-                timeout_minutes: Some(4),
+                timeout_minutes: Some(Minutes::Integer(4)),
                 ..Default::default()
             })
             .unwrap_err();
@@ -508,7 +564,7 @@ mod tests {
 
         let err = policy()
             .resolve_new(TimeoutConfigPatch {
-                max_duration_minutes: Some(20),
+                max_duration_minutes: Some(Minutes::Integer(20)),
                 ..Default::default()
             })
             .unwrap_err();
@@ -523,7 +579,7 @@ mod tests {
 
         let err = policy()
             .resolve_new(TimeoutConfigPatch {
-                warning_threshold_minutes: Some(31),
+                warning_threshold_minutes: Some(Minutes::Integer(31)),
                 ..Default::default()
             })
             .unwrap_err();
@@ -544,7 +600,7 @@ mod tests {
             .resolve_update(
                 current,
                 TimeoutConfigPatch {
-                    timeout_minutes: Some(90),
+                    timeout_minutes: Some(Minutes::Integer(90)),
                     ..Default::default()
                 },
             )
@@ -559,7 +615,7 @@ mod tests {
             .resolve_update(
                 current,
                 TimeoutConfigPatch {
-                    timeout_minutes: Some(200),
+                    timeout_minutes: Some(Minutes::Integer(200)),
                     ..Default::default()
                 },
             )
