@@ -46,9 +46,7 @@ pub async fn sweep_once(
         // Re-checked inside the delete, in case the entry moved meanwhile.
         let ids: Vec<Uuid> = due.iter().map(|&(_, id)| id).collect();
         let mut deletes = futures_util::stream::iter(ids)
-            .map(|session_id| {
-                store.delete_session_if(session_id, None, move |s| s.expires_at() < cutoff)
-            })
+            .map(|session_id| store.delete_session_expired_before(session_id, cutoff))
             .buffer_unordered(BACKGROUND_WRITES);
         let mut removed = 0;
         while let Some(deleted) = deletes.next().await {

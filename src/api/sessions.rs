@@ -16,8 +16,7 @@ use super::query::{query, Query};
 use super::views::{json, SessionCreated, SessionInfo};
 use super::{load_active, session_path, sessions_prefix, with_state, AppState, SharedState};
 use crate::domain::{
-    EventKind, Minutes, Renewal, Session, SessionError, TimeoutConfigPatch, TimeoutPolicy,
-    Timestamp,
+    Minutes, Session, SessionChange, SessionError, TimeoutConfigPatch, TimeoutPolicy,
 };
 use crate::store::{SessionQuery, StatusFilter};
 
@@ -466,12 +465,12 @@ async fn delete_session(id: String, state: Arc<AppState>) -> Result<Response, Ap
     ))
 }
 
-/// Applies `change` to an active session in one write (with the event it names), and
+/// Applies `change` to an active session in one write (with the event it announces), and
 /// answers SessionInfo as of the write's instant once it is on disk.
 async fn update_and_reply(
     state: &AppState,
     id: Uuid,
-    change: impl Fn(&mut Session, Timestamp) -> Result<Option<EventKind>, SessionError> + Send + 'static,
+    change: SessionChange,
 ) -> Result<Response, ApiError> {
     let (session, now) = state
         .store
@@ -498,15 +497,7 @@ async fn update_and_reply(
 )]
 async fn renew_session(id: String, state: Arc<AppState>) -> Result<Response, ApiError> {
     let id = path_uuid("sessionId", &id)?;
-    update_and_reply(&state, id, move |session, now| match session.renew(now) {
-        Renewal::Renewed => Ok(Some(EventKind::SessionRenewed)),
-        Renewal::Unchanged => Err(SessionError::MaxDurationReached {
-            id,
-            expires_at: session.expires_at(),
-            at_max_duration: session.expires_at() == session.hard_deadline(),
-        }),
-    })
-    .await
+    update_and_reply(&state, id, SessionChange::Renew).await
 }
 
 #[utoipa::path(
@@ -526,13 +517,7 @@ async fn renew_session(id: String, state: Arc<AppState>) -> Result<Response, Api
 )]
 async fn heartbeat_session(id: String, state: Arc<AppState>) -> Result<Response, ApiError> {
     let id = path_uuid("sessionId", &id)?;
-    update_and_reply(&state, id, |session, now| {
-        match session.record_activity(now) {
-            Renewal::Renewed => Ok(Some(EventKind::SessionRenewed)),
-            Renewal::Unchanged => Ok(None),
-        }
-    })
-    .await
+    update_and_reply(&state, id, SessionChange::Heartbeat).await
 }
 
 #[utoipa::path(
@@ -560,11 +545,7 @@ async fn update_session_timeout(
     let id = path_uuid("sessionId", &id)?;
     let patch = timeout_patch(&body?, &state.policy)?;
     let policy = state.policy;
-    update_and_reply(&state, id, move |session, _| {
-        session.timeout = policy.resolve_update(session.timeout, patch)?;
-        Ok(Some(EventKind::SessionTimeoutUpdated))
-    })
-    .await
+    update_and_reply(&state, id, SessionChange::Timeout { patch, policy }).await
 }
 
 #[cfg(test)]

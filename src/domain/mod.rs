@@ -8,7 +8,7 @@ pub mod time;
 pub use event::{DueNotices, Event, EventData, EventFilter, EventKind};
 pub use message::{Attachment, Message, NewMessage};
 pub use session::{
-    Minutes, Renewal, Session, SessionError, TimeoutConfig, TimeoutConfigError, TimeoutConfigPatch,
-    TimeoutPolicy,
+    Minutes, Renewal, Session, SessionChange, SessionError, TimeoutConfig, TimeoutConfigError,
+    TimeoutConfigPatch, TimeoutPolicy,
 };
 pub use time::{Clock, ClockVerdict, ClockWatch, ManualClock, SystemClock, Timestamp};

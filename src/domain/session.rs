@@ -1,5 +1,6 @@
 //! Sessions and their lifecycle rules, as pure functions of `now`.
 
+use super::EventKind;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -317,6 +318,54 @@ pub enum Renewal {
     Renewed,
     /// Renewing would not move `expiresAt` later, so nothing changed.
     Unchanged,
+}
+
+/// A change a client asks of an active session, applied inside the write that stores it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SessionChange {
+    /// A manual renewal: refused when it cannot move `expiresAt` later.
+    Renew,
+    /// Activity without a message: renews when the session auto-renews.
+    Heartbeat,
+    /// A new timeout configuration: `patch` over the current one, under `policy`.
+    Timeout {
+        /// The fields given.
+        patch: TimeoutConfigPatch,
+        /// The server's bounds.
+        policy: TimeoutPolicy,
+    },
+}
+
+impl SessionChange {
+    /// Applies the change to `session` at `now`. Returns the event that announces it
+    /// (none for a heartbeat that renews nothing).
+    ///
+    /// # Errors
+    /// A renewal that cannot extend the session, or a timeout configuration out of range.
+    pub fn apply(
+        self,
+        session: &mut Session,
+        now: Timestamp,
+    ) -> Result<Option<EventKind>, SessionError> {
+        match self {
+            SessionChange::Renew => match session.renew(now) {
+                Renewal::Renewed => Ok(Some(EventKind::SessionRenewed)),
+                Renewal::Unchanged => Err(SessionError::MaxDurationReached {
+                    id: session.id,
+                    expires_at: session.expires_at(),
+                    at_max_duration: session.expires_at() == session.hard_deadline(),
+                }),
+            },
+            SessionChange::Heartbeat => match session.record_activity(now) {
+                Renewal::Renewed => Ok(Some(EventKind::SessionRenewed)),
+                Renewal::Unchanged => Ok(None),
+            },
+            SessionChange::Timeout { patch, policy } => {
+                session.timeout = policy.resolve_update(session.timeout, patch)?;
+                Ok(Some(EventKind::SessionTimeoutUpdated))
+            }
+        }
+    }
 }
 
 impl Session {

@@ -9,8 +9,19 @@ use super::keys::{self, Counter};
 use super::messages::append_to;
 use super::writer::{Announced, Work, WriteTime};
 use super::{codec, refuse, settle_unrefused, Store};
-use crate::domain::{Clock, DueNotices, EventKind, NewMessage, Session, SessionError, Timestamp};
+use crate::domain::{
+    Clock, DueNotices, EventKind, NewMessage, Session, SessionChange, SessionError, Timestamp,
+};
 use crate::error::Result;
+
+/// Why a session is deleted.
+#[derive(Clone, Copy)]
+enum Deletion {
+    /// A client asked, at `at`: announced with `session.deleted`.
+    Asked { at: Timestamp },
+    /// The sweeper's: only if it expired before the cutoff, and silently.
+    ExpiredBefore(Timestamp),
+}
 
 /// Which sessions a listing includes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -130,10 +141,9 @@ impl Store {
     }
 
     /// Reads the session, refuses if it is missing or expired at the write's `now`, applies
-    /// `change`, and stores the result with its moved index entries, the event `change`
-    /// names and any lifecycle notice now due — all in one write. Returns the session after
-    /// the change and the write's `now`, once on disk. `change` may run more than once; it
-    /// must only touch the session.
+    /// `change`, and stores the result with its moved index entries, the event that
+    /// announces the change and any lifecycle notice now due — all in one write. Returns
+    /// the session after the change and the write's `now`, once on disk.
     ///
     /// # Errors
     /// Outer: storage failures. Inner: [`SessionError`] from the checks or from `change`.
@@ -141,14 +151,12 @@ impl Store {
         &self,
         id: Uuid,
         clock: Arc<dyn Clock>,
-        change: impl Fn(&mut Session, Timestamp) -> Result<Option<EventKind>, SessionError>
-            + Send
-            + 'static,
+        change: SessionChange,
     ) -> Result<Result<(Session, Timestamp), SessionError>> {
         let work: Work<(Session, Timestamp)> = Box::new(move |ctx| {
             let old = ctx.active_session(id)?;
             let mut new = old.clone();
-            let announced = match change(&mut new, ctx.now) {
+            let announced = match change.apply(&mut new, ctx.now) {
                 Ok(announced) => announced.map(Announced::Session),
                 Err(refused) => return refuse(refused),
             };
@@ -197,31 +205,46 @@ impl Store {
     /// # Errors
     /// Storage failures.
     pub async fn delete_session(&self, id: Uuid, now: Timestamp) -> Result<Option<Session>> {
-        self.delete_session_if(id, Some(now), |_| true).await
+        self.delete_session_when(id, Deletion::Asked { at: now })
+            .await
     }
 
-    /// Deletes the session only if `condition` holds for it inside the write, and records
-    /// `session.deleted` at `announce_at` if given.
-    pub(crate) async fn delete_session_if(
+    /// Deletes the session if it expired before `cutoff` (checked inside the write, so a
+    /// renewal that came meanwhile keeps it), without an event: the sweeper's deletion.
+    ///
+    /// # Errors
+    /// Storage failures.
+    pub(crate) async fn delete_session_expired_before(
         &self,
         id: Uuid,
-        announce_at: Option<Timestamp>,
-        condition: impl Fn(&Session) -> bool + Send + 'static,
+        cutoff: Timestamp,
     ) -> Result<Option<Session>> {
+        self.delete_session_when(id, Deletion::ExpiredBefore(cutoff))
+            .await
+    }
+
+    async fn delete_session_when(&self, id: Uuid, deletion: Deletion) -> Result<Option<Session>> {
         let work: Work<Option<(Session, bool)>> = Box::new(move |ctx| {
             let Some(session) = ctx.tx.session(id)? else {
                 return Ok(None);
             };
-            if !condition(&session) {
-                return Ok(None);
+            match deletion {
+                Deletion::ExpiredBefore(cutoff) if session.expires_at() >= cutoff => {
+                    return Ok(None)
+                }
+                Deletion::ExpiredBefore(_) => {}
+                Deletion::Asked { .. } => {}
             }
             let purge_later = ctx.tx.delete_session(&session)?;
-            if announce_at.is_some() {
+            if let Deletion::Asked { .. } = deletion {
                 ctx.announce(EventKind::SessionDeleted, &session);
             }
             Ok(Some((session, purge_later)))
         });
-        let time = WriteTime::At(announce_at.unwrap_or_else(Timestamp::now));
+        let time = match deletion {
+            Deletion::Asked { at } => WriteTime::At(at),
+            Deletion::ExpiredBefore(cutoff) => WriteTime::At(cutoff),
+        };
         let Some((deleted, purge_later)) = settle_unrefused(self.writer.write(time, work).await?)?
         else {
             return Ok(None);

@@ -495,7 +495,8 @@ mod tests {
 
     use uuid::Uuid;
 
-    use crate::domain::{EventKind, ManualClock, SessionError, Timestamp};
+    use super::{Announced, Work, WriteTime};
+    use crate::domain::{EventKind, ManualClock, Session, SessionError, Timestamp};
     use crate::error::Error;
     use crate::store::test_support::{
         append_texts, appended, created_session, session_at, temp_store, text_message,
@@ -509,9 +510,8 @@ mod tests {
         let (store, _dir) = temp_store();
         let session = created_session(&store, T0).await;
         let clock = Arc::new(ManualClock::new(T0));
-        let panicked = store
-            .update_session(session.id, clock.clone(), |_, _| panic!("boom"))
-            .await;
+        let work: Work<()> = Box::new(|_| panic!("boom"));
+        let panicked = store.writer.write(WriteTime::At(T0), work).await;
         assert!(
             matches!(panicked, Err(Error::Panicked(ref m)) if m == "boom"),
             "{panicked:?}"
@@ -527,10 +527,18 @@ mod tests {
         let clock = Arc::new(ManualClock::new(T0));
         let runs = Arc::new(AtomicUsize::new(0));
         let counted = runs.clone();
-        let update = store.update_session(session.id, clock.clone(), move |_, _| {
+        let work: Work<Session> = Box::new(move |ctx| {
             counted.fetch_add(1, Ordering::SeqCst);
-            Ok(Some(EventKind::SessionRenewed))
+            let old = ctx.active_session(session.id)?;
+            let mut new = old.clone();
+            new.renew(ctx.now);
+            ctx.save_session(
+                Some(&old),
+                new,
+                &[Announced::Session(EventKind::SessionRenewed)],
+            )
         });
+        let update = store.writer.write(WriteTime::At(T0), work);
         // Queued together with the update, so that they share its batch.
         let refused =
             futures_util::future::join_all((0..50).map(|_| {
