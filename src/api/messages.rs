@@ -572,8 +572,9 @@ async fn list_messages(
         limit: query.limit(PAGE_LIMIT.0, PAGE_LIMIT.1)?,
         before_ms: query.integer("before")?,
         after_ms: query.integer("after")?,
-        before_seq: query.integer("beforeSeq")?,
-        after_seq: query.integer("afterSeq")?,
+        // Seqs start at 1: a bound below that means what 0 does.
+        before_seq: query.integer("beforeSeq")?.map(seq_bound),
+        after_seq: query.integer("afterSeq")?.map(seq_bound),
         parent_id: query.uuid("parentId")?,
     };
     let (session, _) = load_active(&state, session_id)?;
@@ -682,6 +683,11 @@ async fn get_thread(
             has_more: thread.has_more,
         },
     ))
+}
+
+/// A seq bound as the store takes it: a negative one bounds like 0, below every seq.
+fn seq_bound(given: i64) -> u64 {
+    u64::try_from(given).unwrap_or(0)
 }
 
 #[cfg(test)]

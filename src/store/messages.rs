@@ -35,9 +35,9 @@ pub struct MessageQuery {
     /// Only messages stored after this epoch-ms instant.
     pub after_ms: Option<i64>,
     /// Only messages with a smaller seq.
-    pub before_seq: Option<i64>,
+    pub before_seq: Option<u64>,
     /// Only messages with a larger seq.
-    pub after_seq: Option<i64>,
+    pub after_seq: Option<u64>,
     /// Only the direct replies to this message.
     pub parent_id: Option<Uuid>,
 }
@@ -288,10 +288,10 @@ impl Engine {
         let mut low: u64 = 0;
         let mut high: u64 = count + 1;
         if let Some(after_seq) = query.after_seq {
-            low = low.max(u64::try_from(after_seq).unwrap_or(0));
+            low = low.max(after_seq);
         }
         if let Some(before_seq) = query.before_seq {
-            high = high.min(u64::try_from(before_seq).unwrap_or(0));
+            high = high.min(before_seq);
         }
         if let Some(after_ms) = query.after_ms {
             // Messages after `after_ms` start at the first seq stored later than it.
@@ -452,7 +452,7 @@ mod tests {
             );
             seen.extend(seqs(&page));
             match page.messages.last() {
-                Some(oldest) if page.has_more => before_seq = Some(oldest.seq as i64),
+                Some(oldest) if page.has_more => before_seq = Some(oldest.seq),
                 _ => break,
             }
         }
