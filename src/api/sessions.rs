@@ -554,16 +554,7 @@ mod tests {
     use crate::api::test_values::{json_value, object};
     use proptest::prelude::*;
 
-    fn policy() -> TimeoutPolicy {
-        TimeoutPolicy {
-            default_timeout_minutes: 30,
-            min_timeout_minutes: 5,
-            max_timeout_minutes: 1440,
-            default_max_duration_minutes: 720,
-            max_duration_limit_minutes: 2880,
-            default_warning_threshold_minutes: 5,
-        }
-    }
+    use crate::domain::session::test_support::policy;
 
     /// An object whose keys are mostly the timeout fields, with any values.
     fn timeout_object() -> impl Strategy<Value = JsonObject> {

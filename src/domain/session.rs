@@ -485,14 +485,13 @@ impl Session {
     }
 }
 
+/// The server's default policy, for the tests of what reads and applies it.
 #[cfg(test)]
-mod tests {
-    use super::*;
+pub(crate) mod test_support {
+    use super::TimeoutPolicy;
 
-    const MINUTE: Duration = Duration::from_secs(60);
-    const MS: Duration = Duration::from_millis(1);
-
-    fn policy() -> TimeoutPolicy {
+    /// The defaults and bounds `serve` starts with.
+    pub(crate) fn policy() -> TimeoutPolicy {
         TimeoutPolicy {
             default_timeout_minutes: 30,
             min_timeout_minutes: 5,
@@ -502,6 +501,16 @@ mod tests {
             default_warning_threshold_minutes: 5,
         }
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINUTE: Duration = Duration::from_secs(60);
+    const MS: Duration = Duration::from_millis(1);
+
+    use super::test_support::policy;
 
     fn config(timeout: u32, max: u32, warning: u32, auto_renew: bool) -> TimeoutConfig {
         TimeoutConfig {
