@@ -325,11 +325,49 @@ fn is_disk_full(error: &Error) -> bool {
     }
 }
 
-/// Makes sure the reserve file holds `bytes` of allocated space (none when 0).
-fn allocate_reserve(path: &Path, bytes: u64) -> std::io::Result<()> {
-    if bytes == 0 {
+/// Smallest reserve kept on a small file system: room for sled to reopen, which zeroes
+/// the rest of its last segment (512 KiB at most), twice over.
+const MIN_RESERVE: u64 = 1024 * 1024;
+
+/// The reserve for the file system holding `path`: at most `wanted`, and at most a
+/// sixteenth of the file system, so a small one is not taken up by it.
+fn reserve_size(path: &Path, wanted: u64) -> u64 {
+    match file_system_size(path) {
+        Some(total) => wanted.min((total / 16).max(MIN_RESERVE)),
+        None => wanted,
+    }
+}
+
+#[cfg(unix)]
+fn file_system_size(path: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    let mut stats = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: a NUL-terminated path and a buffer for one statvfs, filled on success.
+    if unsafe { libc::statvfs(path.as_ptr(), stats.as_mut_ptr()) } != 0 {
+        return None;
+    }
+    // SAFETY: statvfs returned 0, so it filled the buffer.
+    let stats = unsafe { stats.assume_init() };
+    #[allow(
+        clippy::useless_conversion,
+        reason = "the field types differ between platforms"
+    )]
+    Some(u64::from(stats.f_blocks).saturating_mul(u64::from(stats.f_frsize)))
+}
+
+#[cfg(not(unix))]
+fn file_system_size(_path: &Path) -> Option<u64> {
+    None
+}
+
+/// Makes sure the reserve file holds its share of allocated space (none when `wanted` is
+/// 0).
+fn allocate_reserve(path: &Path, wanted: u64) -> std::io::Result<()> {
+    if wanted == 0 {
         return Ok(());
     }
+    let bytes = reserve_size(path, wanted);
     let reserve = path.join(RESERVE_FILE);
     if std::fs::metadata(&reserve).is_ok_and(|found| found.len() >= bytes) {
         return Ok(());

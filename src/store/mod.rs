@@ -50,7 +50,8 @@ pub struct StoreOptions {
     /// sled's page cache budget in bytes; bounds resident memory.
     pub cache_capacity_bytes: u64,
     /// Disk space kept allocated in a file beside the store, given up when the disk is
-    /// full so that the store can reopen and go on serving reads; 0 keeps none.
+    /// full so that the store can reopen and go on serving reads; at most a sixteenth of
+    /// the file system (1 MiB at least); 0 keeps none.
     pub disk_reserve_bytes: u64,
 }
 

@@ -300,3 +300,37 @@ async fn a_server_started_on_a_full_disk_serves_reads_and_takes_writes_once_spac
     ledger.verify(&app).await;
     app.server.shutdown().await.expect("a clean shutdown");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_small_disk_keeps_a_reserve_it_can_afford_and_recovers_too() {
+    // 8 MiB: the reserve is a sixteenth of it (1 MiB at least), not its 16 MiB default.
+    let Some(disk) = Tmpfs::mount(8) else { return };
+    let app = serve_on(&disk.data_dir()).await;
+    let health = app.get("/sessions/health").await.expect(200);
+    assert_eq!(health["status"], "healthy", "{health}");
+    let mut ledger = Ledger::default();
+    let session = app.create_session().await;
+    for m in 0..20 {
+        let content = format!("before {m}");
+        assert_eq!(ledger.append(&app, &session.id, content).await, 201);
+    }
+
+    let filler = disk.fill();
+    let mut refused = false;
+    for attempt in 0..1000 {
+        let content = format!("while full {attempt} {}", "y".repeat(2000));
+        if ledger.append(&app, &session.id, content).await == 503 {
+            refused = true;
+            break;
+        }
+    }
+    assert!(refused, "the disk never filled up");
+    expect_degraded(&app).await;
+    ledger.verify(&app).await;
+
+    std::fs::remove_file(filler).expect("the filler can be removed");
+    await_healthy(&app).await;
+    assert_eq!(ledger.append(&app, &session.id, "after".into()).await, 201);
+    ledger.verify(&app).await;
+    app.server.shutdown().await.expect("a clean shutdown");
+}
