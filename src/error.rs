@@ -82,10 +82,11 @@ impl Error {
     /// Whether the store cannot serve this now (a disk failing or full, the store
     /// closing) rather than the request or the data being at fault: the API answers 503.
     pub fn is_unavailable(&self) -> bool {
-        matches!(
-            self,
-            Error::Io(_) | Error::Flush(_) | Error::Degraded(_) | Error::WriterStopped
-        )
+        match self {
+            Error::Io(_) | Error::Degraded(_) | Error::WriterStopped => true,
+            Error::Flush(cause) => cause.is_unavailable(),
+            _ => false,
+        }
     }
 
     /// The store in `path` is damaged: the storage engine panicked on it with `panic`.

@@ -106,6 +106,7 @@ pub async fn serve(
         let state = Arc::new(ConnectionState::new());
         next_id += 1;
         let (id, close) = (next_id, open.register(next_id, state.clone()));
+        let state_of_connection = state.clone();
         let io = TokioIo::new(IdleTimeout::new(stream, limits, state.clone()));
         let service = Tracked {
             inner: hyper_util::service::TowerToHyperService::new(warp::service(routes.clone())),
@@ -119,13 +120,23 @@ pub async fn serve(
         );
         let open = open.clone();
         connections.spawn(async move {
-            tokio::select! {
-                ended = connection => if let Err(error) = ended {
-                    tracing::debug!(%peer, %error, "connection ended with an error");
-                },
+            let mut connection = std::pin::pin!(connection);
+            let ended = tokio::select! {
+                biased;
+                ended = &mut connection => Some(ended),
                 () = close.cancelled() => {
-                    tracing::debug!(%peer, "closed a connection waiting for a request, to make room at the connection cap");
+                    // A request read whole since it was picked (its write may be under way)
+                    // is answered, not cut off; the new connection waits for another slot.
+                    if state_of_connection.phases().answering > 0 {
+                        Some(connection.await)
+                    } else {
+                        tracing::debug!(%peer, "closed a connection waiting for a request, to make room at the connection cap");
+                        None
+                    }
                 }
+            };
+            if let Some(Err(error)) = ended {
+                tracing::debug!(%peer, %error, "connection ended with an error");
             }
             open.forget(id);
             drop(slot);

@@ -110,9 +110,15 @@ impl Engine {
     }
 
     /// Flushes sled's buffers and syncs its files: what is committed is then on disk.
+    ///
+    /// # Errors
+    /// The flush's error as it is; a failed sync as [`Error::Flush`]: the data may be in
+    /// the page cache, readable, and still not on disk.
     pub(super) fn sync(&self) -> Result<()> {
         self.db.flush()?;
-        self.files.sync()
+        self.files
+            .sync()
+            .map_err(|error| Error::Flush(std::sync::Arc::new(error)))
     }
 }
 
@@ -160,8 +166,9 @@ impl StoreFiles {
 /// The disk reserve's file, in the data directory.
 const RESERVE_FILE: &str = "sessiond.reserve";
 
-/// How long a read waits for the engine while it is being reopened.
-const REOPEN_WAIT: Duration = Duration::from_secs(5);
+/// How long a read waits for the engine while it is being reopened: it holds a runtime
+/// thread meanwhile, so not long; past it the read answers 503.
+const REOPEN_WAIT: Duration = Duration::from_secs(1);
 
 /// How long a reopen waits for reads still holding the failed engine.
 const HOLDERS_WAIT: Duration = Duration::from_secs(5);
@@ -178,6 +185,8 @@ pub(super) struct EngineSlot {
 struct SlotState {
     /// `None` only while the engine is being reopened, or when reopening it failed.
     engine: Option<Arc<Engine>>,
+    /// Whether a reopen is under way: reads wait for it, briefly.
+    reopening: bool,
     /// Why writes are refused, while they are.
     degraded: Option<String>,
 }
@@ -206,6 +215,7 @@ impl EngineSlot {
             options: options.clone(),
             state: Mutex::new(SlotState {
                 engine: Some(Arc::new(engine)),
+                reopening: false,
                 degraded,
             }),
             reopened: Condvar::new(),
@@ -227,7 +237,9 @@ impl EngineSlot {
         let state = self.lock();
         let (state, _) = self
             .reopened
-            .wait_timeout_while(state, REOPEN_WAIT, |state| state.engine.is_none())
+            .wait_timeout_while(state, REOPEN_WAIT, |state| {
+                state.engine.is_none() && state.reopening
+            })
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         match &state.engine {
             Some(engine) => Ok(engine.clone()),
@@ -255,6 +267,7 @@ impl EngineSlot {
         let failed = {
             let mut state = self.lock();
             state.degraded = Some(reason);
+            state.reopening = true;
             state.engine.take()
         };
         release_reserve(&self.path);
@@ -291,20 +304,23 @@ impl EngineSlot {
     fn reopen(&self) -> Option<Arc<Engine>> {
         let opened = wait_for_release(&self.path, Instant::now() + HOLDERS_WAIT)
             .and_then(|()| Engine::open(&self.path, &self.options));
-        match opened {
+        let mut state = self.lock();
+        state.reopening = false;
+        let reopened = match opened {
             Ok(engine) => {
                 let engine = Arc::new(engine);
-                self.lock().engine = Some(engine.clone());
-                self.reopened.notify_all();
+                state.engine = Some(engine.clone());
                 Some(engine)
             }
             Err(error) => {
                 tracing::error!(%error, "reopening the store failed; trying again in a moment");
-                // Readers waiting for the engine answer now rather than at their deadline.
-                self.reopened.notify_all();
                 None
             }
-        }
+        };
+        drop(state);
+        // Readers waiting for the engine answer now: with it, or with a 503.
+        self.reopened.notify_all();
+        reopened
     }
 }
 

@@ -177,7 +177,10 @@ impl Store {
     /// # Errors
     /// Storage failures.
     pub(crate) async fn purge_messages(&self, session_id: Uuid) -> Result<()> {
-        while let Some(high) = self.engine()?.last_message_seq(session_id)? {
+        loop {
+            // Its own statement: the engine handle is dropped before the write is awaited.
+            let last = self.engine()?.last_message_seq(session_id)?;
+            let Some(high) = last else { break };
             let low = high.saturating_sub(MESSAGES_PER_PURGE_WRITE - 1).max(1);
             let work: Work<()> =
                 Box::new(move |ctx| ctx.tx.remove_messages(session_id, low..=high));

@@ -384,6 +384,8 @@ mod tests {
         assert!(flush.is_unavailable());
         assert!(std::error::Error::source(&flush).is_some());
         assert!(Error::WriterStopped.is_unavailable());
+        let broken_commit = Error::Flush(Arc::new(Error::Corrupt("a broken invariant".into())));
+        assert!(!broken_commit.is_unavailable());
         let unsupported = Error::from(sled::Error::Unsupported("x".into()));
         assert!(!unsupported.is_unavailable());
         assert!(std::error::Error::source(&unsupported).is_some());

@@ -360,7 +360,9 @@ impl WriterThread {
     /// After the batch from `first_event_id` failed to reach the disk: reopens the engine
     /// (writes are refused from now on) and reads back what the disk kept. sled keeps a
     /// transaction whole or not at all, so the batch is either there in full — then it is
-    /// durable once synced, and acknowledged — or not there at all, and refused.
+    /// durable once synced, and acknowledged — or not there at all, and refused. After a
+    /// failed sync the batch is refused either way: what the reopened engine reads may be
+    /// the page cache's copy, which the disk did not take.
     fn recover(&mut self, first_event_id: u64, failure: Error) -> Result<()> {
         let Some(engine) = self.engines.reopen_after(&failure) else {
             self.bus.discard_from(first_event_id);
@@ -373,7 +375,8 @@ impl WriterThread {
             .next()
             .is_some_and(|found| found.is_ok());
         self.continue_ids_of(&engine);
-        if kept && sync(&engine, &self.bus).is_ok() {
+        let synced_before = !matches!(failure, Error::Flush(_));
+        if kept && synced_before && sync(&engine, &self.bus).is_ok() {
             tracing::info!("the failed write batch was kept whole; it is acknowledged");
             return Ok(());
         }
@@ -414,8 +417,12 @@ fn commit(
     let mut batch: Vec<Option<Box<dyn Job>>> = batch.into_iter().map(Some).collect();
     let named = trees.named();
     let all: Vec<&sled::Tree> = named.iter().map(|(_, tree)| *tree).collect();
+    // The events and next id of the transaction's last whole run: what sled commits, or
+    // fails to commit and may still have kept (then recovery publishes them).
+    let last_run = RefCell::new((Vec::new(), *next_event_id));
     loop {
         let outcome = all.as_slice().transaction(|views| {
+            *last_run.borrow_mut() = (Vec::new(), *next_event_id);
             let tx = WriteTx::new(views);
             let mut next_id = *next_event_id;
             let mut written = Vec::new();
@@ -450,10 +457,12 @@ fn commit(
                     }
                 }
             }
-            Ok((written, next_id, changed))
+            *last_run.borrow_mut() = (written, next_id);
+            Ok(changed)
         });
         match outcome {
-            Ok((written, next_id, changed)) => {
+            Ok(changed) => {
+                let (written, next_id) = last_run.take();
                 *next_event_id = next_id;
                 bus.enqueue(written);
                 let to_answer = batch.into_iter().flatten().collect();
@@ -469,6 +478,9 @@ fn commit(
                 }
             }
             Err(TransactionError::Storage(error)) => {
+                let (written, next_id) = last_run.take();
+                *next_event_id = next_id;
+                bus.enqueue(written);
                 return Committed {
                     to_answer: batch.into_iter().flatten().collect(),
                     changed: true,
