@@ -12,7 +12,7 @@ use std::collections::HashSet;
 use std::ffi::OsString;
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
 
 use sled::transaction::TransactionalTree;
@@ -177,14 +177,16 @@ const HOLDERS_WAIT: Duration = Duration::from_secs(5);
 pub(super) struct EngineSlot {
     path: PathBuf,
     options: StoreOptions,
+    /// The engine: `None` only while it is being reopened, or when reopening it failed.
+    /// Every read takes it, so it is behind a read-write lock; it changes only under
+    /// `state`'s lock, which waiting readers hold while they check it.
+    current: RwLock<Option<Arc<Engine>>>,
     state: Mutex<SlotState>,
     /// Signalled when a reopened engine is in place.
     reopened: Condvar,
 }
 
 struct SlotState {
-    /// `None` only while the engine is being reopened, or when reopening it failed.
-    engine: Option<Arc<Engine>>,
     /// Whether a reopen is under way: reads wait for it, briefly.
     reopening: bool,
     /// Why writes are refused, while they are.
@@ -213,13 +215,32 @@ impl EngineSlot {
         Ok(EngineSlot {
             path: path.to_path_buf(),
             options: options.clone(),
+            current: RwLock::new(Some(Arc::new(engine))),
             state: Mutex::new(SlotState {
-                engine: Some(Arc::new(engine)),
                 reopening: false,
                 degraded,
             }),
             reopened: Condvar::new(),
         })
+    }
+
+    fn current(&self) -> Option<Arc<Engine>> {
+        // A single assignment under the lock: a poisoned lock still holds a whole value.
+        self.current
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Puts `engine` in place; the caller holds `state`'s lock.
+    fn set_current(&self, engine: Option<Arc<Engine>>) -> Option<Arc<Engine>> {
+        std::mem::replace(
+            &mut *self
+                .current
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+            engine,
+        )
     }
 
     fn lock(&self) -> MutexGuard<'_, SlotState> {
@@ -234,15 +255,18 @@ impl EngineSlot {
     /// # Errors
     /// [`Error::Degraded`] when no engine is open (reopening failed).
     pub(super) fn engine(&self) -> Result<Arc<Engine>> {
+        if let Some(engine) = self.current() {
+            return Ok(engine);
+        }
         let state = self.lock();
         let (state, _) = self
             .reopened
             .wait_timeout_while(state, REOPEN_WAIT, |state| {
-                state.engine.is_none() && state.reopening
+                self.current().is_none() && state.reopening
             })
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        match &state.engine {
-            Some(engine) => Ok(engine.clone()),
+        match self.current() {
+            Some(engine) => Ok(engine),
             None => Err(Error::Degraded(
                 state
                     .degraded
@@ -268,7 +292,7 @@ impl EngineSlot {
             let mut state = self.lock();
             state.degraded = Some(reason);
             state.reopening = true;
-            state.engine.take()
+            self.set_current(None)
         };
         release_reserve(&self.path);
         if let Some(failed) = failed {
@@ -287,7 +311,7 @@ impl EngineSlot {
     /// disk reserve; once both succeed, writes are taken again. Only the writer thread
     /// calls this. Returns whether writes are taken.
     pub(super) fn restore(&self) -> bool {
-        let closed = self.lock().engine.is_none();
+        let closed = self.current().is_none();
         if closed && self.reopen().is_none() {
             return false;
         }
@@ -309,7 +333,7 @@ impl EngineSlot {
         let reopened = match opened {
             Ok(engine) => {
                 let engine = Arc::new(engine);
-                state.engine = Some(engine.clone());
+                self.set_current(Some(engine.clone()));
                 Some(engine)
             }
             Err(error) => {
