@@ -6,21 +6,11 @@ use std::time::Duration;
 use serde_json::json;
 
 use crate::helpers::{
-    field_str, ids, millis, spawn_app, spawn_app_with_clock, sweep_at, Session, TestApp, MINUTE_MS,
+    field_str, ids, millis, spawn_app, spawn_app_with_clock, sweep_at, Api, MINUTE_MS,
 };
 
 const RETENTION: Duration = Duration::from_secs(60 * 60);
 const RETENTION_MS: u64 = 60 * MINUTE_MS;
-
-/// A 5-minute session without auto-renew, with the server's manual clock moved to the
-/// instant it expires.
-async fn expired_session(app: &TestApp) -> Session {
-    let session = app
-        .create_session_with_timeout(json!({"timeoutMinutes": 5, "autoRenew": false}))
-        .await;
-    app.set_clock(millis(&session.body["expiresAt"]));
-    session
-}
 
 /// The `SessionInfo` fields that do not depend on the clock.
 const STABLE_SESSION_FIELDS: [&str; 10] = [
@@ -194,7 +184,7 @@ async fn sweep_keeps_sessions_expired_within_retention_and_active_ones() {
     // Arrange
     let app = spawn_app_with_clock(|_| {}).await;
     let active = app.create_session().await;
-    let expired = expired_session(&app).await;
+    let expired = app.expired_session().await;
     app.append(&active.id, "still chatting").await;
 
     // Act: a sweep at the instant the expired session expired.
@@ -213,7 +203,7 @@ async fn sweep_keeps_sessions_expired_within_retention_and_active_ones() {
 async fn sweep_keeps_a_session_until_the_retention_has_passed() {
     // Arrange
     let app = spawn_app_with_clock(|_| {}).await;
-    let expired = expired_session(&app).await;
+    let expired = app.expired_session().await;
     let expires_at = millis(&expired.body["expiresAt"]);
 
     // Act
@@ -240,7 +230,7 @@ async fn swept_sessions_stay_gone_after_a_restart() {
     // Arrange
     let app = spawn_app_with_clock(|_| {}).await;
     let kept = app.create_session().await;
-    let expired = expired_session(&app).await;
+    let expired = app.expired_session().await;
     let removed = sweep_at(
         &app,
         millis(&expired.body["expiresAt"]) + RETENTION_MS + MINUTE_MS,

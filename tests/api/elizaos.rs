@@ -4,7 +4,7 @@
 
 use serde_json::{json, Value};
 
-use crate::helpers::{field_str, spawn_app, spawn_app_with_clock, Session, TestApp};
+use crate::helpers::{field_str, spawn_app, spawn_app_with_clock, Api, Session, TestApp};
 
 /// The metadata a message of `session` shows when it was sent with `{"lang": "en"}`.
 fn merged(session: &Session) -> Value {

@@ -8,7 +8,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::helpers::{
-    embedded_app, new_id, spawn_app, spawn_app_with, TestApp, API, API_KEY_HEADER,
+    embedded_app, new_id, spawn_app, spawn_app_with, Api, TestApp, API, API_KEY_HEADER,
     DEFAULT_MAX_BODY_BYTES,
 };
 

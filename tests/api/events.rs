@@ -21,7 +21,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::helpers::{
     field_str, field_u64, millis, new_id, spawn_app, spawn_app_allowing_instant_expiry,
-    spawn_app_with, spawn_app_with_clock, Session, TestApp, API, API_KEY_HEADER, MINUTE_MS, T0_MS,
+    spawn_app_with, spawn_app_with_clock, Api, Session, TestApp, API, API_KEY_HEADER, MINUTE_MS,
+    T0_MS,
 };
 
 #[allow(dead_code)] // its `main` only runs as the example

@@ -249,6 +249,16 @@ impl TestApp {
             .expect("looking for due notices in a healthy store succeeds")
     }
 
+    /// A 5-minute session without auto-renew, with the server's manual clock moved to the
+    /// instant it expires.
+    pub async fn expired_session(&self) -> Session {
+        let session = self
+            .create_session_with_timeout(json!({"timeoutMinutes": 5, "autoRenew": false}))
+            .await;
+        self.set_clock(millis(&session.body["expiresAt"]));
+        session
+    }
+
     /// The store behind the server (for sweeper tests).
     pub fn store(&self) -> &sessiond::store::Store {
         self.server.store()
@@ -316,53 +326,88 @@ impl TestApp {
             .body(body);
         self.send(builder).await
     }
+}
 
-    /// GET a path under `/api/messaging`.
-    pub async fn get(&self, path: &str) -> Reply {
-        self.send(self.api(Method::GET, path)).await
-    }
-
-    /// POST a JSON body to a path under `/api/messaging`.
-    pub async fn post(&self, path: &str, body: &Value) -> Reply {
-        self.send(self.api(Method::POST, path).json(body)).await
-    }
-
-    /// POST without a body (and without a Content-Type) to a path under `/api/messaging`.
-    pub async fn post_empty(&self, path: &str) -> Reply {
-        self.send(self.api(Method::POST, path)).await
-    }
-
-    /// POST a raw body with the given Content-Type (none when `None`).
-    pub async fn post_raw(&self, path: &str, content_type: Option<&str>, body: String) -> Reply {
-        let mut builder = self.api(Method::POST, path).body(body);
+impl Api for TestApp {
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        content_type: Option<&str>,
+        body: Option<String>,
+    ) -> Reply {
+        let mut builder = self.api(method, path);
         if let Some(content_type) = content_type {
             builder = builder.header(CONTENT_TYPE, content_type);
         }
+        if let Some(body) = body {
+            builder = builder.body(body);
+        }
         self.send(builder).await
+    }
+}
+
+/// The requests the tests send, through a real socket ([`TestApp`]) or through
+/// `warp::test` ([`EmbeddedApp`]): each sends [`Api::call`], the rest is written once here.
+#[allow(async_fn_in_trait, reason = "used by this test binary alone")]
+pub trait Api {
+    /// Sends `method` to a path under `/api/messaging`, with `body` (when given) of the
+    /// given Content-Type (none when `None`), and reads the whole response.
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        content_type: Option<&str>,
+        body: Option<String>,
+    ) -> Reply;
+
+    /// GET a path under `/api/messaging`.
+    async fn get(&self, path: &str) -> Reply {
+        self.call(Method::GET, path, None, None).await
+    }
+
+    /// POST a JSON body to a path under `/api/messaging`.
+    async fn post(&self, path: &str, body: &Value) -> Reply {
+        self.post_raw(path, Some("application/json"), body.to_string())
+            .await
+    }
+
+    /// POST without a body (and without a Content-Type) to a path under `/api/messaging`.
+    async fn post_empty(&self, path: &str) -> Reply {
+        self.call(Method::POST, path, None, None).await
+    }
+
+    /// POST a raw body with the given Content-Type (none when `None`).
+    async fn post_raw(&self, path: &str, content_type: Option<&str>, body: String) -> Reply {
+        self.call(Method::POST, path, content_type, Some(body))
+            .await
     }
 
     /// PATCH a JSON body to a path under `/api/messaging`.
-    pub async fn patch(&self, path: &str, body: &Value) -> Reply {
-        self.send(self.api(Method::PATCH, path).json(body)).await
+    async fn patch(&self, path: &str, body: &Value) -> Reply {
+        let body = Some(body.to_string());
+        self.call(Method::PATCH, path, Some("application/json"), body)
+            .await
     }
 
     /// DELETE a path under `/api/messaging`.
-    pub async fn delete(&self, path: &str) -> Reply {
-        self.send(self.api(Method::DELETE, path)).await
+    async fn delete(&self, path: &str) -> Reply {
+        self.call(Method::DELETE, path, None, None).await
     }
 
     /// POST /sessions with the given body as is.
-    pub async fn try_create_session(&self, body: &Value) -> Reply {
+    async fn try_create_session(&self, body: &Value) -> Reply {
         self.post("/sessions", body).await
     }
 
     /// Creates a session for a fresh agent and user; asserts 201.
-    pub async fn create_session(&self) -> Session {
+    async fn create_session(&self) -> Session {
         self.create_session_with(json!({})).await
     }
 
-    /// Creates a session from fresh agentId/userId overridden by the fields of `extra`; asserts 201.
-    pub async fn create_session_with(&self, extra: Value) -> Session {
+    /// Creates a session from fresh agentId/userId overridden by the fields of `extra`;
+    /// asserts 201.
+    async fn create_session_with(&self, extra: Value) -> Session {
         let mut body = json!({"agentId": new_id(), "userId": new_id()});
         if let (Some(target), Value::Object(fields)) = (body.as_object_mut(), extra) {
             target.extend(fields);
@@ -377,36 +422,37 @@ impl TestApp {
     }
 
     /// Creates a session with the given partial timeoutConfig; asserts 201.
-    pub async fn create_session_with_timeout(&self, timeout_config: Value) -> Session {
+    async fn create_session_with_timeout(&self, timeout_config: Value) -> Session {
         self.create_session_with(json!({ "timeoutConfig": timeout_config }))
             .await
     }
 
     /// GET /sessions/{id}.
-    pub async fn get_session(&self, id: &str) -> Reply {
+    async fn get_session(&self, id: &str) -> Reply {
         self.get(&format!("/sessions/{id}")).await
     }
 
     /// GET /sessions?{query}.
-    pub async fn list_sessions(&self, query: &str) -> Reply {
+    async fn list_sessions(&self, query: &str) -> Reply {
         self.get(&format!("/sessions?{query}")).await
     }
 
     /// POST /sessions/{id}/messages with the given body.
-    pub async fn post_message(&self, session_id: &str, body: &Value) -> Reply {
+    async fn post_message(&self, session_id: &str, body: &Value) -> Reply {
         self.post(&format!("/sessions/{session_id}/messages"), body)
             .await
     }
 
-    /// Appends a message with default author and parent; asserts 201 and returns the message.
-    pub async fn append(&self, session_id: &str, content: &str) -> Value {
+    /// Appends a message with default author and parent; asserts 201 and returns the
+    /// message.
+    async fn append(&self, session_id: &str, content: &str) -> Value {
         self.post_message(session_id, &json!({ "content": content }))
             .await
             .expect(201)
     }
 
     /// Appends `count` messages one after another, contents "message 1", "message 2", ...
-    pub async fn append_many(&self, session_id: &str, count: usize) -> Vec<Value> {
+    async fn append_many(&self, session_id: &str, count: usize) -> Vec<Value> {
         let mut messages = Vec::with_capacity(count);
         for n in 1..=count {
             messages.push(self.append(session_id, &format!("message {n}")).await);
@@ -415,31 +461,31 @@ impl TestApp {
     }
 
     /// GET /sessions/{id}/messages?{query}.
-    pub async fn list_messages(&self, session_id: &str, query: &str) -> Reply {
+    async fn list_messages(&self, session_id: &str, query: &str) -> Reply {
         self.get(&format!("/sessions/{session_id}/messages?{query}"))
             .await
     }
 
     /// POST /sessions/{id}/renew (no body).
-    pub async fn renew(&self, session_id: &str) -> Reply {
+    async fn renew(&self, session_id: &str) -> Reply {
         self.post_empty(&format!("/sessions/{session_id}/renew"))
             .await
     }
 
     /// POST /sessions/{id}/heartbeat (no body).
-    pub async fn heartbeat(&self, session_id: &str) -> Reply {
+    async fn heartbeat(&self, session_id: &str) -> Reply {
         self.post_empty(&format!("/sessions/{session_id}/heartbeat"))
             .await
     }
 
     /// PATCH /sessions/{id}/timeout.
-    pub async fn patch_timeout(&self, session_id: &str, body: &Value) -> Reply {
+    async fn patch_timeout(&self, session_id: &str, body: &Value) -> Reply {
         self.patch(&format!("/sessions/{session_id}/timeout"), body)
             .await
     }
 
     /// DELETE /sessions/{id}.
-    pub async fn delete_session(&self, session_id: &str) -> Reply {
+    async fn delete_session(&self, session_id: &str) -> Reply {
         self.delete(&format!("/sessions/{session_id}")).await
     }
 }
@@ -615,10 +661,8 @@ pub async fn embedded_app() -> EmbeddedApp {
     }
 }
 
-impl EmbeddedApp {
-    /// Sends a request to a path under `/api/messaging`, with a body of the given Content-Type
-    /// (none when `None`) when `body` is given, and reads the whole response.
-    pub async fn call(
+impl Api for EmbeddedApp {
+    async fn call(
         &self,
         method: Method,
         path: &str,
@@ -645,109 +689,5 @@ impl EmbeddedApp {
             text,
             body,
         }
-    }
-
-    /// GET a path under `/api/messaging`.
-    pub async fn get(&self, path: &str) -> Reply {
-        self.call(Method::GET, path, None, None).await
-    }
-
-    /// POST a JSON body to a path under `/api/messaging`.
-    pub async fn post(&self, path: &str, body: &Value) -> Reply {
-        self.post_raw(path, Some("application/json"), body.to_string())
-            .await
-    }
-
-    /// POST a raw body with the given Content-Type (none when `None`).
-    pub async fn post_raw(&self, path: &str, content_type: Option<&str>, body: String) -> Reply {
-        self.call(Method::POST, path, content_type, Some(body))
-            .await
-    }
-
-    /// PATCH a JSON body to a path under `/api/messaging`.
-    pub async fn patch(&self, path: &str, body: &Value) -> Reply {
-        self.call(
-            Method::PATCH,
-            path,
-            Some("application/json"),
-            Some(body.to_string()),
-        )
-        .await
-    }
-
-    /// POST /sessions with the given body as is.
-    pub async fn try_create_session(&self, body: &Value) -> Reply {
-        self.post("/sessions", body).await
-    }
-
-    /// Creates a session for a fresh agent and user; asserts 201.
-    pub async fn create_session(&self) -> Session {
-        let created = self
-            .try_create_session(&json!({"agentId": new_id(), "userId": new_id()}))
-            .await
-            .expect(201);
-        Session {
-            id: field_str(&created, "sessionId").to_owned(),
-            agent_id: field_str(&created, "agentId").to_owned(),
-            user_id: field_str(&created, "userId").to_owned(),
-            body: created,
-        }
-    }
-
-    /// GET /sessions/{id}.
-    pub async fn get_session(&self, id: &str) -> Reply {
-        self.get(&format!("/sessions/{id}")).await
-    }
-
-    /// GET /sessions?{query}.
-    pub async fn list_sessions(&self, query: &str) -> Reply {
-        self.get(&format!("/sessions?{query}")).await
-    }
-
-    /// POST /sessions/{id}/messages with the given body.
-    pub async fn post_message(&self, session_id: &str, body: &Value) -> Reply {
-        self.post(&format!("/sessions/{session_id}/messages"), body)
-            .await
-    }
-
-    /// GET /sessions/{id}/messages?{query}.
-    pub async fn list_messages(&self, session_id: &str, query: &str) -> Reply {
-        self.get(&format!("/sessions/{session_id}/messages?{query}"))
-            .await
-    }
-
-    /// Appends `count` messages one after another, contents "message 1", "message 2", ...;
-    /// asserts 201 for each.
-    pub async fn append_many(&self, session_id: &str, count: usize) -> Vec<Value> {
-        let mut messages = Vec::with_capacity(count);
-        for n in 1..=count {
-            let body = json!({ "content": format!("message {n}") });
-            messages.push(self.post_message(session_id, &body).await.expect(201));
-        }
-        messages
-    }
-
-    /// POST /sessions/{id}/renew (no body).
-    pub async fn renew(&self, session_id: &str) -> Reply {
-        let path = format!("/sessions/{session_id}/renew");
-        self.call(Method::POST, &path, None, None).await
-    }
-
-    /// POST /sessions/{id}/heartbeat (no body).
-    pub async fn heartbeat(&self, session_id: &str) -> Reply {
-        let path = format!("/sessions/{session_id}/heartbeat");
-        self.call(Method::POST, &path, None, None).await
-    }
-
-    /// PATCH /sessions/{id}/timeout.
-    pub async fn patch_timeout(&self, session_id: &str, body: &Value) -> Reply {
-        self.patch(&format!("/sessions/{session_id}/timeout"), body)
-            .await
-    }
-
-    /// DELETE /sessions/{id}.
-    pub async fn delete_session(&self, session_id: &str) -> Reply {
-        let path = format!("/sessions/{session_id}");
-        self.call(Method::DELETE, &path, None, None).await
     }
 }

@@ -9,7 +9,7 @@ use tokio::task::JoinSet;
 
 use crate::helpers::{
     embedded_app, field_str, field_u64, millis, new_id, spawn_app,
-    spawn_app_allowing_instant_expiry, spawn_app_with_clock, sweep_at, wait_for_clock_past,
+    spawn_app_allowing_instant_expiry, spawn_app_with_clock, sweep_at, wait_for_clock_past, Api,
     Session, TestApp, MINUTE_MS, T0_MS,
 };
 
@@ -546,16 +546,6 @@ async fn deleted_session_and_its_messages_are_gone() {
 // ---------------------------------------------------------------------------------------------
 // Expired sessions
 
-/// A 5-minute session without auto-renew, with the server's manual clock moved to the
-/// instant it expires.
-async fn expired_session(app: &TestApp) -> Session {
-    let session = app
-        .create_session_with_timeout(json!({"timeoutMinutes": 5, "autoRenew": false}))
-        .await;
-    app.set_clock(millis(&session.body["expiresAt"]));
-    session
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn session_is_usable_until_its_last_millisecond_and_expired_at_expires_at() {
     // Arrange
@@ -611,7 +601,7 @@ async fn session_with_a_zero_timeout_is_expired_at_once() {
 async fn expired_session_answers_410_on_every_route_naming_id_and_expiry() {
     // Arrange
     let app = spawn_app_with_clock(|_| {}).await;
-    let session = expired_session(&app).await;
+    let session = app.expired_session().await;
     let id = &session.id;
     let expires_at = field_str(&session.body, "expiresAt");
     let message_id = new_id();
@@ -670,7 +660,7 @@ async fn expired_session_answers_410_on_every_route_naming_id_and_expiry() {
 async fn expired_session_can_still_be_deleted() {
     // Arrange
     let app = spawn_app_with_clock(|_| {}).await;
-    let session = expired_session(&app).await;
+    let session = app.expired_session().await;
 
     // Act
     let body = app.delete_session(&session.id).await.expect(200);
@@ -690,7 +680,7 @@ async fn expired_session_can_still_be_deleted() {
 async fn expired_session_is_404_once_swept() {
     // Arrange
     let app = spawn_app_with_clock(|_| {}).await;
-    let session = expired_session(&app).await;
+    let session = app.expired_session().await;
     let retention = Duration::from_secs(60 * 60);
     let expires_at = millis(&session.body["expiresAt"]);
 
@@ -713,7 +703,7 @@ async fn expired_session_is_404_once_swept() {
 async fn session_info_of_an_expired_session_lists_no_time_left() {
     // Arrange
     let app = spawn_app_with_clock(|_| {}).await;
-    let session = expired_session(&app).await;
+    let session = app.expired_session().await;
 
     // Act
     let listing = app.list_sessions("status=expired").await.expect(200);

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use reqwest::Method;
 use serde_json::{json, Value};
 
-use crate::helpers::{spawn_app, spawn_app_with, API};
+use crate::helpers::{spawn_app, spawn_app_with, Api, API};
 
 /// Reads until the server closes the connection (or `limit` passes); returns what it sent
 /// and how long that took.

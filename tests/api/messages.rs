@@ -9,7 +9,7 @@ use uuid::Uuid;
 
 use crate::helpers::{
     assert_canonical_uuid, embedded_app, field_str, field_u64, ids, millis, new_id, seqs,
-    spawn_app, spawn_app_with_clock, MINUTE_MS, T0_MS,
+    spawn_app, spawn_app_with_clock, Api, MINUTE_MS, T0_MS,
 };
 
 const MESSAGE_FIELDS: [&str; 10] = [

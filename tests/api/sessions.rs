@@ -7,7 +7,8 @@ use serde_json::{json, Value};
 
 use crate::helpers::{
     assert_canonical_uuid, create_many_sessions, embedded_app, field_str, field_u64, millis,
-    new_id, spawn_app, spawn_app_allowing_instant_expiry, spawn_app_with_clock, MINUTE_MS, T0_MS,
+    new_id, spawn_app, spawn_app_allowing_instant_expiry, spawn_app_with_clock, Api, MINUTE_MS,
+    T0_MS,
 };
 
 const SESSION_INFO_FIELDS: [&str; 12] = [
