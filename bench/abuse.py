@@ -424,19 +424,24 @@ def flood_silent(pipe, addr, n, give_up):
     while len(closed) < n and time.monotonic() < begun + give_up:
         for key, _ in sel.select(timeout=0.2):
             i, opened = key.data
-            try:
-                data = key.fileobj.recv(65536)
-            except OSError:
-                data = b""
-            if data:
-                if i not in answered:
-                    answered.add(i)
-                    answers[describe_answer(data)] += 1
+            if note_answer(key.fileobj, i, answered, answers):
                 continue
             closed.append(time.monotonic() - opened)
             sel.unregister(key.fileobj)
             key.fileobj.close()
     pipe.send({"closed_after": sorted(closed), "still_open": n - len(closed), "answers": dict(answers)})
+
+
+def note_answer(sock, i, answered, answers):
+    """Reads what a flood socket got; counts the first answer on each. False once closed."""
+    try:
+        data = sock.recv(65536)
+    except OSError:
+        data = b""
+    if data and i not in answered:
+        answered.add(i)
+        answers[describe_answer(data)] += 1
+    return bool(data)
 
 
 def flood_slow_body(pipe, addr, n, path, length, drip_every, give_up):
@@ -465,14 +470,7 @@ def flood_slow_body(pipe, addr, n, path, length, drip_every, give_up):
         now = time.monotonic()
         for key, _ in sel.select(timeout=max(0.0, min(next_drip, begun + give_up) - now)):
             i, opened = key.data
-            try:
-                data = key.fileobj.recv(65536)
-            except OSError:
-                data = b""
-            if data:
-                if i not in answered:
-                    answered.add(i)
-                    answers[describe_answer(data)] += 1
+            if note_answer(key.fileobj, i, answered, answers):
                 continue
             close(key.fileobj, i, opened)
         if time.monotonic() >= next_drip:

@@ -94,6 +94,9 @@ trees! {
 pub(super) struct Engine {
     pub(super) db: sled::Db,
     pub(super) trees: Trees,
+    /// The trees a write batch's transaction spans, in [`Trees::named`] order (the
+    /// order [`WriteTx::new`] reads them in).
+    pub(super) batch_trees: Vec<Tree>,
     pub(super) files: StoreFiles,
 }
 
@@ -106,7 +109,17 @@ impl Engine {
             blobs: path.join("blobs"),
             synced_blobs: Mutex::new(HashSet::new()),
         };
-        Ok(Engine { db, trees, files })
+        let batch_trees = trees
+            .named()
+            .into_iter()
+            .map(|(_, tree)| tree.clone())
+            .collect();
+        Ok(Engine {
+            db,
+            trees,
+            batch_trees,
+            files,
+        })
     }
 
     /// Flushes sled's buffers and syncs its files: what is committed is then on disk.

@@ -21,7 +21,7 @@ use sled::Transactional;
 use tokio::sync::oneshot;
 use uuid::Uuid;
 
-use super::engine::{Engine, EngineSlot, Trees, WriteTx};
+use super::engine::{Engine, EngineSlot, WriteTx};
 use super::events::{EventBus, EventLog};
 use super::write_ops::WriteOps;
 use super::{broken, keys, refuse, Failure, TxResult};
@@ -332,7 +332,12 @@ impl WriterThread {
         let started = Instant::now();
         let writes = batch.len();
         let first_event_id = self.next_event_id;
-        let committed = commit(&engine.trees, &self.bus, &mut self.next_event_id, batch);
+        let committed = commit(
+            &engine.batch_trees,
+            &self.bus,
+            &mut self.next_event_id,
+            batch,
+        );
         let elapsed = started.elapsed();
         let durable = match committed.failure {
             Some(error) => Err(error),
@@ -409,19 +414,17 @@ struct Committed {
 /// with its error and the transaction runs again without it, so no write sees another's
 /// uncommitted changes that end up discarded.
 fn commit(
-    trees: &Trees,
+    trees: &[sled::Tree],
     bus: &EventBus,
     next_event_id: &mut u64,
     batch: Vec<Box<dyn Job>>,
 ) -> Committed {
     let mut batch: Vec<Option<Box<dyn Job>>> = batch.into_iter().map(Some).collect();
-    let named = trees.named();
-    let all: Vec<&sled::Tree> = named.iter().map(|(_, tree)| *tree).collect();
     // The events and next id of the transaction's last whole run: what sled commits, or
     // fails to commit and may still have kept (then recovery publishes them).
     let last_run = RefCell::new((Vec::new(), *next_event_id));
     loop {
-        let outcome = all.as_slice().transaction(|views| {
+        let outcome = trees.transaction(|views| {
             *last_run.borrow_mut() = (Vec::new(), *next_event_id);
             let tx = WriteTx::new(views);
             let mut next_id = *next_event_id;
