@@ -394,7 +394,7 @@ async fn measure(dir: &Path, seconds: Duration) -> Result<Measured, BoxError> {
     // Past the short sessions' expiry, a sweep removes them while appends go on. It is the
     // sweeper's own `sweep_once`, called here: the server's loop holds deletions after a
     // jump of the wall clock, and moving this clock ahead is one.
-    let total_before = server.store().counts(clock.now())?.total;
+    let total_before = server.store().counts(clock.now()).await?.total;
     clock.set(t0 + (SHORT_TIMEOUT_MINUTES + 5) * MINUTE);
     let sweep_started = Instant::now();
     let store = server.store();
@@ -413,7 +413,7 @@ async fn measure(dir: &Path, seconds: Duration) -> Result<Measured, BoxError> {
     .await;
     measured.sweep_seconds = sweep_started.elapsed().as_secs_f64();
     sweep.await??;
-    measured.swept_sessions = total_before - store.counts(clock.now())?.total;
+    measured.swept_sessions = total_before - store.counts(clock.now()).await?.total;
     measured
         .runs
         .push(during.named("POST /sessions/{id}/messages (sweeping)"));

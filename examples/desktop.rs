@@ -11,13 +11,12 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use futures_util::StreamExt;
 use serde_json::{json, Value};
 use sessiond::app::Sessiond;
 use sessiond::config::ServeConfig;
-use sessiond::domain::{EventData, EventFilter, NewMessage, SystemClock};
+use sessiond::domain::{EventData, EventFilter, NewMessage};
 use uuid::Uuid;
 use warp::Filter;
 
@@ -77,10 +76,7 @@ pub async fn run(data_dir: PathBuf) -> Result<Summary, Box<dyn std::error::Error
                 metadata_json: "{}".into(),
                 attachments: Vec::new(),
             };
-            if let Err(error) = store
-                .append_message(message.session_id, reply, Arc::new(SystemClock))
-                .await
-            {
+            if let Err(error) = store.append_message(message.session_id, reply).await {
                 eprintln!("the agent could not answer: {error}");
             }
         }

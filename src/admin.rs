@@ -72,7 +72,11 @@ pub fn render_check(data_dir: &Path, report: &CheckReport) -> String {
 pub fn stats(data_dir: &Path) -> Result<String> {
     let store = open_existing(data_dir)?;
     let (counts, trees) = reading_damage(data_dir, || {
-        Ok((store.counts(Timestamp::now())?, store.tree_stats()?))
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let counts = runtime.block_on(store.counts(Timestamp::now()))?;
+        Ok((counts, store.tree_stats()?))
     })?;
     let on_disk = store.size_on_disk()?;
     store.close()?;

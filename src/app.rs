@@ -65,10 +65,11 @@ impl Sessiond {
                 ..StoreOptions::default()
             },
         );
-        let store = tokio::task::spawn_blocking(move || Store::open(&path, &options))
-            .await
-            .map_err(|e| Error::Io(std::io::Error::other(e)))??;
-        let state = AppState::new(store.clone(), config, clock.clone());
+        let store =
+            tokio::task::spawn_blocking(move || Store::open_with_clock(&path, &options, clock))
+                .await
+                .map_err(|e| Error::Io(std::io::Error::other(e)))??;
+        let state = AppState::new(store.clone(), config);
         let schedule = sweeper::SweepSchedule {
             interval: config.sweep_interval(),
             expired_retention: config.expired_retention(),
@@ -76,7 +77,6 @@ impl Sessiond {
         };
         let sweeper = tokio::spawn(sweeper::run_until_stopped(
             store.clone(),
-            clock.clone(),
             schedule,
             state.shutdown.clone(),
         ));
@@ -84,7 +84,6 @@ impl Sessiond {
         // expired session still kept.
         let notifier = tokio::spawn(notifier::run_until_stopped(
             store,
-            clock,
             config.expired_retention(),
             state.shutdown.clone(),
         ));

@@ -5,13 +5,12 @@
 //! warning window, a PATCH that leaves it expired); this task handles deadlines that pass
 //! later, found through the warning and expiry indexes.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
 use tokio_util::sync::CancellationToken;
 
-use crate::domain::{Clock, Timestamp};
+use crate::domain::Timestamp;
 use crate::error::Result;
 use crate::store::{Store, BACKGROUND_WRITES};
 
@@ -26,16 +25,11 @@ const OVERLAP: Duration = Duration::from_secs(2);
 ///
 /// # Errors
 /// Storage failures.
-pub async fn notify_due_once(
-    store: &Store,
-    clock: &Arc<dyn Clock>,
-    from: Timestamp,
-    to: Timestamp,
-) -> Result<usize> {
-    let due = store.sessions_with_deadlines_between(from, to)?;
+pub async fn notify_due_once(store: &Store, from: Timestamp, to: Timestamp) -> Result<usize> {
+    let due = store.sessions_with_deadlines_between(from, to).await?;
     // Concurrent, so that many notices share each write batch.
     let mut recorded = futures_util::stream::iter(due)
-        .map(|session_id| store.record_due_notices(session_id, clock.clone()))
+        .map(|session_id| store.record_due_notices(session_id))
         .buffer_unordered(BACKGROUND_WRITES);
     let mut noticed = 0;
     while let Some(outcome) = recorded.next().await {
@@ -47,17 +41,14 @@ pub async fn notify_due_once(
 }
 
 /// Looks for due deadlines every [`POLL_INTERVAL`] until `shutdown`. The first look reaches
-/// back `catch_up`, for notices that fell due while the server was down.
-pub async fn run_until_stopped(
-    store: Store,
-    clock: Arc<dyn Clock>,
-    catch_up: Duration,
-    shutdown: CancellationToken,
-) {
+/// back `catch_up`, for notices that fell due while the server was down. Time is the
+/// store's clock.
+pub async fn run_until_stopped(store: Store, catch_up: Duration, shutdown: CancellationToken) {
+    let clock = store.clock().clone();
     let mut looked_through = clock.now() - catch_up;
     loop {
         let (from, to) = (looked_through - OVERLAP, clock.now());
-        match notify_due_once(&store, &clock, from, to).await {
+        match notify_due_once(&store, from, to).await {
             Ok(_) => looked_through = to,
             Err(error) => tracing::error!(%error, "looking for due notices failed; retrying"),
         }

@@ -6,7 +6,7 @@ use futures_util::StreamExt;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::domain::{Clock, ClockVerdict, ClockWatch, Timestamp};
+use crate::domain::{ClockVerdict, ClockWatch, Timestamp};
 use crate::error::Result;
 use crate::store::{Store, BACKGROUND_WRITES};
 
@@ -33,16 +33,15 @@ pub async fn sweep_once(
     now: Timestamp,
     retention: Duration,
 ) -> Result<SweepOutcome> {
-    let mut outcome = SweepOutcome::default();
-    for session_id in store.pending_purges()? {
-        store.purge_messages(session_id).await?;
-        outcome.resumed_purges += 1;
-    }
+    let mut outcome = SweepOutcome {
+        resumed_purges: store.finish_deletions().await?,
+        ..SweepOutcome::default()
+    };
     // Expired "more than `retention` ago": expiresAt < now - retention.
     let cutoff = now - retention;
     let last_due = cutoff - Duration::from_micros(1);
     loop {
-        let due = store.sessions_expired_by(last_due, BATCH)?;
+        let due = store.sessions_expired_by(last_due, BATCH).await?;
         // Re-checked inside the delete, in case the entry moved meanwhile.
         let ids: Vec<Uuid> = due.iter().map(|&(_, id)| id).collect();
         let mut deletes = futures_util::stream::iter(ids)
@@ -95,13 +94,9 @@ pub struct SweepSchedule {
 
 /// Sweeps every `schedule.interval` until `shutdown` is cancelled. A failed sweep is logged
 /// and the loop goes on. While the wall clock disagrees with the monotonic clock (it
-/// jumped; see [`ClockWatch`]) nothing is deleted.
-pub async fn run_until_stopped(
-    store: Store,
-    clock: std::sync::Arc<dyn Clock>,
-    schedule: SweepSchedule,
-    shutdown: CancellationToken,
-) {
+/// jumped; see [`ClockWatch`]) nothing is deleted. Time is the store's clock.
+pub async fn run_until_stopped(store: Store, schedule: SweepSchedule, shutdown: CancellationToken) {
+    let clock = store.clock().clone();
     let mut ticks = tokio::time::interval(schedule.interval);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let started = tokio::time::Instant::now();
@@ -130,11 +125,11 @@ pub async fn run_until_stopped(
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
     use super::*;
-    use crate::domain::{EventFilter, ManualClock, NewMessage, Session};
-    use crate::store::test_support::{appended, session_at, temp_store, text_message};
+    use crate::domain::{EventFilter, NewMessage, Session};
+    use crate::store::test_support::{
+        appended, clocked_store, session_at, temp_store, text_message,
+    };
 
     const T0: Timestamp = Timestamp::from_millis(1_795_255_200_000);
     const MINUTE: Duration = Duration::from_secs(60);
@@ -149,14 +144,13 @@ mod tests {
 
     #[tokio::test]
     async fn sweep_removes_only_sessions_expired_longer_than_the_retention() {
-        let (store, _dir) = temp_store();
-        let clock = Arc::new(ManualClock::new(T0));
+        let (store, _clock, _dir) = clocked_store(T0);
         let short = session(10, T0);
         let long = session(100, T0);
         store.create_session(short.clone()).await.unwrap();
         store.create_session(long.clone()).await.unwrap();
-        appended(&store, short.id, message("hi"), &clock).await;
-        let short_message = appended(&store, short.id, message("there"), &clock).await;
+        appended(&store, short.id, message("hi")).await;
+        let short_message = appended(&store, short.id, message("there")).await;
         // `short` expires at T0 + 10 min; with 60 min retention it goes at T0 + 70 min.
         let retention = 60 * MINUTE;
 
@@ -165,7 +159,7 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(exactly.removed_sessions, 0);
-        assert!(store.session(short.id).unwrap().is_some());
+        assert!(store.session(short.id).await.unwrap().is_some());
 
         let due = sweep_once(
             &store,
@@ -175,10 +169,14 @@ mod tests {
         .await
         .unwrap();
         assert_eq!(due.removed_sessions, 1);
-        assert!(store.session(short.id).unwrap().is_none());
-        assert!(store.message(short.id, short_message.id).unwrap().is_none());
-        assert!(store.session(long.id).unwrap().is_some());
-        let counts = store.counts(T0 + 70 * MINUTE).unwrap();
+        assert!(store.session(short.id).await.unwrap().is_none());
+        assert!(store
+            .message(short.id, short_message.id)
+            .await
+            .unwrap()
+            .is_none());
+        assert!(store.session(long.id).await.unwrap().is_some());
+        let counts = store.counts(T0 + 70 * MINUTE).await.unwrap();
         assert_eq!((counts.total, counts.active), (1, 1));
     }
 
@@ -192,7 +190,7 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(outcome.removed_sessions, BATCH + 10);
-        assert_eq!(store.counts(T0 + 10 * MINUTE).unwrap().total, 0);
+        assert_eq!(store.counts(T0 + 10 * MINUTE).await.unwrap().total, 0);
     }
 
     /// Whether `id` is still stored after the loop has had `patience` of real time to act:
@@ -202,7 +200,7 @@ mod tests {
         let deadline = std::time::Instant::now() + patience;
         while std::time::Instant::now() < deadline {
             tokio::task::yield_now().await;
-            if store.session(id).unwrap().is_none() {
+            if store.session(id).await.unwrap().is_none() {
                 return false;
             }
             std::thread::sleep(Duration::from_millis(5));
@@ -217,19 +215,14 @@ mod tests {
     }
 
     impl RunningLoop {
-        fn start(store: &Store, clock: &Arc<ManualClock>) -> Self {
+        fn start(store: &Store) -> Self {
             let shutdown = CancellationToken::new();
             let schedule = SweepSchedule {
                 interval: MINUTE,
                 expired_retention: Duration::ZERO,
                 event_retention: Duration::from_secs(3600),
             };
-            let task = tokio::spawn(run_until_stopped(
-                store.clone(),
-                clock.clone(),
-                schedule,
-                shutdown.clone(),
-            ));
+            let task = tokio::spawn(run_until_stopped(store.clone(), schedule, shutdown.clone()));
             RunningLoop { task, shutdown }
         }
 
@@ -257,12 +250,11 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn the_loop_sweeps_on_its_interval_and_stops_when_told() {
-        let (store, _dir) = temp_store();
-        let clock = Arc::new(ManualClock::new(T0));
+        let (store, clock, _dir) = clocked_store(T0);
         // Expires 10 s after the loop starts; the wall clock keeps pace with the monotonic.
         let doomed = session(5, T0 - 5 * MINUTE + Duration::from_secs(10));
         store.create_session(doomed.clone()).await.unwrap();
-        let sweeper = RunningLoop::start(&store, &clock);
+        let sweeper = RunningLoop::start(&store);
         // The first sweep runs at once and finds nothing expired.
         assert!(still_stored_after(&store, doomed.id, MOMENT).await);
 
@@ -285,11 +277,10 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn the_loop_deletes_nothing_while_the_wall_clock_has_jumped() {
-        let (store, _dir) = temp_store();
-        let clock = Arc::new(ManualClock::new(T0));
+        let (store, clock, _dir) = clocked_store(T0);
         let doomed = session(5, T0);
         store.create_session(doomed.clone()).await.unwrap();
-        let sweeper = RunningLoop::start(&store, &clock);
+        let sweeper = RunningLoop::start(&store);
         assert!(still_stored_after(&store, doomed.id, MOMENT).await);
 
         // Two days ahead for a moment: the session looks long expired, and is kept.
@@ -312,33 +303,33 @@ mod tests {
 
     #[tokio::test]
     async fn trimming_keeps_only_the_newest_old_record_and_recent_events() {
-        let (store, _dir) = temp_store();
-        let clock = Arc::new(ManualClock::new(T0));
+        let (store, clock, _dir) = clocked_store(T0);
         let old = session(60, T0);
         store.create_session(old.clone()).await.unwrap();
         for i in 0..70 {
-            appended(&store, old.id, message(&format!("m{i}")), &clock).await;
+            appended(&store, old.id, message(&format!("m{i}"))).await;
         }
         clock.set(T0 + 120 * MINUTE);
         let recent = session(60, T0 + 120 * MINUTE);
         store.create_session(recent.clone()).await.unwrap();
-        let replay = |store: &Store, filter| store.events_after(filter, 0, u64::MAX, 1_000);
-        let before = replay(&store, EventFilter::Session(old.id)).unwrap().len();
+        let replay = |filter| store.events_after(filter, 0, u64::MAX, 1_000);
+        let before = replay(EventFilter::Session(old.id)).await.unwrap().len();
 
         // More than one write's worth of records (64) is old.
         let trimmed = trim_events_once(&store, T0 + 120 * MINUTE, 60 * MINUTE)
             .await
             .unwrap();
         assert_eq!(trimmed, before);
-        assert!(replay(&store, EventFilter::Session(old.id))
+        assert!(replay(EventFilter::Session(old.id))
+            .await
             .unwrap()
             .is_empty());
-        let kept = replay(&store, EventFilter::Session(recent.id)).unwrap();
+        let kept = replay(EventFilter::Session(recent.id)).await.unwrap();
         assert_eq!(kept.len(), 1);
         assert!(store.check().unwrap().is_clean());
         // At its creation instant the message renews nothing: one new event, after the kept one.
-        appended(&store, recent.id, message("after"), &clock).await;
-        let events = replay(&store, EventFilter::Session(recent.id)).unwrap();
+        appended(&store, recent.id, message("after")).await;
+        let events = replay(EventFilter::Session(recent.id)).await.unwrap();
         assert_eq!(events.len(), 2);
         assert!(events[1].id > kept[0].id);
     }

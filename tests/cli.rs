@@ -178,11 +178,7 @@ fn write_store(dir: &Path, sessions: usize) {
                 attachments: Vec::new(),
             };
             store
-                .append_message(
-                    id,
-                    message,
-                    std::sync::Arc::new(sessiond::domain::SystemClock),
-                )
+                .append_message(id, message)
                 .await
                 .expect("stored")
                 .expect("accepted");

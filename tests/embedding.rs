@@ -109,7 +109,6 @@ async fn events_arrive_in_process_and_resume_from_an_id() {
                 metadata_json: "{}".into(),
                 attachments: Vec::new(),
             },
-            std::sync::Arc::new(sessiond::domain::SystemClock),
         )
         .await
         .unwrap()
@@ -182,7 +181,13 @@ async fn the_background_tasks_run_and_shutdown_frees_the_data_directory() {
         names.push(event.kind.name());
     }
     let deadline = tokio::time::Instant::now() + WAIT;
-    while sessiond.store().session(session_id).unwrap().is_some() {
+    while sessiond
+        .store()
+        .session(session_id)
+        .await
+        .unwrap()
+        .is_some()
+    {
         assert!(tokio::time::Instant::now() < deadline, "never swept");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

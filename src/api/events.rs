@@ -131,7 +131,7 @@ async fn stream_session_events(
 ) -> Result<Response, ApiError> {
     let id = path_uuid("sessionId", &id)?;
     let last_event_id = last_event_id(&headers)?;
-    load_active(&state, id)?;
+    load_active(&state, id).await?;
     event_stream(&state, EventFilter::Session(id), last_event_id)
 }
 

@@ -305,10 +305,7 @@ where
         metadata_json: metadata.to_string(),
         attachments: Vec::new(),
     };
-    let appended = state
-        .store
-        .append_message(session_id, new, state.clock.clone())
-        .await??;
+    let appended = state.store.append_message(session_id, new).await??;
     Ok(json_reply(
         StatusCode::OK,
         &MessageView::new(&appended.message, &SessionContext::of(&appended.session)),

@@ -71,7 +71,7 @@ struct Health {
 async fn check_health(state: Arc<AppState>) -> Result<Response, ApiError> {
     let now = state.clock.now();
     let degraded = state.store.degraded();
-    let counts = state.store.counts(now)?;
+    let counts = state.store.counts(now).await?;
     let health = Health {
         status: if degraded.is_some() {
             "degraded"

@@ -343,10 +343,7 @@ async fn create_message(
     // Before the message is stored: a refused stream must not leave it behind, and the agent
     // may answer before this handler looks.
     let delivery = Delivery::prepare(transport, &state, session_id)?;
-    let appended = state
-        .store
-        .append_message(session_id, new, state.clock.clone())
-        .await??;
+    let appended = state.store.append_message(session_id, new).await??;
     let now = state.clock.now();
     let context = SessionContext::of(&appended.session);
     let created = MessageCreated::new(
@@ -577,8 +574,11 @@ async fn list_messages(
         after_seq: query.integer("afterSeq")?.map(seq_bound),
         parent_id: query.uuid("parentId")?,
     };
-    let (session, _) = load_active(&state, session_id)?;
-    let page = state.store.page_messages(&session, &message_query)??;
+    let (session, _) = load_active(&state, session_id).await?;
+    let page = state
+        .store
+        .page_messages(&session, &message_query)
+        .await??;
     let context = SessionContext::of(&session);
     let cursors = match (page.messages.first(), page.messages.last()) {
         (Some(newest), Some(oldest)) => Some(Cursors {
@@ -627,15 +627,13 @@ async fn get_message(
 ) -> Result<Response, ApiError> {
     let session_id = path_uuid("sessionId", &id)?;
     let message_id = path_uuid("messageId", &message_id)?;
-    let (session, _) = load_active(&state, session_id)?;
-    let message =
-        state
-            .store
-            .message(session_id, message_id)?
-            .ok_or(SessionError::MessageNotFound {
-                session_id,
-                message_id,
-            })?;
+    let (session, _) = load_active(&state, session_id).await?;
+    let message = state.store.message(session_id, message_id).await?.ok_or(
+        SessionError::MessageNotFound {
+            session_id,
+            message_id,
+        },
+    )?;
     Ok(json(
         StatusCode::OK,
         &MessageView::new(&message, &SessionContext::of(&session)),
@@ -669,8 +667,8 @@ async fn get_thread(
     let session_id = path_uuid("sessionId", &id)?;
     let message_id = path_uuid("messageId", &message_id)?;
     let limit = query.limit(THREAD_LIMIT.0, THREAD_LIMIT.1)?;
-    let (session, _) = load_active(&state, session_id)?;
-    let thread = state.store.thread(session_id, message_id, limit)??;
+    let (session, _) = load_active(&state, session_id).await?;
+    let thread = state.store.thread(session_id, message_id, limit).await??;
     let context = SessionContext::of(&session);
     Ok(json(
         StatusCode::OK,

@@ -91,11 +91,11 @@ impl AppState {
 }
 
 impl AppState {
-    /// The state for a store and a configuration.
-    pub fn new(store: Store, config: &crate::config::ServeConfig, clock: Arc<dyn Clock>) -> Self {
+    /// The state for a store and a configuration; the routes read the store's clock.
+    pub fn new(store: Store, config: &crate::config::ServeConfig) -> Self {
         AppState {
+            clock: store.clock().clone(),
             store,
-            clock,
             policy: config.timeout_policy(),
             max_body_bytes: config.max_body_bytes,
             api_key: config.api_key.as_deref().map(Arc::from),
@@ -139,9 +139,13 @@ fn session_path() -> impl Filter<Extract = (String,), Error = warp::Rejection> +
 }
 
 /// The session if it exists and has not expired, with the instant that was checked.
-fn load_active(state: &AppState, id: Uuid) -> Result<(Session, Timestamp), ApiError> {
+async fn load_active(state: &AppState, id: Uuid) -> Result<(Session, Timestamp), ApiError> {
     let now = state.clock.now();
-    let session = state.store.session(id)?.ok_or(SessionError::NotFound(id))?;
+    let session = state
+        .store
+        .session(id)
+        .await?
+        .ok_or(SessionError::NotFound(id))?;
     session.check_active(now)?;
     Ok((session, now))
 }

@@ -389,15 +389,10 @@ async fn list_sessions(state: Arc<AppState>, query: Query) -> Result<Response, A
         after: query.get("cursor").map(parse_cursor).transpose()?,
     };
     let now = state.clock.now();
-    let store = state.store.clone();
-    let (page, counts) = tokio::task::spawn_blocking(move || {
-        Ok::<_, crate::Error>((
-            store.list_sessions(&session_query, now)?,
-            store.counts(now)?,
-        ))
-    })
-    .await
-    .map_err(|e| ApiError::internal(&e))??;
+    let (page, counts) = tokio::try_join!(
+        state.store.list_sessions(session_query, now),
+        state.store.counts(now),
+    )?;
     Ok(json(
         StatusCode::OK,
         &SessionList {
@@ -434,7 +429,7 @@ async fn list_sessions(state: Arc<AppState>, query: Query) -> Result<Response, A
 )]
 async fn get_session(id: String, state: Arc<AppState>) -> Result<Response, ApiError> {
     let id = path_uuid("sessionId", &id)?;
-    let (session, now) = load_active(&state, id)?;
+    let (session, now) = load_active(&state, id).await?;
     Ok(json(StatusCode::OK, &SessionInfo::new(&session, now)))
 }
 
@@ -472,10 +467,7 @@ async fn update_and_reply(
     id: Uuid,
     change: SessionChange,
 ) -> Result<Response, ApiError> {
-    let (session, now) = state
-        .store
-        .update_session(id, state.clock.clone(), change)
-        .await??;
+    let (session, now) = state.store.update_session(id, change).await??;
     Ok(json(StatusCode::OK, &SessionInfo::new(&session, now)))
 }
 

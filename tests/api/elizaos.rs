@@ -120,6 +120,7 @@ async fn only_the_clients_own_metadata_is_stored_with_a_message() {
             session.id.parse().expect("a UUID"),
             field_str(&posted, "id").parse().expect("a UUID"),
         )
+        .await
         .expect("the store reads")
         .expect("the message is stored");
     assert_eq!(stored.metadata_json, r#"{"lang":"en"}"#);

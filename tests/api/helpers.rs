@@ -14,7 +14,7 @@ use reqwest::{Client, Method, RequestBuilder, StatusCode};
 use serde_json::{json, Value};
 use sessiond::app::RunningServer;
 use sessiond::config::ServeConfig;
-use sessiond::domain::{ManualClock, Timestamp};
+use sessiond::domain::{Clock, ManualClock, Timestamp};
 use tempfile::TempDir;
 use tokio::task::JoinSet;
 use uuid::Uuid;
@@ -239,12 +239,12 @@ impl TestApp {
     /// # Panics
     /// When the server was not started with [`spawn_app_with_clock`].
     pub async fn notify_due_now(&self) -> usize {
-        let clock: Arc<dyn sessiond::domain::Clock> = self
+        let now = self
             .clock
-            .clone()
-            .expect("the server was started with spawn_app_with_clock");
-        let now = clock.now();
-        sessiond::notifier::notify_due_once(self.store(), &clock, Timestamp::EPOCH, now)
+            .as_ref()
+            .expect("the server was started with spawn_app_with_clock")
+            .now();
+        sessiond::notifier::notify_due_once(self.store(), Timestamp::EPOCH, now)
             .await
             .expect("looking for due notices in a healthy store succeeds")
     }

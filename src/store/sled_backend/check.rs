@@ -7,10 +7,10 @@ use std::collections::HashMap;
 
 use uuid::Uuid;
 
+use super::codec;
 use super::engine::Engine;
-use super::events::StoredEvents;
+use super::event_records::StoredEvents;
 use super::keys;
-use super::{codec, Store};
 use crate::domain::{Message, Session};
 use crate::error::Result;
 
@@ -57,25 +57,6 @@ pub struct TreeStats {
     pub entries: u64,
     /// Bytes of keys and values.
     pub bytes: u64,
-}
-
-impl Store {
-    /// Entries and bytes per tree (a full scan).
-    ///
-    /// # Errors
-    /// Storage failures.
-    pub fn tree_stats(&self) -> Result<Vec<TreeStats>> {
-        self.engine()?.tree_stats()
-    }
-
-    /// Verifies every record against its index entries and counters, and that every value
-    /// decodes. Read-only.
-    ///
-    /// # Errors
-    /// Storage failures (problems in the data go into the report).
-    pub fn check(&self) -> Result<CheckReport> {
-        self.engine()?.check()
-    }
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -408,18 +389,18 @@ impl Engine {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Arc;
 
-    use crate::domain::{ManualClock, Timestamp};
-    use crate::store::test_support::{append_texts, created_session, temp_store};
+    use crate::domain::Timestamp;
+    use crate::store::sled_backend::test_support::trees;
+    use crate::store::test_support::{append_texts, clocked_store, created_session};
+    use crate::store::Store;
 
     const T0: Timestamp = Timestamp::from_millis(1_795_255_200_000);
 
     async fn populated() -> (Store, tempfile::TempDir, Session) {
-        let (store, dir) = temp_store();
+        let (store, _clock, dir) = clocked_store(T0);
         let session = created_session(&store, T0).await;
-        let clock = Arc::new(ManualClock::new(T0));
-        append_texts(&store, session.id, &clock, 5).await;
+        append_texts(&store, session.id, 5).await;
         (store, dir, session)
     }
 
@@ -435,18 +416,15 @@ mod tests {
     #[tokio::test]
     async fn a_missing_message_a_stale_index_and_a_wrong_counter_are_reported() {
         let (store, _dir, session) = populated().await;
-        store
-            .trees()
+        trees(&store)
             .messages
             .remove(keys::message(session.id, 3))
             .unwrap();
-        store
-            .trees()
+        trees(&store)
             .user_sessions
             .insert(keys::owned_session(Uuid::new_v4(), Uuid::now_v7()), &[])
             .unwrap();
-        store
-            .trees()
+        trees(&store)
             .counters
             .insert(
                 keys::counter(keys::Counter::Sessions),

@@ -9,7 +9,7 @@
 //! drive's write cache nor the file's size metadata, so it does not survive power loss;
 //! nor does sled sync the blob files it writes for large tree nodes, so the writer does.
 
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::fs::File;
 use std::path::Path;
 use std::sync::{mpsc, Arc};
@@ -19,14 +19,13 @@ use std::time::{Duration, Instant};
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 use sled::Transactional;
 use tokio::sync::oneshot;
-use uuid::Uuid;
 
 use super::engine::{Engine, EngineSlot, WriteTx};
-use super::events::{EventBus, EventLog};
-use super::write_ops::WriteOps;
-use super::{broken, keys, refuse, Failure, TxResult};
-use crate::domain::{Clock, Event, EventKind, Message, Session, SessionError, Timestamp};
+use super::keys;
+use crate::domain::{Event, SessionError};
 use crate::error::{Error, Result};
+use crate::store::events::EventBus;
+use crate::store::write::{Answer, Failure, Job, TxResult};
 
 /// Most writes one transaction takes: bounds how long a write waits behind others.
 const MAX_BATCH: usize = 128;
@@ -34,140 +33,65 @@ const MAX_BATCH: usize = 128;
 /// A batch slower than this is logged, with where its time went.
 const SLOW_BATCH: std::time::Duration = std::time::Duration::from_millis(100);
 
-/// What one write works in: the batch's transaction, the write's time (read once, when
-/// the writer first runs it) and its event log, which the writer numbers, finishes and
-/// publishes after the commit.
-pub(super) struct WriteCtx<'t> {
-    pub(super) tx: &'t dyn WriteOps,
-    pub(super) now: Timestamp,
-    log: EventLog,
+/// A write of the engine's own (a purge, a trim): runs over the trees themselves, records
+/// no events and refuses nothing.
+pub(super) struct Chore {
+    work: ChoreWork,
+    reply: oneshot::Sender<Answer<()>>,
 }
 
-/// What a write that stores a session announces, in order, before the lifecycle notices.
-pub(super) enum Announced<'m> {
-    Session(EventKind),
-    Message(&'m Message),
-}
+type ChoreWork = Box<dyn Fn(&WriteTx<'_>) -> TxResult<()> + Send>;
 
-impl WriteCtx<'_> {
-    /// The stored session, refusing a missing one or one expired at the write's time.
-    pub(super) fn active_session(&self, id: Uuid) -> TxResult<Session> {
-        let Some(session) = self.tx.session(id)? else {
-            return refuse(SessionError::NotFound(id));
-        };
-        match session.check_active(self.now) {
-            Ok(()) => Ok(session),
-            Err(refused) => refuse(refused),
-        }
-    }
-
-    /// Stores `new` over `old` (`None` for a new session) with the lifecycle notices that
-    /// fall due at the write's time, then records what the write announces and the
-    /// notices. Every write that changes a session goes through here.
-    pub(super) fn save_session(
-        &mut self,
-        old: Option<&Session>,
-        mut new: Session,
-        announced: &[Announced<'_>],
-    ) -> TxResult<Session> {
-        let due = new.due_notices(self.now);
-        new.mark_noticed(due);
-        match old {
-            None => self.tx.insert_session(&new)?,
-            Some(old) if *old != new => self.tx.update_session(old, &new)?,
-            Some(_) => {}
-        }
-        for announcement in announced {
-            match announcement {
-                Announced::Session(kind) => self.log.session(self.now, *kind, &new),
-                Announced::Message(message) => self.log.message(self.now, &new, message),
-            }
-        }
-        self.log.notices(self.now, &new, due);
-        Ok(new)
-    }
-
-    /// Records a session event at the write's time, for a write that does not store the
-    /// session (its deletion).
-    pub(super) fn announce(&mut self, kind: EventKind, session: &Session) {
-        self.log.session(self.now, kind, session);
+impl Chore {
+    /// A chore, and where its answer arrives once it is durable.
+    pub(super) fn new(work: ChoreWork) -> (Chore, oneshot::Receiver<Answer<()>>) {
+        let (reply, answer) = oneshot::channel();
+        (Chore { work, reply }, answer)
     }
 }
 
-/// Where a write's time comes from.
-pub(super) enum WriteTime {
-    /// The clock, read once when the writer first runs the write.
-    Clock(Arc<dyn Clock>),
-    /// This instant (a session's creation, a deletion's announcement).
-    At(Timestamp),
+/// What the writer thread runs: the store's writes, and the engine's chores.
+enum Queued {
+    Write(Box<dyn Job>),
+    Chore(Chore),
 }
 
-/// One write: runs inside a batch transaction, in its [`WriteCtx`]. It must decide to
-/// refuse before it changes anything: a refusal is answered as it is while the rest of the
-/// batch commits. It may run more than once (when another write of its batch fails, the
-/// batch runs again without that one), always with the same time, so it must only change
-/// the store through the transaction.
-pub(super) type Work<T> = Box<dyn Fn(&mut WriteCtx<'_>) -> TxResult<T> + Send + 'static>;
-
-type Answer<T> = Result<Result<T, SessionError>>;
-
-/// A queued write, its time, its outcome once settled, and where to send the answer.
-struct Pending<T> {
-    work: Work<T>,
-    time: WriteTime,
-    now: Cell<Option<Timestamp>>,
-    outcome: RefCell<Option<Result<T, SessionError>>>,
-    reply: oneshot::Sender<Answer<T>>,
-}
-
-/// A queued write of any result type.
-trait Job: Send {
-    /// Runs the write in the batch transaction, its events numbered from
-    /// `first_event_id`; keeps its result and returns its events.
-    fn run(&self, tx: &dyn WriteOps, first_event_id: u64) -> TxResult<Vec<Event>>;
-    /// Settles the write as refused: it changes nothing.
-    fn refuse(&self, refusal: SessionError);
-    /// Answers the writer: its outcome once `durable` succeeded, else the failure.
-    fn answer(self: Box<Self>, durable: &Result<(), Arc<Error>>);
-    /// Answers the writer with a failure of its own.
-    fn fail(self: Box<Self>, error: Error);
-}
-
-impl<T: Send> Job for Pending<T> {
-    fn run(&self, tx: &dyn WriteOps, first_event_id: u64) -> TxResult<Vec<Event>> {
-        let now = self.now.get().unwrap_or_else(|| match &self.time {
-            WriteTime::Clock(clock) => clock.now(),
-            WriteTime::At(at) => *at,
-        });
-        self.now.set(Some(now));
-        let mut ctx = WriteCtx {
-            tx,
-            now,
-            log: EventLog::new(first_event_id),
-        };
-        let value = (self.work)(&mut ctx)?;
-        let events = ctx.log.finish();
-        tx.append_events(&events)?;
-        *self.outcome.borrow_mut() = Some(Ok(value));
-        Ok(events)
+impl Queued {
+    fn run(&self, tx: &WriteTx<'_>, first_event_id: u64) -> TxResult<Vec<Event>> {
+        match self {
+            Queued::Write(job) => job.run(tx, first_event_id),
+            Queued::Chore(chore) => (chore.work)(tx).map(|()| Vec::new()),
+        }
     }
 
     fn refuse(&self, refusal: SessionError) {
-        *self.outcome.borrow_mut() = Some(Err(refusal));
+        match self {
+            Queued::Write(job) => job.refuse(refusal),
+            // A chore refuses nothing; answered after the commit as it is.
+            Queued::Chore(_) => {}
+        }
     }
 
-    fn answer(self: Box<Self>, durable: &Result<(), Arc<Error>>) {
-        let answer = match (durable, self.outcome.into_inner()) {
-            (Err(error), _) => Err(Error::Flush(error.clone())),
-            (Ok(()), Some(outcome)) => Ok(outcome),
-            (Ok(()), None) => Err(Error::corrupt("a write was never run")),
-        };
-        // The writer may have stopped waiting (its request was dropped); nothing to do then.
-        let _ = self.reply.send(answer);
+    fn answer(self, durable: &Result<(), Arc<Error>>) {
+        match self {
+            Queued::Write(job) => job.answer(durable),
+            Queued::Chore(chore) => {
+                let answer = durable
+                    .as_ref()
+                    .map(|()| Ok(()))
+                    .map_err(|error| Error::Flush(error.clone()));
+                let _ = chore.reply.send(answer);
+            }
+        }
     }
 
-    fn fail(self: Box<Self>, error: Error) {
-        let _ = self.reply.send(Err(error));
+    fn fail(self, error: Error) {
+        match self {
+            Queued::Write(job) => job.fail(error),
+            Queued::Chore(chore) => {
+                let _ = chore.reply.send(Err(error));
+            }
+        }
     }
 }
 
@@ -175,7 +99,7 @@ impl<T: Send> Job for Pending<T> {
 /// store's files are released when the last `Store` handle goes.
 pub(super) struct Writer {
     /// `None` only while dropping: closing the channel is what stops the thread.
-    queue: Option<mpsc::Sender<Box<dyn Job>>>,
+    queue: Option<mpsc::Sender<Queued>>,
     thread: Option<thread::JoinHandle<()>>,
     engines: Arc<EngineSlot>,
     bus: Arc<EventBus>,
@@ -204,7 +128,7 @@ impl Writer {
     ) -> Result<Writer> {
         // A new store's files must also be findable after power loss: sync their directory.
         File::open(path)?.sync_all()?;
-        let (queue, waiting) = mpsc::channel::<Box<dyn Job>>();
+        let (queue, waiting) = mpsc::channel::<Queued>();
         let mut thread_state = WriterThread {
             engines: engines.clone(),
             bus: bus.clone(),
@@ -222,28 +146,22 @@ impl Writer {
         })
     }
 
-    /// Runs `work` in the next batch at `time`; answers once it is on disk (or was
-    /// refused).
-    pub(super) async fn write<T: Send + 'static>(
-        &self,
-        time: WriteTime,
-        work: Work<T>,
-    ) -> Answer<T> {
-        let (reply, answer) = oneshot::channel();
-        let job = Box::new(Pending {
-            work,
-            time,
-            now: Cell::new(None),
-            outcome: RefCell::new(None),
-            reply,
-        });
-        let stopped = || Error::WriterStopped;
+    /// Queues a write for the next batch; the job is answered once it is durable.
+    pub(super) fn submit(&self, job: Box<dyn Job>) -> Result<()> {
+        self.send(Queued::Write(job))
+    }
+
+    /// Queues a chore for the next batch.
+    pub(super) fn submit_chore(&self, chore: Chore) -> Result<()> {
+        self.send(Queued::Chore(chore))
+    }
+
+    fn send(&self, queued: Queued) -> Result<()> {
         self.queue
             .as_ref()
-            .ok_or_else(stopped)?
-            .send(job)
-            .map_err(|_| stopped())?;
-        answer.await.map_err(|_| stopped())?
+            .ok_or(Error::WriterStopped)?
+            .send(queued)
+            .map_err(|_| Error::WriterStopped)
     }
 
     /// Flushes and syncs on the calling thread.
@@ -262,7 +180,7 @@ struct WriterThread {
 }
 
 impl WriterThread {
-    fn run(&mut self, waiting: &mpsc::Receiver<Box<dyn Job>>) {
+    fn run(&mut self, waiting: &mpsc::Receiver<Queued>) {
         loop {
             let first = if self.engines.degraded().is_some() {
                 match waiting.recv_timeout(RESTORE_INTERVAL) {
@@ -276,7 +194,7 @@ impl WriterThread {
                     Err(mpsc::RecvError) => return,
                 }
             };
-            let batch: Vec<Box<dyn Job>> = first
+            let batch: Vec<Queued> = first
                 .into_iter()
                 .chain(waiting.try_iter())
                 .take(MAX_BATCH)
@@ -315,7 +233,7 @@ impl WriterThread {
     }
 
     /// Commits the batch, makes it durable, and answers each write.
-    fn write(&mut self, batch: Vec<Box<dyn Job>>) {
+    fn write(&mut self, batch: Vec<Queued>) {
         let engine = match self.engines.engine() {
             Ok(engine) => engine,
             Err(error) => {
@@ -392,7 +310,7 @@ impl WriterThread {
     /// Event ids go on after every stored one: an id that could name a stored record is
     /// never used again.
     fn continue_ids_of(&mut self, engine: &Engine) {
-        if let Ok(stored_next) = super::events::next_event_id(&engine.trees.events) {
+        if let Ok(stored_next) = super::event_records::next_event_id(&engine.trees.events) {
             self.next_event_id = self.next_event_id.max(stored_next);
         }
     }
@@ -401,7 +319,7 @@ impl WriterThread {
 /// What [`commit`] did with a batch.
 struct Committed {
     /// The writes to answer after the flush (those that failed are answered already).
-    to_answer: Vec<Box<dyn Job>>,
+    to_answer: Vec<Queued>,
     /// Whether the transaction changed anything (else there is nothing to flush).
     changed: bool,
     /// The storage error the transaction failed with: whether the disk kept the batch is
@@ -417,9 +335,9 @@ fn commit(
     trees: &[sled::Tree],
     bus: &EventBus,
     next_event_id: &mut u64,
-    batch: Vec<Box<dyn Job>>,
+    batch: Vec<Queued>,
 ) -> Committed {
-    let mut batch: Vec<Option<Box<dyn Job>>> = batch.into_iter().map(Some).collect();
+    let mut batch: Vec<Option<Queued>> = batch.into_iter().map(Some).collect();
     // The events and next id of the transaction's last whole run: what sled commits, or
     // fails to commit and may still have kept (then recovery publishes them).
     let last_run = RefCell::new((Vec::new(), *next_event_id));
@@ -436,9 +354,9 @@ fn commit(
                     job.run(&tx, next_id)
                 }))
                 .unwrap_or_else(|panic| {
-                    Err(broken(Error::Panicked(crate::error::panic_message(
-                        panic.as_ref(),
-                    ))))
+                    Err(Failure::Broken(Error::Panicked(
+                        crate::error::panic_message(panic.as_ref()),
+                    )))
                 });
                 match ran {
                     Ok(mut events) => {
@@ -446,18 +364,20 @@ fn commit(
                         next_id += events.len() as u64;
                         written.append(&mut events);
                     }
-                    Err(ConflictableTransactionError::Abort(Failure::Refused(refusal))) => {
+                    Err(Failure::Refused(refusal)) => {
                         job.refuse(refusal);
                     }
-                    Err(ConflictableTransactionError::Abort(Failure::Broken(error))) => {
-                        return Err(ConflictableTransactionError::Abort((index, error)))
+                    Err(Failure::Broken(error)) => {
+                        return Err(ConflictableTransactionError::Abort(BatchAbort::Write(
+                            index, error,
+                        )))
                     }
-                    Err(ConflictableTransactionError::Conflict) => {
-                        return Err(ConflictableTransactionError::Conflict)
+                    Err(Failure::Storage(error)) => {
+                        return Err(ConflictableTransactionError::Abort(BatchAbort::Storage(
+                            error,
+                        )))
                     }
-                    Err(ConflictableTransactionError::Storage(error)) => {
-                        return Err(ConflictableTransactionError::Storage(error))
-                    }
+                    Err(Failure::Conflict) => return Err(ConflictableTransactionError::Conflict),
                 }
             }
             *last_run.borrow_mut() = (written, next_id);
@@ -475,22 +395,46 @@ fn commit(
                     failure: None,
                 };
             }
-            Err(TransactionError::Abort((index, error))) => {
+            Err(TransactionError::Abort(BatchAbort::Write(index, error))) => {
                 if let Some(job) = batch[index].take() {
                     job.fail(error);
                 }
             }
+            Err(TransactionError::Abort(BatchAbort::Storage(error))) => {
+                return failed_batch(batch, bus, next_event_id, &last_run, error);
+            }
             Err(TransactionError::Storage(error)) => {
-                let (written, next_id) = last_run.take();
-                *next_event_id = next_id;
-                bus.enqueue(written);
-                return Committed {
-                    to_answer: batch.into_iter().flatten().collect(),
-                    changed: true,
-                    failure: Some(error.into()),
-                };
+                return failed_batch(batch, bus, next_event_id, &last_run, error.into());
             }
         }
+    }
+}
+
+/// Why a batch's transaction was given up.
+enum BatchAbort {
+    /// The write at this index failed alone: the batch runs again without it.
+    Write(usize, Error),
+    /// The engine failed: the whole batch fails.
+    Storage(Error),
+}
+
+/// A batch whose transaction failed in the engine: its last run's events are queued (if
+/// the disk kept the batch, recovery publishes them) and every write waits for recovery's
+/// verdict.
+fn failed_batch(
+    batch: Vec<Option<Queued>>,
+    bus: &EventBus,
+    next_event_id: &mut u64,
+    last_run: &RefCell<(Vec<Event>, u64)>,
+    failure: Error,
+) -> Committed {
+    let (written, next_id) = last_run.take();
+    *next_event_id = next_id;
+    bus.enqueue(written);
+    Committed {
+        to_answer: batch.into_iter().flatten().collect(),
+        changed: true,
+        failure: Some(failure),
     }
 }
 
@@ -510,36 +454,36 @@ mod tests {
 
     use uuid::Uuid;
 
-    use super::{Announced, Work, WriteTime};
-    use crate::domain::{EventKind, ManualClock, Session, SessionError, Timestamp};
+    use crate::domain::{EventKind, Session, SessionError, Timestamp};
     use crate::error::Error;
+    use crate::store::sled_backend::test_support::sled_of;
     use crate::store::test_support::{
-        append_texts, appended, created_session, session_at, temp_store, text_message,
+        append_texts, appended, clocked_store, created_session, session_at, temp_store,
+        text_message,
     };
+    use crate::store::write::{Announced, Work, WriteTime};
     use crate::store::{Store, StoreOptions};
 
     const T0: Timestamp = Timestamp::from_millis(1_795_255_200_000);
 
     #[tokio::test]
     async fn a_panicking_write_fails_alone_and_the_writer_goes_on() {
-        let (store, _dir) = temp_store();
+        let (store, _clock, _dir) = clocked_store(T0);
         let session = created_session(&store, T0).await;
-        let clock = Arc::new(ManualClock::new(T0));
         let work: Work<()> = Box::new(|_| panic!("boom"));
-        let panicked = store.writer.write(WriteTime::At(T0), work).await;
+        let panicked = store.write(WriteTime::At(T0), work).await;
         assert!(
             matches!(panicked, Err(Error::Panicked(ref m)) if m == "boom"),
             "{panicked:?}"
         );
-        assert_eq!(append_texts(&store, session.id, &clock, 2).await.len(), 2);
+        assert_eq!(append_texts(&store, session.id, 2).await.len(), 2);
         assert!(store.check().unwrap().is_clean());
     }
 
     #[tokio::test]
     async fn refused_writes_do_not_make_the_batch_run_again() {
-        let (store, _dir) = temp_store();
+        let (store, _clock, _dir) = clocked_store(T0);
         let session = created_session(&store, T0).await;
-        let clock = Arc::new(ManualClock::new(T0));
         let runs = Arc::new(AtomicUsize::new(0));
         let counted = runs.clone();
         let work: Work<Session> = Box::new(move |ctx| {
@@ -553,12 +497,11 @@ mod tests {
                 &[Announced::Session(EventKind::SessionRenewed)],
             )
         });
-        let update = store.writer.write(WriteTime::At(T0), work);
+        let update = store.write(WriteTime::At(T0), work);
         // Queued together with the update, so that they share its batch.
-        let refused =
-            futures_util::future::join_all((0..50).map(|_| {
-                store.append_message(Uuid::now_v7(), text_message("x", None), clock.clone())
-            }));
+        let refused = futures_util::future::join_all(
+            (0..50).map(|_| store.append_message(Uuid::now_v7(), text_message("x", None))),
+        );
         let (updated, refused) = tokio::join!(update, refused);
         assert!(updated.unwrap().is_ok());
         assert!(refused
@@ -576,16 +519,15 @@ mod tests {
             .await
             .unwrap();
         assert!(matches!(again, Err(SessionError::AlreadyExists(id)) if id == session.id));
-        assert_eq!(store.counts(T0).unwrap().total, 1);
+        assert_eq!(store.counts(T0).await.unwrap().total, 1);
         assert!(store.check().unwrap().is_clean());
     }
 
     #[tokio::test]
     async fn nodes_large_enough_for_blob_files_are_synced_and_reopen_clean() {
-        let (store, dir) = temp_store();
+        let (store, _clock, dir) = clocked_store(T0);
         // Large values make sled write whole tree nodes to files of their own in blobs/.
         let large = format!(r#"{{"notes":"{}"}}"#, "x".repeat(10 * 1024));
-        let clock = Arc::new(ManualClock::new(T0));
         for _ in 0..40 {
             let mut session = session_at(T0, 30, 5);
             session.metadata_json = large.clone();
@@ -593,7 +535,7 @@ mod tests {
             for _ in 0..3 {
                 let mut new = text_message(&"é".repeat(4_000), None);
                 new.metadata_json = large.clone();
-                appended(&store, session.id, new, &clock).await;
+                appended(&store, session.id, new).await;
             }
         }
         store.flush().unwrap();
@@ -607,12 +549,19 @@ mod tests {
         );
         // Every blob file present after the flush was synced by it.
         assert_eq!(
-            *store.engine().unwrap().files.synced_blobs.lock().unwrap(),
+            *sled_of(&store)
+                .engines
+                .engine()
+                .unwrap()
+                .files
+                .synced_blobs
+                .lock()
+                .unwrap(),
             blobs
         );
         store.close().unwrap();
         let reopened = Store::open(dir.path(), &StoreOptions::default()).unwrap();
-        assert_eq!(reopened.counts(T0).unwrap().total, 40);
+        assert_eq!(reopened.counts(T0).await.unwrap().total, 40);
         assert!(reopened.check().unwrap().is_clean());
         reopened.close().unwrap();
     }

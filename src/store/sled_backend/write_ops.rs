@@ -1,15 +1,7 @@
-//! What a write can do inside its transaction: the operations the store's rules
-//! (`writer.rs`'s [`WriteCtx`](super::writer::WriteCtx), and the writes in `sessions.rs`,
-//! `messages.rs` and `events.rs`) are written in, and sled's implementation of them.
-//!
-//! An engine implements [`WriteOps`] over its own transaction. Its contract:
-//! - every operation is part of the one transaction of the write's batch: the batch is
-//!   applied whole or not at all, and is answered only once it is durable;
-//! - each operation keeps the engine's indexes (deadlines, owners, counts, replies, the
-//!   event index) in step with the record it changes, so a read never sees half a write;
-//! - operations read their own transaction's writes;
-//! - a storage failure is returned as a broken write (it aborts the batch), never as a
-//!   refusal.
+//! sled's implementation of [`WriteOps`]: each operation over the trees of the batch's
+//! transaction, keeping the index trees and counters in step with the records. Below it,
+//! the chores only sled has: removing a long conversation's messages in later writes, and
+//! trimming event records.
 
 use std::ops::RangeInclusive;
 
@@ -17,57 +9,17 @@ use sled::transaction::TransactionalTree;
 use uuid::Uuid;
 
 use super::engine::WriteTx;
-use super::events::StoredEvents;
+use super::event_records::StoredEvents;
 use super::keys::{self, Counter};
-use super::{broken, codec, decode_tx, encode_tx, TxResult};
+use super::{codec, decode_tx, encode_tx};
 use crate::domain::{Event, Message, Session, Timestamp};
 use crate::error::Error;
+use crate::store::write::{broken, TxResult, WriteOps};
 
 /// Messages a session may have for its deletion to remove them in the same write; a longer
-/// conversation is left to [`WriteOps::remove_messages`] in later writes, so that it does
+/// conversation is left to [`WriteTx::remove_messages`] in later writes, so that it does
 /// not hold up the writes batched with the deletion.
 pub(super) const MESSAGES_PER_PURGE_WRITE: u64 = 256;
-
-/// The operations of one write, inside its batch's transaction.
-pub(super) trait WriteOps {
-    /// The stored session, expired or not.
-    fn session(&self, id: Uuid) -> TxResult<Option<Session>>;
-
-    /// Whether `id` names a stored session or one whose deletion is still under way.
-    fn session_id_taken(&self, id: Uuid) -> TxResult<bool>;
-
-    /// Stores a new session, with its owner index entries and counts.
-    fn insert_session(&self, session: &Session) -> TxResult<()>;
-
-    /// Stores `new` over `old` (the same session as stored), moving its deadlines.
-    fn update_session(&self, old: &Session, new: &Session) -> TxResult<()>;
-
-    /// Removes a stored session with its index entries and counts, and its messages:
-    /// at once, or (a long conversation) marked for removal after. Returns whether they
-    /// are left for later, when [`WriteOps::remove_messages`] then
-    /// [`WriteOps::finish_purge`] must follow.
-    fn delete_session(&self, session: &Session) -> TxResult<bool>;
-
-    /// Whether `message_id` is a message of `session_id`.
-    fn message_in(&self, message_id: Uuid, session_id: Uuid) -> TxResult<bool>;
-
-    /// Stores a message under its session and seq, which must be new, with its id's
-    /// location and its parent's reply entry.
-    fn insert_message(&self, message: &Message) -> TxResult<()>;
-
-    /// Removes the messages of a session with seqs in `seqs`, with their index entries.
-    fn remove_messages(&self, session_id: Uuid, seqs: RangeInclusive<u64>) -> TxResult<()>;
-
-    /// Clears the mark left by a deletion whose messages are now all removed.
-    fn finish_purge(&self, session_id: Uuid) -> TxResult<()>;
-
-    /// Stores the events of one write (consecutive ids, one session) and indexes them by
-    /// session, agent and user.
-    fn append_events(&self, events: &[Event]) -> TxResult<()>;
-
-    /// Removes the record of events starting at `first_id`, with its index entries.
-    fn remove_events(&self, first_id: u64) -> TxResult<()>;
-}
 
 /// The counters a session counts in.
 pub(super) fn counters_of(session: &Session) -> [Counter; 4] {
@@ -149,7 +101,7 @@ impl WriteOps for WriteTx<'_> {
         self.put_session(Some(old), new)
     }
 
-    fn delete_session(&self, session: &Session) -> TxResult<bool> {
+    fn delete_session(&self, session: &Session) -> TxResult<()> {
         let id = session.id;
         self.sessions.remove(&keys::session(id))?;
         self.expirations
@@ -161,14 +113,14 @@ impl WriteOps for WriteTx<'_> {
         self.agent_sessions
             .remove(&keys::owned_session(session.agent_id, id))?;
         self.add_to_counters(session, -1)?;
-        // The marker makes the removal resumable after a crash.
-        let purge_later = session.message_count > MESSAGES_PER_PURGE_WRITE;
-        if purge_later {
+        // A long conversation is removed in later writes; the marker makes that resumable
+        // after a crash, and keeps the id taken meanwhile.
+        if session.message_count > MESSAGES_PER_PURGE_WRITE {
             self.purges.insert(&keys::session(id), &[])?;
         } else {
             self.remove_messages(id, 1..=session.message_count)?;
         }
-        Ok(purge_later)
+        Ok(())
     }
 
     fn message_in(&self, message_id: Uuid, session_id: Uuid) -> TxResult<bool> {
@@ -199,7 +151,29 @@ impl WriteOps for WriteTx<'_> {
         Ok(())
     }
 
-    fn remove_messages(&self, session_id: Uuid, seqs: RangeInclusive<u64>) -> TxResult<()> {
+    fn append_events(&self, events: &[Event]) -> TxResult<()> {
+        let Some((first_id, record)) = StoredEvents::of(events) else {
+            return Ok(());
+        };
+        self.events
+            .insert(&keys::event(first_id), encode_tx(&record)?)?;
+        for owner in record.owners() {
+            self.event_index
+                .insert(&keys::owner_event(owner, first_id), &[])?;
+        }
+        Ok(())
+    }
+}
+
+/// The chores: writes only this engine needs, run by the writer as
+/// [`Chore`](super::writer::Chore)s.
+impl WriteTx<'_> {
+    /// Removes the messages of a session with seqs in `seqs`, with their index entries.
+    pub(super) fn remove_messages(
+        &self,
+        session_id: Uuid,
+        seqs: RangeInclusive<u64>,
+    ) -> TxResult<()> {
         for seq in seqs {
             let Some(bytes) = self.messages.remove(&keys::message(session_id, seq))? else {
                 continue;
@@ -219,25 +193,14 @@ impl WriteOps for WriteTx<'_> {
         Ok(())
     }
 
-    fn finish_purge(&self, session_id: Uuid) -> TxResult<()> {
+    /// Clears the mark left by a deletion whose messages are now all removed.
+    pub(super) fn finish_purge(&self, session_id: Uuid) -> TxResult<()> {
         self.purges.remove(&keys::session(session_id))?;
         Ok(())
     }
 
-    fn append_events(&self, events: &[Event]) -> TxResult<()> {
-        let Some((first_id, record)) = StoredEvents::of(events) else {
-            return Ok(());
-        };
-        self.events
-            .insert(&keys::event(first_id), encode_tx(&record)?)?;
-        for owner in record.owners() {
-            self.event_index
-                .insert(&keys::owner_event(owner, first_id), &[])?;
-        }
-        Ok(())
-    }
-
-    fn remove_events(&self, first_id: u64) -> TxResult<()> {
+    /// Removes the record of events starting at `first_id`, with its index entries.
+    pub(super) fn remove_events(&self, first_id: u64) -> TxResult<()> {
         let Some(bytes) = self.events.remove(&keys::event(first_id))? else {
             return Ok(());
         };
@@ -247,5 +210,91 @@ impl WriteOps for WriteTx<'_> {
                 .remove(&keys::owner_event(owner, first_id))?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::domain::Timestamp;
+    use crate::error::Error;
+    use crate::store::sled_backend::keys;
+    use crate::store::sled_backend::test_support::trees;
+    use crate::store::test_support::{
+        append_texts, appended, clocked_store, created_session, text_message,
+    };
+    use crate::store::MessageQuery;
+
+    const T0: Timestamp = Timestamp::from_millis(1_795_255_200_000);
+
+    /// A message missing from a session that is still stored is corruption, not a race.
+    #[tokio::test]
+    async fn a_message_missing_from_a_stored_session_is_corruption() {
+        let before_ms = MessageQuery {
+            limit: 10,
+            before_ms: Some(i64::MAX),
+            ..Default::default()
+        };
+        let (store, _clock, _dir) = clocked_store(T0);
+        let session = created_session(&store, T0).await;
+        append_texts(&store, session.id, 3).await;
+        trees(&store)
+            .messages
+            .remove(keys::message(session.id, 2))
+            .unwrap();
+        let seen = store.session(session.id).await.unwrap().unwrap();
+        assert!(matches!(
+            store.page_messages(&seen, &before_ms).await,
+            Err(Error::Corrupt(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn deleting_a_session_removes_its_messages_and_their_index_entries() {
+        let (store, _clock, _dir) = clocked_store(T0);
+        let session = created_session(&store, T0).await;
+        let mut ids = Vec::new();
+        for _ in 0..600 {
+            ids.push(
+                appended(&store, session.id, text_message("m", None))
+                    .await
+                    .id,
+            );
+        }
+        store.delete_session(session.id, T0).await.unwrap().unwrap();
+        assert!(trees(&store)
+            .messages
+            .scan_prefix(keys::session(session.id))
+            .next()
+            .is_none());
+        assert!(ids.iter().all(|id| trees(&store)
+            .message_locations
+            .get(keys::session(*id))
+            .unwrap()
+            .is_none()));
+        assert_eq!(trees(&store).children.iter().count(), 0);
+        assert_eq!(store.check().unwrap().pending_purges, 0);
+    }
+
+    #[tokio::test]
+    async fn deleting_a_short_conversation_leaves_other_sessions_alone() {
+        let (store, _clock, _dir) = clocked_store(T0);
+        let (doomed, kept) = (
+            created_session(&store, T0).await,
+            created_session(&store, T0).await,
+        );
+        for session in [&doomed, &kept] {
+            append_texts(&store, session.id, 3).await;
+        }
+        let deleted = store.delete_session(doomed.id, T0).await.unwrap().unwrap();
+        assert_eq!(deleted.message_count, 3);
+        assert!(trees(&store)
+            .messages
+            .scan_prefix(keys::session(doomed.id))
+            .next()
+            .is_none());
+        assert_eq!(trees(&store).message_locations.len(), 3);
+        assert_eq!(trees(&store).children.len(), 2);
+        assert_eq!(store.check().unwrap().pending_purges, 0);
+        assert!(store.check().unwrap().is_clean());
     }
 }

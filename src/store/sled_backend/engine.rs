@@ -18,8 +18,8 @@ use std::time::{Duration, Instant};
 use sled::transaction::TransactionalTree;
 use sled::Tree;
 
-use super::StoreOptions;
 use crate::error::{Error, Result};
+use crate::store::StoreOptions;
 
 /// Declares the store's trees once: each field with the name sled stores it under. From
 /// that come [`Trees`] (the open trees), [`WriteTx`] (the same trees inside a write's
@@ -85,7 +85,7 @@ trees! {
     /// session id -> (). Deleted sessions whose messages are still being removed.
     purges: "sessionid_purge",
     /// first event id (BE) -> the events of one write. The durable event log.
-    events: super::events::RECORDS_TREE,
+    events: super::event_records::RECORDS_TREE,
     /// owner kind ++ owner id ++ first event id (BE) -> (). The log by session, agent, user.
     event_index: "ownerideventid",
 }
