@@ -27,12 +27,12 @@ use std::time::Instant;
 
 use uuid::Uuid;
 
-use super::events::EventBus;
+use super::events::{EventBus, EventReplay};
 use super::messages::{MessagePage, MessageQuery};
 use super::sessions::{SessionCounts, SessionPage, SessionQuery};
 use super::write::Job;
 use super::{CheckReport, TreeStats};
-use crate::domain::{Event, EventFilter, Message, Session, SessionError, Timestamp};
+use crate::domain::{Event, Message, Session, SessionError, Timestamp};
 use crate::error::Result;
 
 /// A read in progress.
@@ -104,15 +104,8 @@ pub(super) trait Backend: Send + Sync + 'static {
         query: &'a MessageQuery,
     ) -> Reading<'a, std::result::Result<MessagePage, SessionError>>;
 
-    /// Stored events matching `filter` with ids in `(after, through]`, oldest first, at
-    /// most `limit`; events whose message was deleted since are skipped.
-    fn events_after(
-        &self,
-        filter: EventFilter,
-        after: u64,
-        through: u64,
-        limit: usize,
-    ) -> Reading<'_, Vec<Event>>;
+    /// The stored events a replay asks for.
+    fn replay(&self, replay: EventReplay) -> Reading<'_, Vec<Event>>;
 
     /// Finishes what the deletion of `session_id` left for later, if anything.
     fn finish_deletion(&self, session_id: Uuid) -> Reading<'_, ()>;

@@ -212,6 +212,16 @@ impl EventBus {
     }
 }
 
+/// Stored events to replay: those matching `filter` with ids in `(after, through]`,
+/// oldest first, at most `limit`. Events whose message was deleted since are skipped.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct EventReplay {
+    pub(super) filter: EventFilter,
+    pub(super) after: u64,
+    pub(super) through: u64,
+    pub(super) limit: usize,
+}
+
 /// Buffer of a stream subscriber: how far it may fall behind before it is cut off.
 pub const STREAM_BUFFER: usize = 8192;
 
@@ -313,15 +323,13 @@ impl Store {
                     break Arc::new(event);
                 }
                 if cursor.sent_through < cursor.replay_through {
-                    let batch = cursor
-                        .store
-                        .events_after(
-                            cursor.filter,
-                            cursor.sent_through,
-                            cursor.replay_through,
-                            REPLAY_BATCH,
-                        )
-                        .await;
+                    let replay = EventReplay {
+                        filter: cursor.filter,
+                        after: cursor.sent_through,
+                        through: cursor.replay_through,
+                        limit: REPLAY_BATCH,
+                    };
+                    let batch = cursor.store.backend.replay(replay).await;
                     match batch {
                         Ok(batch) if batch.is_empty() => {
                             cursor.sent_through = cursor.replay_through;
@@ -347,23 +355,6 @@ impl Store {
             Some((event, cursor))
         });
         Ok(Box::pin(Exclusive(Mutex::new(Box::pin(stream)))))
-    }
-
-    /// Stored events matching `filter` with ids in `(after, through]`, oldest first, at most
-    /// `limit`. Events whose message was deleted since are skipped.
-    ///
-    /// # Errors
-    /// Storage failures and undecodable records.
-    pub async fn events_after(
-        &self,
-        filter: EventFilter,
-        after: u64,
-        through: u64,
-        limit: usize,
-    ) -> Result<Vec<Event>> {
-        self.backend
-            .events_after(filter, after, through, limit)
-            .await
     }
 
     /// Removes events that all happened before `cutoff`, keeping the newest so that ids

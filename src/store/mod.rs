@@ -241,6 +241,20 @@ pub(crate) mod test_support {
         }
     }
 
+    /// Every stored event matching `filter`, oldest first.
+    pub(crate) async fn stored_events(
+        store: &Store,
+        filter: crate::domain::EventFilter,
+    ) -> Vec<crate::domain::Event> {
+        let replay = events::EventReplay {
+            filter,
+            after: 0,
+            through: u64::MAX,
+            limit: usize::MAX,
+        };
+        store.backend.replay(replay).await.expect("the store reads")
+    }
+
     /// A store in a fresh temporary directory (kept alive by the returned guard), on the
     /// system clock.
     pub(crate) fn temp_store() -> (Store, tempfile::TempDir) {

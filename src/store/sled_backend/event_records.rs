@@ -8,6 +8,7 @@ use super::engine::Engine;
 use super::keys::{self, EventOwner};
 use crate::domain::{Event, EventData, EventFilter, EventKind, Session, Timestamp};
 use crate::error::Result;
+use crate::store::events::EventReplay;
 
 /// How the events of one write are stored: one record, keyed by the first event's id, the
 /// others following with consecutive ids. Every write's events concern one session, so the
@@ -174,13 +175,13 @@ impl Engine {
         Ok((doomed, events))
     }
 
-    pub(super) fn events_after(
-        &self,
-        filter: EventFilter,
-        after: u64,
-        through: u64,
-        limit: usize,
-    ) -> Result<Vec<Event>> {
+    pub(super) fn replay(&self, replay: EventReplay) -> Result<Vec<Event>> {
+        let EventReplay {
+            filter,
+            after,
+            through,
+            limit,
+        } = replay;
         let owner = match filter {
             EventFilter::Session(id) | EventFilter::RepliesTo { session_id: id, .. } => {
                 EventOwner::Session(id)
@@ -267,7 +268,7 @@ impl Engine {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::test_support::session_at;
+    use crate::store::test_support::{session_at, stored_events};
     use crate::store::{Store, StoreOptions, FORMAT_VERSION};
 
     #[tokio::test]
@@ -299,10 +300,7 @@ mod tests {
             db.flush().unwrap();
         }
         let store = Store::open(dir.path(), &StoreOptions::default()).unwrap();
-        let replayed = store
-            .events_after(EventFilter::Agent(session.agent_id), 0, u64::MAX, 10)
-            .await
-            .unwrap();
+        let replayed = stored_events(&store, EventFilter::Agent(session.agent_id)).await;
         assert_eq!(replayed.len(), 1);
         assert_eq!(
             (replayed[0].id, replayed[0].kind),

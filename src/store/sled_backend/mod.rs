@@ -29,12 +29,12 @@ use uuid::Uuid;
 pub use check::{CheckReport, TreeStats};
 
 use super::backend::{Backend, Reading, Release};
-use super::events::EventBus;
+use super::events::{EventBus, EventReplay};
 use super::messages::{MessagePage, MessageQuery};
 use super::sessions::{SessionCounts, SessionPage, SessionQuery};
 use super::write::{broken, settle_unrefused, Failure, Job, TxResult};
 use super::StoreOptions;
-use crate::domain::{Event, EventFilter, Message, Session, SessionError, Timestamp};
+use crate::domain::{Event, Message, Session, SessionError, Timestamp};
 use crate::error::{Error, Result};
 use engine::{Engine, EngineSlot};
 use write_ops::MESSAGES_PER_PURGE_WRITE;
@@ -198,14 +198,8 @@ impl Backend for SledBackend {
         self.read_now(|engine| engine.page_messages(session, query))
     }
 
-    fn events_after(
-        &self,
-        filter: EventFilter,
-        after: u64,
-        through: u64,
-        limit: usize,
-    ) -> Reading<'_, Vec<Event>> {
-        self.read_now(|engine| engine.events_after(filter, after, through, limit))
+    fn replay(&self, replay: EventReplay) -> Reading<'_, Vec<Event>> {
+        self.read_now(|engine| engine.replay(replay))
     }
 
     fn finish_deletion(&self, session_id: Uuid) -> Reading<'_, ()> {
