@@ -8,9 +8,12 @@
 //! 2. one stuck subscriber: a raw TCP connection with a small receive buffer that sends the
 //!    SSE GET for the session, reads the response head (so it is surely subscribed) and then
 //!    never reads again;
-//! 3. ten healthy subscribers reading the session's stream.
+//! 3. ten healthy subscribers reading the session's stream;
+//! 4. a thousand healthy subscribers reading the session's stream: the fan-out, where every
+//!    append reaches every stream.
 //!
-//! It prints appends per second, p50 and p99 latency per case and the ratio stuck / none.
+//! It prints appends per second, p50 and p99 latency per case, the events the healthy
+//! subscribers received, and the ratios stuck / none and thousand / none.
 //! There are no pass/fail thresholds: the numbers depend on the machine and its disk.
 //!
 //! Run with `cargo bench --bench stuck_subscriber` (a release build, about 15 s). Under
@@ -21,7 +24,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures_util::StreamExt;
 use serde_json::{json, Value};
 use sessiond::app::RunningServer;
 use sessiond::config::ServeConfig;
@@ -36,6 +38,8 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 const WRITERS: usize = 32;
 /// Healthy subscribers in the third case.
 const HEALTHY_SUBSCRIBERS: usize = 10;
+/// Healthy subscribers in the fan-out case (a smoke run opens fewer).
+const FAN_OUT_SUBSCRIBERS: usize = 1000;
 /// The stuck subscriber's socket receive buffer: small, so it fills almost at once.
 const STUCK_RECV_BUFFER: u32 = 4096;
 
@@ -64,6 +68,7 @@ enum Case {
     NoSubscriber,
     OneStuck,
     TenHealthy,
+    FanOut,
 }
 
 impl Case {
@@ -72,6 +77,7 @@ impl Case {
             Case::NoSubscriber => "no subscriber",
             Case::OneStuck => "1 stuck subscriber",
             Case::TenHealthy => "10 healthy subscribers",
+            Case::FanOut => "1000 healthy subscribers",
         }
     }
 }
@@ -85,12 +91,15 @@ struct Fixture {
 }
 
 impl Fixture {
-    async fn start() -> Result<Fixture, BoxError> {
+    async fn start(streams: usize) -> Result<Fixture, BoxError> {
         let dir = tempfile::tempdir()?;
+        let defaults = ServeConfig::default();
         let config = ServeConfig {
             addr: "127.0.0.1:0".parse()?,
             data_dir: dir.path().to_path_buf(),
-            ..ServeConfig::default()
+            max_streams: defaults.max_streams.max(streams + 1),
+            max_connections: defaults.max_connections.max(streams + 2 * WRITERS + 16),
+            ..defaults
         };
         let server = sessiond::app::start(config).await?;
         let client = reqwest::Client::builder()
@@ -205,28 +214,34 @@ async fn shut_down_with_stuck_subscriber(
     Ok(note)
 }
 
-/// Opens a healthy subscriber that counts the `message` events it reads.
+/// Opens a healthy subscriber on a raw socket, as lean a reader as a client can be (the
+/// machine is shared with the server), that counts the `message` events it reads.
 async fn healthy_subscriber(
     fixture: &Fixture,
     counted: Arc<AtomicU64>,
 ) -> Result<tokio::task::JoinHandle<()>, BoxError> {
-    let client = reqwest::Client::builder().no_proxy().build()?;
-    let response = client
-        .get(url(fixture.addr(), &fixture.events_path()))
-        .send()
-        .await?
-        .error_for_status()?;
+    let mut stream = TcpStream::connect(fixture.addr()).await?;
+    let request = format!(
+        "GET {} HTTP/1.1\r\nHost: {}\r\nAccept: text/event-stream\r\n\r\n",
+        fixture.events_path(),
+        fixture.addr()
+    );
+    stream.write_all(request.as_bytes()).await?;
     Ok(tokio::spawn(async move {
-        let mut body = response.bytes_stream();
-        let needle = b"event: message\n";
-        let mut carry: Vec<u8> = Vec::new();
-        while let Some(Ok(chunk)) = body.next().await {
-            carry.extend_from_slice(&chunk);
-            let found = carry.windows(needle.len()).filter(|w| w == needle).count();
+        let needle = memchr::memmem::Finder::new(b"event: message\n");
+        let keep = needle.needle().len() - 1;
+        // The tail of the previous read goes first: a name may straddle two reads.
+        let mut buffer = vec![0u8; keep + 256 * 1024];
+        let mut carried = 0;
+        loop {
+            let read = match stream.read(&mut buffer[carried..]).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => carried + n,
+            };
+            let found = needle.find_iter(&buffer[..read]).count();
             counted.fetch_add(found as u64, Ordering::Relaxed);
-            // Keep a tail shorter than the needle: a name may straddle two chunks.
-            let keep = carry.len().min(needle.len() - 1);
-            carry.drain(..carry.len() - keep);
+            carried = read.min(keep);
+            buffer.copy_within(read - carried..read, 0);
         }
     }))
 }
@@ -273,16 +288,21 @@ async fn write_load(fixture: &Fixture, timing: Timing) -> Result<Vec<Duration>, 
     Ok(all)
 }
 
-async fn run_case(case: Case, timing: Timing) -> Result<Measured, BoxError> {
-    let fixture = Fixture::start().await?;
+async fn run_case(case: Case, timing: Timing, fan_out: usize) -> Result<Measured, BoxError> {
+    let subscribers = match case {
+        Case::NoSubscriber | Case::OneStuck => 0,
+        Case::TenHealthy => HEALTHY_SUBSCRIBERS,
+        Case::FanOut => fan_out,
+    };
+    let fixture = Fixture::start(subscribers).await?;
     let mut stuck = None;
     let mut healthy = Vec::new();
     let counted = Arc::new(AtomicU64::new(0));
     match case {
         Case::NoSubscriber => {}
         Case::OneStuck => stuck = Some(stuck_subscriber(&fixture).await?),
-        Case::TenHealthy => {
-            for _ in 0..HEALTHY_SUBSCRIBERS {
+        Case::TenHealthy | Case::FanOut => {
+            for _ in 0..subscribers {
                 healthy.push(healthy_subscriber(&fixture, Arc::clone(&counted)).await?);
             }
         }
@@ -299,10 +319,10 @@ async fn run_case(case: Case, timing: Timing) -> Result<Measured, BoxError> {
 
     let note = match case {
         Case::NoSubscriber | Case::OneStuck => String::new(),
-        Case::TenHealthy => {
+        Case::TenHealthy | Case::FanOut => {
             // Total appends include the warm-up; give the readers a moment to catch up.
             let total = message_count(&fixture).await?;
-            let wanted = total * HEALTHY_SUBSCRIBERS as u64;
+            let wanted = total * subscribers as u64;
             let deadline = Instant::now() + Duration::from_secs(5);
             while counted.load(Ordering::Relaxed) < wanted && Instant::now() < deadline {
                 tokio::time::sleep(Duration::from_millis(20)).await;
@@ -380,8 +400,15 @@ async fn main() -> Result<(), BoxError> {
         if full { "" } else { " (smoke run)" }
     );
     let mut results = Vec::new();
-    for case in [Case::NoSubscriber, Case::OneStuck, Case::TenHealthy] {
-        results.push((case, run_case(case, timing).await?));
+    // A smoke run opens a few: enough to run the code, not to load the machine.
+    let fan_out = if full { FAN_OUT_SUBSCRIBERS } else { 20 };
+    for case in [
+        Case::NoSubscriber,
+        Case::OneStuck,
+        Case::TenHealthy,
+        Case::FanOut,
+    ] {
+        results.push((case, run_case(case, timing, fan_out).await?));
     }
 
     println!();
@@ -414,6 +441,10 @@ async fn main() -> Result<(), BoxError> {
     let (none, stuck) = (rate(Case::NoSubscriber), rate(Case::OneStuck));
     if none > 0.0 {
         println!("throughput ratio stuck / none: {:.3}", stuck / none);
+        println!(
+            "throughput ratio {fan_out} healthy / none: {:.3}",
+            rate(Case::FanOut) / none
+        );
     }
     Ok(())
 }

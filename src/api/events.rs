@@ -4,7 +4,6 @@
 //! up to the id published when it subscribed, then forwards live events: nothing is lost at
 //! the seam and nothing is sent twice.
 
-use std::convert::Infallible;
 use std::sync::Arc;
 
 use futures_util::StreamExt;
@@ -177,16 +176,22 @@ fn event_stream(
     last_event_id: Option<u64>,
 ) -> Result<Response, ApiError> {
     let permit = state.stream_permit()?;
-    let events = state
+    let chunks = state
         .store
         .events(filter, last_event_id)?
-        .map(move |event| {
+        .ready_chunks(READY_EVENTS_PER_CHUNK)
+        .map(move |ready| {
             let _open = &permit;
-            Ok::<_, Infallible>(to_sse(&event))
+            let frames: Vec<_> = ready.iter().map(|event| event.rendered(to_frame)).collect();
+            frames.concat()
         })
         .take_until(state.shutdown.clone().cancelled_owned());
-    Ok(sse::reply(events))
+    Ok(sse::reply(chunks))
 }
+
+/// Most events a stream writes in one chunk: bounds a chunk's size when a stream is far
+/// behind (a replay, say).
+const READY_EVENTS_PER_CHUNK: usize = 256;
 
 /// The JSON an event carries.
 fn event_data(event: &Event) -> String {
@@ -212,6 +217,7 @@ fn event_data(event: &Event) -> String {
     rendered.unwrap_or_else(|_| "{}".to_owned())
 }
 
-fn to_sse(event: &Event) -> warp::sse::Event {
-    sse::event(Some(event.id), event.kind.name(), &event_data(event))
+/// An event's frame: the same text for every stream it goes to, so it is rendered once.
+fn to_frame(event: &Event) -> String {
+    sse::frame(Some(event.id), event.kind.name(), &event_data(event))
 }

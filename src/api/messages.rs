@@ -19,8 +19,8 @@ use super::sse;
 use super::views::{json, MessageCreated, MessageView, SessionContext};
 use super::{load_active, session_path, with_state, AppState, SharedState};
 use crate::domain::message::{MAX_ATTACHMENTS, MAX_CONTENT_CHARS};
-use crate::domain::{Attachment, Event, EventData, EventFilter, Message, NewMessage, SessionError};
-use crate::store::{MessageQuery, Subscription, STREAM_BUFFER};
+use crate::domain::{Attachment, EventData, EventFilter, Message, NewMessage, SessionError};
+use crate::store::{MessageQuery, StreamEvent, Subscription, STREAM_BUFFER};
 
 /// Default and largest page size of a message page.
 const PAGE_LIMIT: (usize, usize) = (50, 100);
@@ -377,7 +377,7 @@ async fn create_message(
 async fn wait_for_reply(
     state: &AppState,
     message: &Message,
-    events: &mut mpsc::Receiver<Arc<Event>>,
+    events: &mut mpsc::Receiver<Arc<StreamEvent>>,
 ) -> Option<Message> {
     let timeout = tokio::time::sleep(state.reply_timeout);
     tokio::pin!(timeout);
@@ -397,7 +397,7 @@ enum Waited {
 async fn next_reply(
     state: &AppState,
     message: &Message,
-    events: &mut mpsc::Receiver<Arc<Event>>,
+    events: &mut mpsc::Receiver<Arc<StreamEvent>>,
     mut timeout: std::pin::Pin<&mut tokio::time::Sleep>,
 ) -> Waited {
     let replies = EventFilter::RepliesTo {
@@ -438,10 +438,10 @@ fn reply_stream(
     state: Arc<AppState>,
     message: Message,
     context: SessionContext,
-    events: mpsc::Receiver<Arc<Event>>,
+    events: mpsc::Receiver<Arc<StreamEvent>>,
     permit: OwnedSemaphorePermit,
 ) -> Response {
-    let first = sse::event(
+    let first = sse::frame(
         None,
         "user_message",
         &serde_json::to_string(&MessageView::new(&message, &context)).unwrap_or_default(),
@@ -458,7 +458,7 @@ fn reply_stream(
                         let data = serde_json::to_string(&MessageView::new(&reply, &context))
                             .unwrap_or_default();
                         (
-                            sse::event(None, "agent_message", &data),
+                            sse::frame(None, "agent_message", &data),
                             Some((state, message, context, events)),
                         )
                     }
@@ -470,15 +470,15 @@ fn reply_stream(
     );
     let stream = futures_util::stream::once(async { first })
         .chain(following)
-        .map(move |event| {
+        .map(move |frame| {
             let _open = &permit;
-            Ok::<_, std::convert::Infallible>(event)
+            frame
         });
     sse::reply(stream)
 }
 
-fn done(reason: &str) -> warp::sse::Event {
-    sse::event(
+fn done(reason: &str) -> String {
+    sse::frame(
         None,
         "done",
         &serde_json::json!({ "reason": reason }).to_string(),

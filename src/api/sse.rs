@@ -1,34 +1,116 @@
 //! Server-Sent Events as every stream writes them: the event streams and the reply streams of
 //! `transport: "sse"`.
+//!
+//! A stream's body is text chunks: each chunk holds every event that was ready when the
+//! stream was polled, so a busy stream writes to its socket once per wake, not once per
+//! event; and an idle stream writes a comment line at least every [`KEEP_ALIVE`].
 
+use std::convert::Infallible;
+use std::fmt::Write;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use futures_util::TryStream;
+use futures_util::Stream;
+use warp::http::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE};
 use warp::reply::Response;
 use warp::Reply;
 
 /// A comment line at least this often keeps idle streams (and proxies) alive.
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
 
-/// The response streaming `events`, with a keep-alive comment whenever it is idle.
-pub(super) fn reply<S>(events: S) -> Response
+/// What an idle stream writes.
+const KEEP_ALIVE_COMMENT: &str = ":\n\n";
+
+/// The response streaming `chunks` of frames (see [`frame`]), with a keep-alive comment
+/// whenever it is idle.
+pub(super) fn reply<S>(chunks: S) -> Response
 where
-    S: TryStream<Ok = warp::sse::Event> + Send + Sync + 'static,
-    S::Error: std::error::Error + Send + Sync + 'static,
+    S: Stream<Item = String> + Send + Sync + 'static,
 {
-    warp::sse::reply(warp::sse::keep_alive().interval(KEEP_ALIVE).stream(events)).into_response()
+    let body = KeptAlive {
+        chunks: Box::pin(chunks),
+        idle: Box::pin(tokio::time::sleep(KEEP_ALIVE)),
+    };
+    let mut response = warp::reply::stream(futures_util::StreamExt::map(body, Ok::<_, Infallible>))
+        .into_response();
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    response
 }
 
-/// One Server-Sent Event, written `id: `, `event: `, `data: ` with a space after each colon,
-/// as the SSE specification's examples do: hand-written readers test for `data: `. warp
-/// writes `field:value`, and every SSE reader drops one space at the start of a value, so
-/// the space goes into the value. `data` is one line of JSON.
-pub(super) fn event(id: Option<u64>, name: &str, data: &str) -> warp::sse::Event {
-    let event = warp::sse::Event::default()
-        .event(format!(" {name}"))
-        .data(format!(" {data}"));
-    match id {
-        Some(id) => event.id(format!(" {id}")),
-        None => event,
+/// One Server-Sent Event: `event: `, `data: `, then `id: ` when there is one, and the blank
+/// line that ends it, with a space after each colon as the SSE specification's examples
+/// write it (hand-written readers test for `data: `). `data` is one line of JSON.
+pub(super) fn frame(id: Option<u64>, name: &str, data: &str) -> String {
+    let mut frame = String::with_capacity(name.len() + data.len() + 48);
+    let _ = write!(frame, "event: {name}\ndata: {data}\n");
+    if let Some(id) = id {
+        let _ = writeln!(frame, "id: {id}");
+    }
+    frame.push('\n');
+    frame
+}
+
+/// A stream of chunks that writes a comment after [`KEEP_ALIVE`] without a chunk.
+struct KeptAlive<S> {
+    chunks: Pin<Box<S>>,
+    idle: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl<S: Stream<Item = String>> Stream for KeptAlive<S> {
+    type Item = String;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<String>> {
+        let polled = self.chunks.as_mut().poll_next(cx);
+        let chunk = match polled {
+            Poll::Ready(chunk) => chunk,
+            Poll::Pending => match self.idle.as_mut().poll(cx) {
+                Poll::Ready(()) => Some(KEEP_ALIVE_COMMENT.to_owned()),
+                Poll::Pending => return Poll::Pending,
+            },
+        };
+        let next_comment = tokio::time::Instant::now() + KEEP_ALIVE;
+        self.idle.as_mut().reset(next_comment);
+        Poll::Ready(chunk)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_frame_has_a_space_after_each_colon_and_ends_with_a_blank_line() {
+        assert_eq!(
+            frame(Some(7), "message", r#"{"a":1}"#),
+            "event: message\ndata: {\"a\":1}\nid: 7\n\n"
+        );
+        assert_eq!(frame(None, "done", "{}"), "event: done\ndata: {}\n\n");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_stream_writes_a_comment_and_a_busy_one_does_not() {
+        use futures_util::StreamExt;
+        let (sender, receiver) = tokio::sync::mpsc::unbounded_channel::<String>();
+        let chunks = futures_util::stream::unfold(receiver, |mut receiver| async move {
+            receiver.recv().await.map(|chunk| (chunk, receiver))
+        });
+        let mut kept = KeptAlive {
+            chunks: Box::pin(chunks),
+            idle: Box::pin(tokio::time::sleep(KEEP_ALIVE)),
+        };
+        tokio::time::advance(KEEP_ALIVE - Duration::from_secs(1)).await;
+        sender.send("event".into()).unwrap();
+        assert_eq!(kept.next().await.as_deref(), Some("event"));
+        // The chunk reset the timer: a second later is not yet idle for KEEP_ALIVE.
+        tokio::time::advance(Duration::from_secs(1)).await;
+        sender.send("again".into()).unwrap();
+        assert_eq!(kept.next().await.as_deref(), Some("again"));
+        assert_eq!(kept.next().await.as_deref(), Some(KEEP_ALIVE_COMMENT));
+        drop(sender);
+        assert_eq!(kept.next().await, None);
     }
 }

@@ -9,7 +9,7 @@
 //! at the seam.
 
 use std::collections::VecDeque;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use futures_util::Stream;
 use tokio::sync::mpsc;
@@ -82,13 +82,47 @@ impl EventLog {
     }
 }
 
+/// An event as streams receive it: one allocation shared by every stream it goes to, with
+/// room for the text a transport writes it as, so that a thousand streams of one session
+/// render each event once.
+#[derive(Debug)]
+pub struct StreamEvent {
+    event: Event,
+    rendered: OnceLock<Arc<str>>,
+}
+
+impl StreamEvent {
+    fn new(event: Event) -> Arc<StreamEvent> {
+        Arc::new(StreamEvent {
+            event,
+            rendered: OnceLock::new(),
+        })
+    }
+
+    /// The event as `render` writes it: rendered by the first stream that asks, shared by
+    /// the others. Every stream must render an event the same way.
+    pub fn rendered(&self, render: impl FnOnce(&Event) -> String) -> Arc<str> {
+        self.rendered
+            .get_or_init(|| render(&self.event).into())
+            .clone()
+    }
+}
+
+impl std::ops::Deref for StreamEvent {
+    type Target = Event;
+
+    fn deref(&self) -> &Event {
+        &self.event
+    }
+}
+
 /// A live subscription: events published after it was made, and the id up to which the
 /// store must be replayed first.
 #[derive(Debug)]
 pub struct Subscription {
     /// Live events, in id order. Ends when the subscriber falls too far behind (it should
     /// resume from the store) or the store closes.
-    pub events: mpsc::Receiver<Arc<Event>>,
+    pub events: mpsc::Receiver<Arc<StreamEvent>>,
     /// Every event with an id up to this one was published before the subscription: read
     /// those from the store.
     pub replay_through: u64,
@@ -96,13 +130,13 @@ pub struct Subscription {
 
 struct Subscriber {
     filter: EventFilter,
-    sender: mpsc::Sender<Arc<Event>>,
+    sender: mpsc::Sender<Arc<StreamEvent>>,
 }
 
 #[derive(Default)]
 struct BusState {
     /// Committed events not yet known to be durable, in id order.
-    pending: VecDeque<Arc<Event>>,
+    pending: VecDeque<Arc<StreamEvent>>,
     /// The newest id committed (pending or published).
     committed_through: u64,
     /// The newest id handed to subscribers.
@@ -143,7 +177,7 @@ impl EventBus {
         let mut state = self.lock();
         for event in events {
             state.committed_through = event.id;
-            state.pending.push_back(Arc::new(event));
+            state.pending.push_back(StreamEvent::new(event));
         }
     }
 
@@ -226,7 +260,7 @@ pub(super) struct EventReplay {
 pub const STREAM_BUFFER: usize = 8192;
 
 /// A stream of events, in id order (see [`Store::events`]). `Sync`, as an HTTP body must be.
-pub type EventStream = std::pin::Pin<Box<dyn Stream<Item = Arc<Event>> + Send + Sync>>;
+pub type EventStream = std::pin::Pin<Box<dyn Stream<Item = Arc<StreamEvent>> + Send + Sync>>;
 
 /// A stream that is `Sync` because it is only ever polled through `&mut`: the lock is
 /// never taken. An engine's reads need only be `Send`.
@@ -272,7 +306,7 @@ struct EventCursor {
     sent_through: u64,
     replay_through: u64,
     replayed: VecDeque<Event>,
-    live: mpsc::Receiver<Arc<Event>>,
+    live: mpsc::Receiver<Arc<StreamEvent>>,
     ended: bool,
 }
 
@@ -320,7 +354,7 @@ impl Store {
             }
             let event = loop {
                 if let Some(event) = cursor.replayed.pop_front() {
-                    break Arc::new(event);
+                    break StreamEvent::new(event);
                 }
                 if cursor.sent_through < cursor.replay_through {
                     let replay = EventReplay {
