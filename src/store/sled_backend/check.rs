@@ -280,19 +280,27 @@ impl Engine {
                 _ => report.problem(format!("message {} has no id index entry", message.id)),
             }
             if let Some(parent_id) = message.parent_id {
-                if !self
-                    .trees
-                    .children
-                    .contains_key(keys::child(parent_id, seq))?
+                let parent_seq = match self.trees.message_locations.get(keys::session(parent_id))? {
+                    Some(location) if keys::parse_message(&location)?.0 == session_id => {
+                        Some(keys::parse_message(&location)?.1)
+                    }
+                    _ => {
+                        report.problem(format!(
+                            "message {}'s parent {parent_id} is not in its session",
+                            message.id
+                        ));
+                        None
+                    }
+                };
+                // A reply to the message just before it needs no entry.
+                let needs_entry = parent_seq.is_some_and(|parent_seq| parent_seq + 1 != seq);
+                if needs_entry
+                    && !self
+                        .trees
+                        .children
+                        .contains_key(keys::child(parent_id, seq))?
                 {
                     report.problem(format!("message {} has no reply index entry", message.id));
-                }
-                match self.trees.message_locations.get(keys::session(parent_id))? {
-                    Some(location) if keys::parse_message(&location)?.0 == session_id => {}
-                    _ => report.problem(format!(
-                        "message {}'s parent {parent_id} is not in its session",
-                        message.id
-                    )),
                 }
             }
         }

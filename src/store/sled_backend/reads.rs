@@ -304,14 +304,18 @@ impl Engine {
         session: &Session,
         query: &MessageQuery,
     ) -> Result<Result<MessagePage, SessionError>> {
-        if let Some(parent_id) = query.parent_id {
-            if self.message(session.id, parent_id)?.is_none() {
-                return Ok(Err(SessionError::InvalidParent {
-                    session_id: session.id,
-                    parent_id,
-                }));
-            }
-        }
+        let parent = match query.parent_id {
+            None => None,
+            Some(parent_id) => match self.message(session.id, parent_id)? {
+                Some(parent) => Some(parent),
+                None => {
+                    return Ok(Err(SessionError::InvalidParent {
+                        session_id: session.id,
+                        parent_id,
+                    }))
+                }
+            },
+        };
         // Translate every bound into an exclusive seq interval (low, high).
         let count = session.message_count;
         let mut low: u64 = 0;
@@ -343,7 +347,13 @@ impl Engine {
         }
         let oldest_first = query.after_seq.is_some() || query.after_ms.is_some();
         let newest_first = query.before_seq.is_some() || query.before_ms.is_some();
-        self.read_page(session.id, query, low, high, oldest_first && !newest_first)
+        self.read_page(
+            session.id,
+            parent.as_ref(),
+            query.limit,
+            (low, high),
+            oldest_first && !newest_first,
+        )
     }
 
     /// Explains a message that a read expected and did not find. Messages are never
@@ -370,17 +380,18 @@ impl Engine {
         }
     }
 
-    /// Reads up to `limit` messages in (low, high): the oldest ones when `ascending`, else
-    /// the newest ones. The page is returned newest first.
+    /// Reads up to `limit` messages (of them all, or the replies to `parent`) with seqs in
+    /// (low, high): the oldest ones when `ascending`, else the newest ones. The page is
+    /// returned newest first.
     fn read_page(
         &self,
         session_id: Uuid,
-        query: &MessageQuery,
-        low: u64,
-        high: u64,
+        parent: Option<&Message>,
+        limit: usize,
+        (low, high): (u64, u64),
         ascending: bool,
     ) -> Result<Result<MessagePage, SessionError>> {
-        let seqs: Box<dyn DoubleEndedIterator<Item = Result<u64>>> = match query.parent_id {
+        let seqs: Box<dyn DoubleEndedIterator<Item = Result<u64>>> = match parent {
             None => Box::new(
                 self.trees
                     .messages
@@ -388,22 +399,34 @@ impl Engine {
                     .keys()
                     .map(|key| Ok(keys::parse_message(&key?)?.1)),
             ),
-            Some(parent_id) => Box::new(
-                self.trees
+            Some(parent) => {
+                // The reply stored right after its parent has no entry of its own (see
+                // `insert_message`); it comes before every other reply. A store written
+                // before that has an entry for it too, which is skipped.
+                let next = parent.seq + 1;
+                let adjacent = (next > low && next < high)
+                    && self
+                        .message_at(session_id, next)?
+                        .is_some_and(|reply| reply.parent_id == Some(parent.id));
+                let adjacent = adjacent.then_some(next);
+                let entries = self
+                    .trees
                     .children
-                    .range(keys::child(parent_id, low + 1)..keys::child(parent_id, high))
+                    .range(keys::child(parent.id, low + 1)..keys::child(parent.id, high))
                     .keys()
-                    .map(|key| Ok(keys::parse_child(&key?)?.1)),
-            ),
+                    .map(|key| Ok(keys::parse_child(&key?)?.1))
+                    .filter(move |seq| !matches!(seq, Ok(seq) if Some(*seq) == adjacent));
+                Box::new(adjacent.map(Ok).into_iter().chain(entries))
+            }
         };
         let seqs: Vec<u64> = if ascending {
-            seqs.take(query.limit + 1).collect::<Result<_>>()?
+            seqs.take(limit + 1).collect::<Result<_>>()?
         } else {
-            seqs.rev().take(query.limit + 1).collect::<Result<_>>()?
+            seqs.rev().take(limit + 1).collect::<Result<_>>()?
         };
-        let has_more = seqs.len() > query.limit;
-        let mut messages = Vec::with_capacity(query.limit.min(seqs.len()));
-        for seq in seqs.into_iter().take(query.limit) {
+        let has_more = seqs.len() > limit;
+        let mut messages = Vec::with_capacity(limit.min(seqs.len()));
+        for seq in seqs.into_iter().take(limit) {
             match self.counted_message(session_id, seq)? {
                 Ok(message) => messages.push(message),
                 Err(gone) => return Ok(Err(gone)),

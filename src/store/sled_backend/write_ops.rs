@@ -143,10 +143,23 @@ impl WriteOps for WriteTx<'_> {
         self.message_locations
             .insert(&keys::session(message.id), &key)?;
         if let Some(parent_id) = message.parent_id {
-            // The value names the session, so an entry left by an interrupted purge can be
-            // traced to its (deleted) session.
-            self.children
-                .insert(&keys::child(parent_id, seq), &keys::session(session_id))?;
+            // Most messages reply to the one before them: that reply is found at its
+            // parent's seq + 1, without an entry (one write less per append).
+            let parent_seq = match self.message_locations.get(keys::session(parent_id))? {
+                Some(location) => keys::parse_message(&location).map_err(broken)?.1,
+                None => {
+                    return Err(broken(Error::corrupt(format!(
+                        "the parent {parent_id} of message {} is not stored",
+                        message.id
+                    ))))
+                }
+            };
+            if parent_seq + 1 != seq {
+                // The value names the session, so an entry left by an interrupted purge can
+                // be traced to its (deleted) session.
+                self.children
+                    .insert(&keys::child(parent_id, seq), &keys::session(session_id))?;
+            }
         }
         Ok(())
     }
@@ -283,8 +296,11 @@ mod tests {
             created_session(&store, T0).await,
         );
         for session in [&doomed, &kept] {
-            append_texts(&store, session.id, 3).await;
+            let first = append_texts(&store, session.id, 2).await.remove(0);
+            // A branch: the one reply with an entry of its own.
+            appended(&store, session.id, text_message("again", Some(first.id))).await;
         }
+        assert_eq!(trees(&store).children.len(), 2);
         let deleted = store.delete_session(doomed.id, T0).await.unwrap().unwrap();
         assert_eq!(deleted.message_count, 3);
         assert!(trees(&store)
@@ -293,8 +309,50 @@ mod tests {
             .next()
             .is_none());
         assert_eq!(trees(&store).message_locations.len(), 3);
-        assert_eq!(trees(&store).children.len(), 2);
+        assert_eq!(trees(&store).children.len(), 1);
         assert_eq!(store.check().unwrap().pending_purges, 0);
+        assert!(store.check().unwrap().is_clean());
+    }
+
+    /// Only a reply that does not follow its parent has an entry; the replies page finds
+    /// the other one at its parent's seq + 1, also in a store that has an entry for it.
+    #[tokio::test]
+    async fn replies_are_found_with_and_without_their_own_entry() {
+        let (store, _clock, _dir) = clocked_store(T0);
+        let session = created_session(&store, T0).await;
+        let messages = append_texts(&store, session.id, 3).await;
+        let root = &messages[0];
+        let branch = appended(&store, session.id, text_message("b", Some(root.id))).await;
+        assert_eq!(
+            trees(&store).children.len(),
+            1,
+            "only the branch has an entry"
+        );
+        let replies_of_root = || async {
+            let session = store.session(session.id).await.unwrap().unwrap();
+            let query = MessageQuery {
+                limit: 10,
+                parent_id: Some(root.id),
+                ..Default::default()
+            };
+            let page = store
+                .page_messages(&session, &query)
+                .await
+                .unwrap()
+                .unwrap();
+            page.messages.iter().map(|m| m.seq).collect::<Vec<_>>()
+        };
+        assert_eq!(replies_of_root().await, vec![branch.seq, messages[1].seq]);
+
+        // As a store written before kept it: an entry for the adjacent reply too.
+        trees(&store)
+            .children
+            .insert(
+                keys::child(root.id, messages[1].seq),
+                &keys::session(session.id),
+            )
+            .unwrap();
+        assert_eq!(replies_of_root().await, vec![branch.seq, messages[1].seq]);
         assert!(store.check().unwrap().is_clean());
     }
 }
