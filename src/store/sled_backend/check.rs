@@ -9,7 +9,7 @@ use uuid::Uuid;
 
 use super::codec;
 use super::engine::Engine;
-use super::event_records::StoredEvents;
+use super::event_records::{index_entry_end, StoredEvents};
 use super::keys;
 use crate::domain::{Message, Session};
 use crate::error::Result;
@@ -371,22 +371,33 @@ impl Engine {
             next_free = first_id + record.entries.len() as u64;
             report.events += record.entries.len() as u64;
             for owner in record.owners() {
-                if !self
-                    .trees
-                    .event_index
-                    .contains_key(keys::owner_event(owner, first_id))?
-                {
+                if self.index_entry_covering(owner, first_id)?.is_none() {
                     report.problem(format!(
                         "event record {first_id} is missing an index entry for {owner:?}"
                     ));
                 }
             }
         }
-        for key in self.trees.event_index.iter().keys() {
-            let first_id = keys::parse_owner_event(&key?)?;
-            if !self.trees.events.contains_key(keys::event(first_id))? {
+        // Each entry's stretch ends in a record of its owner (trimming removes an entry
+        // with the last record it covers).
+        for entry in self.trees.event_index.iter() {
+            let (key, value) = entry?;
+            let end = index_entry_end(&key, &value)?;
+            let last_record = self
+                .trees
+                .events
+                .range(..=keys::event(end))
+                .next_back()
+                .transpose()?;
+            let owner = keys::parse_owner(&key)?;
+            let belongs = match last_record {
+                Some((_, record)) => codec::decode::<StoredEvents>(&record)
+                    .is_ok_and(|record| record.owners().contains(&owner)),
+                None => false,
+            };
+            if !belongs {
                 report.problem(format!(
-                    "event index entry points to missing record {first_id}"
+                    "event index entry for {owner:?} ends at {end}, in no record of theirs"
                 ));
             }
         }

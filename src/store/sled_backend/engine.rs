@@ -36,6 +36,8 @@ macro_rules! trees {
         /// The trees of [`Trees`] inside a write's transaction.
         pub(super) struct WriteTx<'a> {
             $($(#[$doc])* pub(super) $field: &'a TransactionalTree,)*
+            /// The first event id of the batch this transaction writes.
+            pub(super) batch_first_event_id: u64,
         }
 
         impl Trees {
@@ -52,11 +54,16 @@ macro_rules! trees {
         }
 
         impl<'a> WriteTx<'a> {
-            /// The write's view of the trees, from the transaction over [`Trees::named`].
-            pub(super) fn new(views: &'a [TransactionalTree]) -> WriteTx<'a> {
+            /// The write's view of the trees, from the transaction over [`Trees::named`],
+            /// for a batch whose events start at `batch_first_event_id`.
+            pub(super) fn new(
+                views: &'a [TransactionalTree],
+                batch_first_event_id: u64,
+            ) -> WriteTx<'a> {
                 let mut views = views.iter();
                 WriteTx {
                     $($field: views.next().expect("one transaction view per tree"),)*
+                    batch_first_event_id,
                 }
             }
         }
@@ -86,7 +93,11 @@ trees! {
     purges: "sessionid_purge",
     /// first event id (BE) -> the events of one write. The durable event log.
     events: super::event_records::RECORDS_TREE,
-    /// owner kind ++ owner id ++ first event id (BE) -> (). The log by session, agent, user.
+    /// owner kind ++ owner id ++ first event id (BE) -> last event id (BE): where the log
+    /// holds an owner's events. A session's entry names one record; an agent's or a
+    /// user's, the stretch of one write batch from its first event to the owner's last
+    /// one in it (records of other owners in between are skipped when read). An entry
+    /// written before values were kept is empty and names one record.
     event_index: "ownerideventid",
 }
 

@@ -131,6 +131,26 @@ fn owners(session_id: Uuid, agent_id: Uuid, user_id: Uuid) -> [EventOwner; 3] {
     ]
 }
 
+/// An event record the sweeper removes, and the index entries that go with it.
+pub(super) struct TrimmedRecord {
+    pub(super) first_id: u64,
+    pub(super) index_keys: Vec<OwnerEventKey>,
+}
+
+/// An `ownerideventid` key.
+pub(super) type OwnerEventKey = [u8; keys::OWNER_EVENT_LEN];
+
+/// Where an index entry's stretch of the log ends: the last event id it names (its value),
+/// or, for an entry written before values were kept, its key's id (it covers the one
+/// record there).
+pub(super) fn index_entry_end(key: &[u8], value: &[u8]) -> Result<u64> {
+    if value.is_empty() {
+        keys::parse_owner_event(key)
+    } else {
+        keys::parse_event(value)
+    }
+}
+
 /// The id after the newest stored event. A log with no event starts at the current time in
 /// microseconds, so a new store's ids are above those of any store made before it: a reader
 /// that kept its Last-Event-ID across a wiped or replaced store gets a replay, not silence.
@@ -155,13 +175,15 @@ impl Engine {
     }
 
     /// The oldest records before `newest` whose events all happened before `cutoff`, at
-    /// most `limit`: their first ids and how many events they hold.
+    /// most `limit`, with the index entries to remove with each; and how many events they
+    /// hold. Records go oldest first, so an agent's or a user's entry goes with the last
+    /// record of theirs it covers.
     pub(super) fn records_before(
         &self,
         newest: u64,
         cutoff: Timestamp,
         limit: usize,
-    ) -> Result<(Vec<u64>, usize)> {
+    ) -> Result<(Vec<TrimmedRecord>, usize)> {
         let (mut doomed, mut events) = (Vec::new(), 0);
         for entry in self.trees.events.range(..keys::event(newest)).take(limit) {
             let (key, value) = entry?;
@@ -169,10 +191,47 @@ impl Engine {
             if record.newest_at() >= cutoff {
                 break;
             }
-            doomed.push(keys::parse_event(&key)?);
+            let first_id = keys::parse_event(&key)?;
+            let last_id = first_id + record.entries.len() as u64 - 1;
+            let mut index_keys = Vec::new();
+            for owner in record.owners() {
+                if let Some((key, end)) = self.index_entry_covering(owner, first_id)? {
+                    if end <= last_id {
+                        index_keys.push(key);
+                    }
+                }
+            }
+            doomed.push(TrimmedRecord {
+                first_id,
+                index_keys,
+            });
             events += record.entries.len();
         }
         Ok((doomed, events))
+    }
+
+    /// The owner's index entry whose stretch of the log holds `id`: its key and the last
+    /// id it covers.
+    pub(super) fn index_entry_covering(
+        &self,
+        owner: EventOwner,
+        id: u64,
+    ) -> Result<Option<(OwnerEventKey, u64)>> {
+        let entry = self
+            .trees
+            .event_index
+            .range(keys::owner_event(owner, 0)..=keys::owner_event(owner, id))
+            .next_back()
+            .transpose()?;
+        let Some((key, value)) = entry else {
+            return Ok(None);
+        };
+        let end = index_entry_end(&key, &value)?;
+        Ok((end >= id).then(|| {
+            let mut owned = [0; keys::OWNER_EVENT_LEN];
+            owned.copy_from_slice(&key);
+            (owned, end)
+        }))
     }
 
     pub(super) fn replay(&self, replay: EventReplay) -> Result<Vec<Event>> {
@@ -192,26 +251,39 @@ impl Engine {
         if after >= through {
             return Ok(Vec::new());
         }
-        // The owner's record holding `after + 1` may start at or before `after`.
+        // The owner's stretch holding `after + 1` may start at or before `after`.
         let earlier = self
             .trees
             .event_index
             .range(keys::owner_event(owner, 0)..=keys::owner_event(owner, after))
-            .keys()
             .next_back();
         let later = self
             .trees
             .event_index
-            .range(keys::owner_event(owner, after + 1)..=keys::owner_event(owner, through))
-            .keys();
+            .range(keys::owner_event(owner, after + 1)..=keys::owner_event(owner, through));
         let mut found = Vec::new();
-        for key in earlier.into_iter().chain(later) {
-            let first_id = keys::parse_owner_event(&key?)?;
-            for event in self.record_events(first_id)? {
-                if event.id > after && event.id <= through && filter.matches(&event) {
-                    found.push(event);
-                    if found.len() == limit {
-                        return Ok(found);
+        for entry in earlier.into_iter().chain(later) {
+            let (key, value) = entry?;
+            let (start, end) = (
+                keys::parse_owner_event(&key)?,
+                index_entry_end(&key, &value)?,
+            );
+            // An entry with a value names its last event; one without, only its record.
+            if !value.is_empty() && end <= after {
+                continue;
+            }
+            for record in self
+                .trees
+                .events
+                .range(keys::event(start)..=keys::event(end))
+            {
+                let (key, value) = record?;
+                for event in self.record_events(keys::parse_event(&key)?, &value, owner)? {
+                    if event.id > after && event.id <= through && filter.matches(&event) {
+                        found.push(event);
+                        if found.len() == limit {
+                            return Ok(found);
+                        }
                     }
                 }
             }
@@ -219,13 +291,13 @@ impl Engine {
         Ok(found)
     }
 
-    /// The events of the record at `first_id` (none if it was trimmed), skipping message
-    /// events whose session or message was deleted since.
-    fn record_events(&self, first_id: u64) -> Result<Vec<Event>> {
-        let Some(bytes) = self.trees.events.get(keys::event(first_id))? else {
+    /// The events of the record at `first_id`, stored as `bytes`, if it is one of
+    /// `owner`'s; skips message events whose session or message was deleted since.
+    fn record_events(&self, first_id: u64, bytes: &[u8], owner: EventOwner) -> Result<Vec<Event>> {
+        let record: StoredEvents = codec::decode(bytes)?;
+        if !record.owners().contains(&owner) {
             return Ok(Vec::new());
-        };
-        let record: StoredEvents = codec::decode(&bytes)?;
+        }
         // Read once, for the first message event: a record concerns one session.
         let mut session_metadata_json: Option<Option<String>> = None;
         let mut events = Vec::with_capacity(record.entries.len());
@@ -268,8 +340,59 @@ impl Engine {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::test_support::{session_at, stored_events};
+    use crate::store::sled_backend::test_support::trees;
+    use crate::store::test_support::{
+        appended, clocked_store, session_at, stored_events, text_message,
+    };
     use crate::store::{Store, StoreOptions, FORMAT_VERSION};
+
+    const T0: Timestamp = Timestamp::from_millis(1_795_255_200_000);
+
+    /// Agents' and users' entries cover stretches of write batches that hold other
+    /// owners' records too: a replay still finds exactly an owner's events, and trimming
+    /// leaves no entry behind.
+    #[tokio::test]
+    async fn owners_sharing_write_batches_replay_only_their_own_events() {
+        let (store, clock, _dir) = clocked_store(T0);
+        let sessions: Vec<_> = (0..4).map(|_| session_at(T0, 30, 5)).collect();
+        for session in &sessions {
+            store.create_session(session.clone()).await.unwrap();
+        }
+        // Queued together, so that the writes of all four share batches.
+        let appends = sessions.iter().flat_map(|session| {
+            (0..20).map(|i| appended(&store, session.id, text_message(&format!("{i}"), None)))
+        });
+        futures_util::future::join_all(appends).await;
+
+        let records = trees(&store).events.len();
+        let agent_entries = trees(&store).event_index.scan_prefix([b'a']).count();
+        assert!(
+            agent_entries < records / 2,
+            "{agent_entries} agent entries for {records} records"
+        );
+        for session in &sessions {
+            let ids = |events: Vec<Event>| events.iter().map(|e| e.id).collect::<Vec<_>>();
+            let by_session = ids(stored_events(&store, EventFilter::Session(session.id)).await);
+            let by_agent = ids(stored_events(&store, EventFilter::Agent(session.agent_id)).await);
+            let by_user = ids(stored_events(&store, EventFilter::User(session.user_id)).await);
+            // The clock stands still, so no append renews.
+            assert_eq!(by_session.len(), 21, "created, then a message each");
+            assert_eq!(by_agent, by_session);
+            assert_eq!(by_user, by_session);
+        }
+        assert!(store.check().unwrap().is_clean());
+
+        clock.set(T0 + std::time::Duration::from_secs(3600));
+        store
+            .trim_events(T0 + std::time::Duration::from_secs(3600))
+            .await
+            .unwrap();
+        let report = store.check().unwrap();
+        assert!(report.is_clean(), "{:?}", report.problems);
+        // Only the newest record is kept, with one entry per owner.
+        assert_eq!(trees(&store).events.len(), 1);
+        assert_eq!(trees(&store).event_index.len(), 3);
+    }
 
     #[tokio::test]
     async fn a_format_1_store_is_upgraded_and_its_events_still_replay() {

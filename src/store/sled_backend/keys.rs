@@ -162,19 +162,36 @@ pub(crate) enum EventOwner {
     User(Uuid),
 }
 
+/// Length of an `ownerideventid` key.
+pub(crate) const OWNER_EVENT_LEN: usize = 1 + ID_LEN + U64_LEN;
+
 /// `ownerideventid` key: owner kind byte ++ owner id ++ event id (BE). One tree indexes the
 /// log three ways (by session, agent and user).
-pub(crate) fn owner_event(owner: EventOwner, id: u64) -> [u8; 1 + ID_LEN + U64_LEN] {
+pub(crate) fn owner_event(owner: EventOwner, id: u64) -> [u8; OWNER_EVENT_LEN] {
     let (tag, owner_id) = match owner {
         EventOwner::Session(id) => (b's', id),
         EventOwner::Agent(id) => (b'a', id),
         EventOwner::User(id) => (b'u', id),
     };
-    let mut key = [0; 1 + ID_LEN + U64_LEN];
+    let mut key = [0; OWNER_EVENT_LEN];
     key[0] = tag;
     key[1..=ID_LEN].copy_from_slice(owner_id.as_bytes());
     key[1 + ID_LEN..].copy_from_slice(&id.to_be_bytes());
     key
+}
+
+/// Parses the owner of an `ownerideventid` key.
+pub(crate) fn parse_owner(key: &[u8]) -> Result<EventOwner> {
+    let owner_id = key
+        .get(1..=ID_LEN)
+        .and_then(|bytes| Uuid::from_slice(bytes).ok())
+        .ok_or_else(|| Error::corrupt("an event index key is too short"))?;
+    match key.first() {
+        Some(b's') => Ok(EventOwner::Session(owner_id)),
+        Some(b'a') => Ok(EventOwner::Agent(owner_id)),
+        Some(b'u') => Ok(EventOwner::User(owner_id)),
+        _ => Err(Error::corrupt("an event index key of no known owner kind")),
+    }
 }
 
 /// Parses the event id of an `ownerideventid` key.

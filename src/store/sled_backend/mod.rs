@@ -240,8 +240,8 @@ impl Backend for SledBackend {
                     break;
                 }
                 self.chore(move |tx| {
-                    for first_id in &doomed {
-                        tx.remove_events(*first_id)?;
+                    for record in &doomed {
+                        tx.remove_events(record)?;
                     }
                     Ok(())
                 })

@@ -9,7 +9,7 @@ use sled::transaction::TransactionalTree;
 use uuid::Uuid;
 
 use super::engine::WriteTx;
-use super::event_records::StoredEvents;
+use super::event_records::{StoredEvents, TrimmedRecord};
 use super::keys::{self, Counter};
 use super::{codec, decode_tx, encode_tx};
 use crate::domain::{Event, Message, Session, Timestamp};
@@ -170,9 +170,17 @@ impl WriteOps for WriteTx<'_> {
         };
         self.events
             .insert(&keys::event(first_id), encode_tx(&record)?)?;
-        for owner in record.owners() {
-            self.event_index
-                .insert(&keys::owner_event(owner, first_id), &[])?;
+        let last_id = keys::event(first_id + record.entries.len() as u64 - 1);
+        let [session, agent, user] = record.owners();
+        self.event_index
+            .insert(&keys::owner_event(session, first_id), &last_id)?;
+        // One entry per agent and per user per batch, however many of their records the
+        // batch holds: each record moves its end (two writes fewer per append).
+        for owner in [agent, user] {
+            self.event_index.insert(
+                &keys::owner_event(owner, self.batch_first_event_id),
+                &last_id,
+            )?;
         }
         Ok(())
     }
@@ -212,15 +220,11 @@ impl WriteTx<'_> {
         Ok(())
     }
 
-    /// Removes the record of events starting at `first_id`, with its index entries.
-    pub(super) fn remove_events(&self, first_id: u64) -> TxResult<()> {
-        let Some(bytes) = self.events.remove(&keys::event(first_id))? else {
-            return Ok(());
-        };
-        let record: StoredEvents = decode_tx(&bytes)?;
-        for owner in record.owners() {
-            self.event_index
-                .remove(&keys::owner_event(owner, first_id))?;
+    /// Removes an event record with the index entries that only it still needed.
+    pub(super) fn remove_events(&self, record: &TrimmedRecord) -> TxResult<()> {
+        self.events.remove(&keys::event(record.first_id))?;
+        for key in &record.index_keys {
+            self.event_index.remove(key)?;
         }
         Ok(())
     }

@@ -344,7 +344,7 @@ fn commit(
     loop {
         let outcome = trees.transaction(|views| {
             *last_run.borrow_mut() = (Vec::new(), *next_event_id);
-            let tx = WriteTx::new(views);
+            let tx = WriteTx::new(views, *next_event_id);
             let mut next_id = *next_event_id;
             let mut written = Vec::new();
             let mut changed = false;
