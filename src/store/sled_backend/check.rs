@@ -214,11 +214,12 @@ impl Engine {
             for key in tree.iter().keys() {
                 let (at, id) = keys::parse_deadline(&key?)?;
                 let matches = |s: &Session| {
-                    if what == "expiry" {
-                        s.expires_at() == at
+                    let deadline = if what == "expiry" {
+                        s.expires_at()
                     } else {
-                        s.warns_at() == at
-                    }
+                        s.warns_at()
+                    };
+                    keys::deadline_bucket(deadline) == at
                 };
                 match self.session(id) {
                     Ok(Some(s)) if matches(&s) => {}

@@ -41,7 +41,7 @@ macro_rules! trees {
         }
 
         impl Trees {
-            fn open(db: &sled::Db) -> Result<Trees> {
+            pub(super) fn open(db: &sled::Db) -> Result<Trees> {
                 Ok(Trees {
                     $($field: db.open_tree($name)?,)*
                 })

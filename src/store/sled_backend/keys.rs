@@ -86,21 +86,38 @@ pub(crate) fn parse_owned_session(key: &[u8]) -> Result<Uuid> {
     id_at(key, ID_LEN)
 }
 
-/// `expiresatsessionid` / `warnatsessionid` key: instant (BE micros) ++ session id, so a
-/// range up to `now` finds exactly the sessions due.
+/// How finely deadlines are indexed: by the whole second that ends at or after them.
+const DEADLINE_BUCKET_MICROS: u64 = 1_000_000;
+
+/// The end of the indexing second a deadline falls in: the deadline rounded up to a whole
+/// second. A session renewed again and again within one second keeps its index entries
+/// (a renewal by every append would otherwise move two entries); readers that need the
+/// exact instant read the sessions of the one second that leaves it open.
+pub(crate) fn deadline_bucket(at: Timestamp) -> Timestamp {
+    let micros = at.as_micros();
+    Timestamp::from_micros(
+        micros
+            .div_ceil(DEADLINE_BUCKET_MICROS)
+            .saturating_mul(DEADLINE_BUCKET_MICROS),
+    )
+}
+
+/// `expiresatsessionid` / `warnatsessionid` key: the deadline's [`deadline_bucket`] (BE
+/// micros) ++ session id, so a range up to `now` finds sessions surely due.
 pub(crate) fn deadline(at: Timestamp, session_id: Uuid) -> [u8; U64_LEN + ID_LEN] {
     let mut key = [0; U64_LEN + ID_LEN];
-    key[..U64_LEN].copy_from_slice(&at.as_micros().to_be_bytes());
+    key[..U64_LEN].copy_from_slice(&deadline_bucket(at).as_micros().to_be_bytes());
     key[U64_LEN..].copy_from_slice(session_id.as_bytes());
     key
 }
 
-/// The first key after every deadline at or before `at`.
+/// The first key after every entry whose bucket ends at or before `at`: the deadlines
+/// surely at or before `at`.
 pub(crate) fn deadline_upper_bound(at: Timestamp) -> [u8; U64_LEN] {
     at.as_micros().saturating_add(1).to_be_bytes()
 }
 
-/// Parses a deadline key.
+/// Parses a deadline key: the deadline's bucket and the session.
 pub(crate) fn parse_deadline(key: &[u8]) -> Result<(Timestamp, Uuid)> {
     Ok((
         Timestamp::from_micros(u64_at(key, 0)?),
@@ -220,18 +237,30 @@ mod tests {
         }
 
         #[test]
-        fn deadline_key_order_is_time_then_id_order(a in uuid(), b in uuid(), x: u64, y: u64) {
+        fn deadline_key_order_is_second_then_id_order(
+            a in uuid(), b in uuid(), x in 0..u64::MAX / 2, y in 0..u64::MAX / 2,
+        ) {
             let (ta, tb) = (Timestamp::from_micros(x), Timestamp::from_micros(y));
             let (ka, kb) = (deadline(ta, a), deadline(tb, b));
-            prop_assert_eq!(ka.cmp(&kb), (x, a).cmp(&(y, b)));
-            prop_assert_eq!(parse_deadline(&ka).unwrap(), (ta, a));
+            let (ba, bb) = (deadline_bucket(ta), deadline_bucket(tb));
+            prop_assert_eq!(ka.cmp(&kb), (ba, a).cmp(&(bb, b)));
+            prop_assert_eq!(parse_deadline(&ka).unwrap(), (ba, a));
+            // The bucket is the deadline rounded up to a whole second.
+            prop_assert!(ba >= ta && ba.as_micros() - x < 1_000_000);
+            prop_assert_eq!(ba.as_micros() % 1_000_000, 0);
+            if x <= y {
+                prop_assert!(ba <= bb);
+            }
         }
 
         #[test]
-        fn deadline_upper_bound_splits_due_from_not_due(x in 0..u64::MAX - 1, y: u64, id in uuid()) {
+        fn deadline_upper_bound_finds_the_surely_due(x in 0..u64::MAX / 2, y in 0..u64::MAX / 2, id in uuid()) {
             let key = deadline(Timestamp::from_micros(y), id);
             let due = key.as_slice() < deadline_upper_bound(Timestamp::from_micros(x)).as_slice();
-            prop_assert_eq!(due, y <= x);
+            prop_assert_eq!(due, deadline_bucket(Timestamp::from_micros(y)).as_micros() <= x);
+            if due {
+                prop_assert!(y <= x);
+            }
         }
 
         #[test]

@@ -45,7 +45,8 @@ use writer::{Chore, Writer};
 ///
 /// - 1: one event record per event, indexed per event.
 /// - 2: one event record per write, holding all its events (tree `eventid_events`).
-pub const FORMAT_VERSION: u32 = 2;
+/// - 3: deadline index entries keyed by the second their deadline falls in, rounded up.
+pub const FORMAT_VERSION: u32 = 3;
 
 /// How long closing waits for sled's file lock.
 const CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
@@ -318,6 +319,24 @@ fn encode_tx<T: serde::Serialize>(value: &T) -> TxResult<Vec<u8>> {
     codec::encode(value).map_err(broken)
 }
 
+/// Writes the deadline index anew from the sessions, keyed as this build keys it.
+/// Idempotent.
+fn rebuild_deadline_index(db: &sled::Db) -> Result<()> {
+    let trees = engine::Trees::open(db)?;
+    trees.expirations.clear()?;
+    trees.warnings.clear()?;
+    for value in trees.sessions.iter().values() {
+        let session: Session = codec::decode(&value?)?;
+        trees
+            .expirations
+            .insert(keys::deadline(session.expires_at(), session.id), &[])?;
+        trees
+            .warnings
+            .insert(keys::deadline(session.warns_at(), session.id), &[])?;
+    }
+    Ok(())
+}
+
 /// Brings the store to [`FORMAT_VERSION`], refusing one written by a newer sessiond.
 fn upgrade_format(db: &sled::Db, meta: &Tree, path: &Path) -> Result<()> {
     let found = match meta.get(keys::FORMAT_VERSION)? {
@@ -342,7 +361,10 @@ fn upgrade_format(db: &sled::Db, meta: &Tree, path: &Path) -> Result<()> {
                 to = FORMAT_VERSION,
                 "upgrading the store format"
             );
-            event_records::migrate_v1_records(db)?;
+            if older < 2 {
+                event_records::migrate_v1_records(db)?;
+            }
+            rebuild_deadline_index(db)?;
             // The version comes after the copy: a crash before it reruns the (idempotent)
             // copy. The old records go only once the version says they are not needed.
             db.flush()?;

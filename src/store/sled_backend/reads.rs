@@ -12,15 +12,6 @@ use crate::store::{
     MessagePage, MessageQuery, SessionCounts, SessionPage, SessionQuery, StatusFilter,
 };
 
-fn count_keys(deadlines: &sled::Tree, now: Timestamp) -> Result<u64> {
-    let mut n = 0;
-    for key in deadlines.range(..keys::deadline_upper_bound(now)).keys() {
-        key?;
-        n += 1;
-    }
-    Ok(n)
-}
-
 fn paginate(sessions: impl Iterator<Item = Session>, limit: usize, total: u64) -> SessionPage {
     let mut sessions: Vec<Session> = sessions.take(limit + 1).collect();
     let next = if sessions.len() > limit {
@@ -51,9 +42,11 @@ impl Engine {
         to: Timestamp,
     ) -> Result<Vec<Uuid>> {
         let mut ids = Vec::new();
+        // Every entry of a bucket that may hold a deadline in [from, to]: a superset.
+        let (first, last) = (keys::deadline_bucket(from), keys::deadline_bucket(to));
         for deadlines in [&self.trees.warnings, &self.trees.expirations] {
-            let range =
-                keys::deadline(from, Uuid::nil()).to_vec()..keys::deadline_upper_bound(to).to_vec();
+            let range = keys::deadline(first, Uuid::nil()).to_vec()
+                ..keys::deadline_upper_bound(last).to_vec();
             for key in deadlines.range(range).keys() {
                 ids.push(keys::parse_deadline(&key?)?.1);
             }
@@ -78,6 +71,8 @@ impl Engine {
             .collect()
     }
 
+    /// Sessions surely expired by `cutoff` (those expiring in the second before it may be
+    /// left to a later call), soonest first, with the end of their expiry's second.
     pub(super) fn sessions_expired_by(
         &self,
         cutoff: Timestamp,
@@ -92,10 +87,35 @@ impl Engine {
             .collect()
     }
 
+    /// The sessions whose deadline (`deadline_of`) in `index` is at or before `now`: the
+    /// entries of buckets ended by then, and those of `now`'s own bucket whose session
+    /// says so.
+    fn count_due(
+        &self,
+        index: &sled::Tree,
+        now: Timestamp,
+        deadline_of: fn(&Session) -> Timestamp,
+    ) -> Result<u64> {
+        let mut due = 0;
+        for key in index.range(..keys::deadline_upper_bound(now)).keys() {
+            key?;
+            due += 1;
+        }
+        let open_bucket = keys::deadline_upper_bound(now).to_vec()
+            ..keys::deadline_upper_bound(keys::deadline_bucket(now)).to_vec();
+        for key in index.range(open_bucket).keys() {
+            let (_, id) = keys::parse_deadline(&key?)?;
+            if self.session(id)?.is_some_and(|s| deadline_of(&s) <= now) {
+                due += 1;
+            }
+        }
+        Ok(due)
+    }
+
     pub(super) fn counts(&self, now: Timestamp) -> Result<SessionCounts> {
         let total = self.counter(Counter::Sessions)?;
-        let expired = count_keys(&self.trees.expirations, now)?;
-        let warned = count_keys(&self.trees.warnings, now)?;
+        let expired = self.count_due(&self.trees.expirations, now, Session::expires_at)?;
+        let warned = self.count_due(&self.trees.warnings, now, Session::warns_at)?;
         Ok(SessionCounts {
             total,
             active: total.saturating_sub(expired),
@@ -117,9 +137,11 @@ impl Engine {
         };
         let expired_matching = || -> Result<Vec<Session>> {
             let mut expired = Vec::new();
-            for (_, id) in self.sessions_expired_by(now, usize::MAX)? {
+            // Through the end of `now`'s second: its sessions say whether they expired.
+            let bucket = keys::deadline_bucket(now);
+            for (_, id) in self.sessions_expired_by(bucket, usize::MAX)? {
                 if let Some(session) = self.session(id)? {
-                    if matches_owner(&session) {
+                    if matches_owner(&session) && session.is_expired(now) {
                         expired.push(session);
                     }
                 }
@@ -460,5 +482,146 @@ impl Engine {
             }
         }
         Ok(Ok(low))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::store::sled_backend::test_support::trees;
+    use crate::store::sled_backend::FORMAT_VERSION;
+    use crate::store::test_support::{appended, clocked_store, session_at, text_message};
+    use crate::store::{Store, StoreOptions};
+
+    /// A whole second, as deadline buckets are.
+    const T0: Timestamp = Timestamp::from_millis(1_795_255_200_000);
+    const MS: Duration = Duration::from_millis(1);
+    const MINUTE: Duration = Duration::from_secs(60);
+
+    fn expiry_keys(store: &Store) -> Vec<Vec<u8>> {
+        trees(store)
+            .expirations
+            .iter()
+            .keys()
+            .map(|key| key.unwrap().to_vec())
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn renewals_within_a_second_keep_the_index_entries_and_later_ones_move_them() {
+        let (store, clock, _dir) = clocked_store(T0);
+        let session = session_at(T0 + 100 * MS, 30, 5);
+        store.create_session(session.clone()).await.unwrap();
+        let created = expiry_keys(&store);
+        clock.set(T0 + 200 * MS);
+        appended(&store, session.id, text_message("a", None)).await;
+        clock.set(T0 + 900 * MS);
+        appended(&store, session.id, text_message("b", None)).await;
+        assert_eq!(expiry_keys(&store), created, "renewed within its second");
+        clock.set(T0 + 1_500 * MS);
+        appended(&store, session.id, text_message("c", None)).await;
+        assert_ne!(expiry_keys(&store), created, "renewed into the next second");
+        assert_eq!(expiry_keys(&store).len(), 1);
+        assert!(store.check().unwrap().is_clean());
+    }
+
+    #[tokio::test]
+    async fn counts_and_listings_are_exact_inside_the_open_second() {
+        let (store, _clock, _dir) = clocked_store(T0);
+        // Expires 300 ms into a second; warns 5 minutes before.
+        let session = session_at(T0 + 300 * MS, 30, 5);
+        store.create_session(session.clone()).await.unwrap();
+        let expires = session.expires_at();
+        let engine = crate::store::sled_backend::test_support::sled_of(&store)
+            .engines
+            .engine()
+            .unwrap();
+        let before = engine.counts(expires - MS).unwrap();
+        assert_eq!(
+            (before.active, before.expired, before.expiring_soon),
+            (1, 0, 1)
+        );
+        let at = engine.counts(expires).unwrap();
+        assert_eq!((at.active, at.expired, at.expiring_soon), (0, 1, 0));
+        let warned = engine.counts(session.warns_at()).unwrap();
+        assert_eq!(warned.expiring_soon, 1);
+        let not_yet = engine.counts(session.warns_at() - MS).unwrap();
+        assert_eq!(not_yet.expiring_soon, 0);
+
+        let expired = |now| {
+            let query = SessionQuery {
+                status: StatusFilter::Expired,
+                limit: 10,
+                ..Default::default()
+            };
+            engine.list_sessions(&query, now).unwrap().total
+        };
+        assert_eq!(expired(expires - MS), 0);
+        assert_eq!(expired(expires), 1);
+        // The notifier's look at [from, to] finds a deadline inside to's second.
+        let found = engine
+            .sessions_with_deadlines_between(expires - 100 * MS, expires)
+            .unwrap();
+        assert_eq!(found, vec![session.id]);
+        assert!(
+            engine
+                .sessions_with_deadlines_between(expires + MS, expires + MINUTE)
+                .unwrap()
+                .contains(&session.id),
+            "a superset: the same second"
+        );
+    }
+
+    #[test]
+    fn a_format_2_store_gets_its_deadline_index_rekeyed() {
+        let dir = tempfile::tempdir().unwrap();
+        let session = session_at(T0 + 300 * MS, 30, 5);
+        {
+            let store = Store::open(dir.path(), &StoreOptions::default()).unwrap();
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime
+                .block_on(store.create_session(session.clone()))
+                .unwrap();
+            store.close().unwrap();
+        }
+        {
+            // As format 2 kept it: the exact instant.
+            let db = sled::open(dir.path()).unwrap();
+            let exact = |at: Timestamp| {
+                let mut key = at.as_micros().to_be_bytes().to_vec();
+                key.extend_from_slice(session.id.as_bytes());
+                key
+            };
+            for (name, at) in [
+                ("expiresatsessionid", session.expires_at()),
+                ("warnatsessionid", session.warns_at()),
+            ] {
+                let tree = db.open_tree(name).unwrap();
+                tree.clear().unwrap();
+                tree.insert(exact(at), &[]).unwrap();
+            }
+            db.open_tree("meta")
+                .unwrap()
+                .insert(keys::FORMAT_VERSION, &2u32.to_be_bytes())
+                .unwrap();
+            db.flush().unwrap();
+        }
+        let store = Store::open(dir.path(), &StoreOptions::default()).unwrap();
+        let report = store.check().unwrap();
+        assert!(report.is_clean(), "{:?}", report.problems);
+        assert_eq!(expiry_keys(&store).len(), 1);
+        store.close().unwrap();
+        let db = sled::open(dir.path()).unwrap();
+        let version = db
+            .open_tree("meta")
+            .unwrap()
+            .get(keys::FORMAT_VERSION)
+            .unwrap();
+        assert_eq!(version.unwrap().as_ref(), FORMAT_VERSION.to_be_bytes());
     }
 }

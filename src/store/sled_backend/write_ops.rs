@@ -57,7 +57,8 @@ impl WriteTx<'_> {
                      new_at: Timestamp,
                      tree: &TransactionalTree|
          -> TxResult<()> {
-            if old_at != Some(new_at) {
+            // Keys hold the deadline's second: a move within it changes no key.
+            if old_at.map(keys::deadline_bucket) != Some(keys::deadline_bucket(new_at)) {
                 if let Some(old_at) = old_at {
                     tree.remove(&keys::deadline(old_at, new.id))?;
                 }
