@@ -23,14 +23,17 @@ lint:
 build:
 	$(CARGO) build --release
 
-# Load benchmark of the release binary (appends to bench/results.md), the cost of a stuck
-# event-stream reader on appends, then the scale benchmark: 1M sessions and 10M messages
+# Load benchmark of the release binary (appends to bench/results.md), durable appends beside
+# the Redis anchor (bench/append.sh: three alternating rounds, the ratio, bytes and CPU per
+# append; installs redis-server when missing), the cost of a stuck event-stream reader and of
+# a thousand healthy ones on appends, then the scale benchmark: 1M sessions and 10M messages
 # (the first run loads them, about 8 minutes, into target/scale-store-1000000; later runs
 # reuse it), also appended to bench/results.md. bench/abuse.sh floods a fresh server per
 # scenario (silent sockets, trickled bodies, event streams, held requests) and appends its
 # latency and memory table too, failing if a defence plainly failed.
 bench:
 	bench/load.sh
+	bench/append.sh
 	bench/abuse.sh
 	$(CARGO) bench --bench stuck_subscriber
 	$(CARGO) bench --bench scale
