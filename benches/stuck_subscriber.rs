@@ -214,11 +214,19 @@ async fn shut_down_with_stuck_subscriber(
     Ok(note)
 }
 
+/// What the healthy subscribers of a case received, together.
+#[derive(Default)]
+struct Received {
+    message_events: AtomicU64,
+    bytes: AtomicU64,
+}
+
 /// Opens a healthy subscriber on a raw socket, as lean a reader as a client can be (the
-/// machine is shared with the server), that counts the `message` events it reads.
+/// machine is shared with the server), that counts the `message` events and the bytes it
+/// reads.
 async fn healthy_subscriber(
     fixture: &Fixture,
-    counted: Arc<AtomicU64>,
+    received: Arc<Received>,
 ) -> Result<tokio::task::JoinHandle<()>, BoxError> {
     let mut stream = TcpStream::connect(fixture.addr()).await?;
     let request = format!(
@@ -239,7 +247,12 @@ async fn healthy_subscriber(
                 Ok(n) => carried + n,
             };
             let found = needle.find_iter(&buffer[..read]).count();
-            counted.fetch_add(found as u64, Ordering::Relaxed);
+            received
+                .message_events
+                .fetch_add(found as u64, Ordering::Relaxed);
+            received
+                .bytes
+                .fetch_add((read - carried) as u64, Ordering::Relaxed);
             carried = read.min(keep);
             buffer.copy_within(read - carried..read, 0);
         }
@@ -297,17 +310,18 @@ async fn run_case(case: Case, timing: Timing, fan_out: usize) -> Result<Measured
     let fixture = Fixture::start(subscribers).await?;
     let mut stuck = None;
     let mut healthy = Vec::new();
-    let counted = Arc::new(AtomicU64::new(0));
+    let received = Arc::new(Received::default());
     match case {
         Case::NoSubscriber => {}
         Case::OneStuck => stuck = Some(stuck_subscriber(&fixture).await?),
         Case::TenHealthy | Case::FanOut => {
             for _ in 0..subscribers {
-                healthy.push(healthy_subscriber(&fixture, Arc::clone(&counted)).await?);
+                healthy.push(healthy_subscriber(&fixture, Arc::clone(&received)).await?);
             }
         }
     }
 
+    let started = Instant::now();
     let mut latencies = write_load(&fixture, timing).await?;
     latencies.sort();
     let appends = latencies.len();
@@ -324,11 +338,19 @@ async fn run_case(case: Case, timing: Timing, fan_out: usize) -> Result<Measured
             let total = message_count(&fixture).await?;
             let wanted = total * subscribers as u64;
             let deadline = Instant::now() + Duration::from_secs(5);
-            while counted.load(Ordering::Relaxed) < wanted && Instant::now() < deadline {
+            while received.message_events.load(Ordering::Relaxed) < wanted
+                && Instant::now() < deadline
+            {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
-            let got = counted.load(Ordering::Relaxed);
-            format!("healthy subscribers received {got} of {wanted} message events")
+            let got = received.message_events.load(Ordering::Relaxed);
+            let bytes = received.bytes.load(Ordering::Relaxed) as f64;
+            format!(
+                "healthy subscribers received {got} of {wanted} message events; {:.0} bytes \
+                 of stream per append per subscriber, {:.0} MB/s in all",
+                bytes / (total * subscribers as u64).max(1) as f64,
+                bytes / started.elapsed().as_secs_f64() / 1e6
+            )
         }
     };
     let note = match stuck {
