@@ -26,7 +26,8 @@ build:
 # Load benchmark of the release binary (appends to bench/results.md), durable appends beside
 # the Redis anchor (bench/append.sh: three alternating rounds, the ratio, bytes and CPU per
 # append; installs redis-server when missing), the cost of a stuck event-stream reader and of
-# a thousand healthy ones on appends, then the scale benchmark: 1M sessions and 10M messages
+# a thousand healthy ones on appends, the append's floor below HTTP (the store, then sled
+# alone writing the same keys), then the scale benchmark: 1M sessions and 10M messages
 # (the first run loads them, about 8 minutes, into target/scale-store-1000000; later runs
 # reuse it), also appended to bench/results.md. bench/abuse.sh floods a fresh server per
 # scenario (silent sockets, trickled bodies, event streams, held requests) and appends its
@@ -36,6 +37,7 @@ bench:
 	bench/append.sh
 	bench/abuse.sh
 	$(CARGO) bench --bench stuck_subscriber
+	$(CARGO) bench --bench append_floor
 	$(CARGO) bench --bench scale
 
 # 200 SIGKILLs under concurrent writes; `make test` runs 20 of them.
