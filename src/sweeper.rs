@@ -193,6 +193,26 @@ mod tests {
         assert_eq!(store.counts(T0 + 10 * MINUTE).await.unwrap().total, 0);
     }
 
+    /// The expiry index keeps whole seconds; a sweep still takes a session that expired a
+    /// moment before the cutoff, inside the cutoff's own second, and leaves one expiring
+    /// at the cutoff.
+    #[tokio::test]
+    async fn sweep_is_exact_inside_a_second() {
+        let (store, _dir) = temp_store();
+        let ms = Duration::from_millis(1);
+        let early = session(5, T0 + 300 * ms);
+        let at_cutoff = session(5, T0 + 800 * ms);
+        for s in [&early, &at_cutoff] {
+            store.create_session(s.clone()).await.unwrap();
+        }
+        let outcome = sweep_once(&store, at_cutoff.expires_at(), Duration::ZERO)
+            .await
+            .unwrap();
+        assert_eq!(outcome.removed_sessions, 1);
+        assert!(store.session(early.id).await.unwrap().is_none());
+        assert!(store.session(at_cutoff.id).await.unwrap().is_some());
+    }
+
     /// Whether `id` is still stored after the loop has had `patience` of real time to act:
     /// deletes run on the writer thread, which paused time does not wait for. The test's
     /// task keeps the runtime busy meanwhile, so paused time does not jump ahead either.

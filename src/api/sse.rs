@@ -41,12 +41,17 @@ where
     response
 }
 
-/// One Server-Sent Event: `event: `, `data: `, then `id: ` when there is one, and the blank
-/// line that ends it, with a space after each colon as the SSE specification's examples
-/// write it (hand-written readers test for `data: `). `data` is one line of JSON.
+/// One Server-Sent Event: `event: `, a `data: ` line per line of `data` (JSON is one line,
+/// unless it embeds a client's multi-line JSON text), then `id: ` when there is one, and
+/// the blank line that ends it, with a space after each colon as the SSE specification's
+/// examples write it (hand-written readers test for `data: `; every reader drops that one
+/// space, so each line reads back as it was).
 pub(super) fn frame(id: Option<u64>, name: &str, data: &str) -> String {
     let mut frame = String::with_capacity(name.len() + data.len() + 48);
-    let _ = write!(frame, "event: {name}\ndata: {data}\n");
+    let _ = writeln!(frame, "event: {name}");
+    for line in data.split('\n') {
+        let _ = writeln!(frame, "data: {line}");
+    }
     if let Some(id) = id {
         let _ = writeln!(frame, "id: {id}");
     }
@@ -89,6 +94,12 @@ mod tests {
             "event: message\ndata: {\"a\":1}\nid: 7\n\n"
         );
         assert_eq!(frame(None, "done", "{}"), "event: done\ndata: {}\n\n");
+        // A line break inside the data (metadata stored as multi-line JSON text) starts
+        // another data line instead of breaking the frame.
+        assert_eq!(
+            frame(Some(1), "message", "{\n  \"a\": 1\n}"),
+            "event: message\ndata: {\ndata:   \"a\": 1\ndata: }\nid: 1\n\n"
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -71,20 +71,30 @@ impl Engine {
             .collect()
     }
 
-    /// Sessions surely expired by `cutoff` (those expiring in the second before it may be
-    /// left to a later call), soonest first, with the end of their expiry's second.
+    /// Sessions whose expiry is at or before `cutoff`, soonest first (by the second each
+    /// expires in, whose end comes with it): the entries of seconds ended by `cutoff`, and
+    /// those of `cutoff`'s own second whose session says so.
     pub(super) fn sessions_expired_by(
         &self,
         cutoff: Timestamp,
         limit: usize,
     ) -> Result<Vec<(Timestamp, Uuid)>> {
-        self.trees
-            .expirations
-            .range(..keys::deadline_upper_bound(cutoff))
-            .keys()
-            .take(limit)
-            .map(|key| keys::parse_deadline(&key?))
-            .collect()
+        let mut expired = Vec::new();
+        let through_open_second = keys::deadline_upper_bound(keys::deadline_bucket(cutoff));
+        for key in self.trees.expirations.range(..through_open_second).keys() {
+            if expired.len() == limit {
+                break;
+            }
+            let (second, id) = keys::parse_deadline(&key?)?;
+            let due = second <= cutoff
+                || self
+                    .session(id)?
+                    .is_some_and(|session| session.expires_at() <= cutoff);
+            if due {
+                expired.push((second, id));
+            }
+        }
+        Ok(expired)
     }
 
     /// The sessions whose deadline (`deadline_of`) in `index` is at or before `now`: the
@@ -137,11 +147,9 @@ impl Engine {
         };
         let expired_matching = || -> Result<Vec<Session>> {
             let mut expired = Vec::new();
-            // Through the end of `now`'s second: its sessions say whether they expired.
-            let bucket = keys::deadline_bucket(now);
-            for (_, id) in self.sessions_expired_by(bucket, usize::MAX)? {
+            for (_, id) in self.sessions_expired_by(now, usize::MAX)? {
                 if let Some(session) = self.session(id)? {
-                    if matches_owner(&session) && session.is_expired(now) {
+                    if matches_owner(&session) {
                         expired.push(session);
                     }
                 }
@@ -560,6 +568,12 @@ mod tests {
         };
         assert_eq!(expired(expires - MS), 0);
         assert_eq!(expired(expires), 1);
+        // What the sweeper asks: exact inside the open second too.
+        assert!(engine
+            .sessions_expired_by(expires - MS, 10)
+            .unwrap()
+            .is_empty());
+        assert_eq!(engine.sessions_expired_by(expires, 10).unwrap().len(), 1);
         // The notifier's look at [from, to] finds a deadline inside to's second.
         let found = engine
             .sessions_with_deadlines_between(expires - 100 * MS, expires)
