@@ -128,10 +128,9 @@ mod tests {
     use super::*;
     use crate::domain::{EventFilter, NewMessage, Session};
     use crate::store::test_support::{
-        appended, clocked_store, session_at, stored_events, temp_store, text_message,
+        appended, clocked_store, session_at, stored_events, temp_store, text_message, T0,
     };
 
-    const T0: Timestamp = Timestamp::from_millis(1_795_255_200_000);
     const MINUTE: Duration = Duration::from_secs(60);
 
     fn session(timeout_minutes: u32, now: Timestamp) -> Session {

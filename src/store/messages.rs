@@ -168,12 +168,9 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::domain::Timestamp;
     use crate::store::test_support::{
-        append_texts, appended, clocked_store, created_session, temp_store, text_message,
+        append_texts, appended, clocked_store, created_session, temp_store, text_message, T0,
     };
-
-    const T0: Timestamp = Timestamp::from_millis(1_795_255_200_000);
 
     fn seqs(page: &MessagePage) -> Vec<u64> {
         page.messages.iter().map(|m| m.seq).collect()

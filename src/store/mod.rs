@@ -171,6 +171,10 @@ impl Store {
 #[cfg(test)]
 pub(crate) mod test_support {
     use super::*;
+
+    /// The instant the store's tests start at: a whole second, as the deadline index
+    /// keeps them.
+    pub(crate) const T0: Timestamp = Timestamp::from_millis(1_795_255_200_000);
     use crate::domain::{ManualClock, NewMessage, Session, TimeoutConfig, Timestamp};
     use uuid::Uuid;
 

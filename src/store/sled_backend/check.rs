@@ -410,12 +410,9 @@ impl Engine {
 mod tests {
     use super::*;
 
-    use crate::domain::Timestamp;
     use crate::store::sled_backend::test_support::trees;
-    use crate::store::test_support::{append_texts, clocked_store, created_session};
+    use crate::store::test_support::{append_texts, clocked_store, created_session, T0};
     use crate::store::Store;
-
-    const T0: Timestamp = Timestamp::from_millis(1_795_255_200_000);
 
     async fn populated() -> (Store, tempfile::TempDir, Session) {
         let (store, _clock, dir) = clocked_store(T0);

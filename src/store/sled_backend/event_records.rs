@@ -340,13 +340,11 @@ impl Engine {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::sled_backend::test_support::trees;
+    use crate::store::sled_backend::test_support::{stored_format_version, trees};
     use crate::store::test_support::{
-        appended, clocked_store, session_at, stored_events, text_message,
+        appended, clocked_store, session_at, stored_events, text_message, T0,
     };
     use crate::store::{Store, StoreOptions, FORMAT_VERSION};
-
-    const T0: Timestamp = Timestamp::from_millis(1_795_255_200_000);
 
     /// Agents' and users' entries cover stretches of write batches that hold other
     /// owners' records too: a replay still finds exactly an owner's events, and trimming
@@ -438,11 +436,7 @@ mod tests {
             .tree_names()
             .iter()
             .any(|name| name == V1_EVENTS_TREE.as_bytes()));
-        let version = db
-            .open_tree("meta")
-            .unwrap()
-            .get(keys::FORMAT_VERSION)
-            .unwrap();
-        assert_eq!(version.unwrap().as_ref(), FORMAT_VERSION.to_be_bytes());
+        drop(db);
+        assert_eq!(stored_format_version(dir.path()), FORMAT_VERSION);
     }
 }

@@ -394,6 +394,18 @@ pub(crate) mod test_support {
             .expect("a store on sled")
     }
 
+    /// The format version recorded in the closed store at `path`.
+    pub(in crate::store::sled_backend) fn stored_format_version(path: &std::path::Path) -> u32 {
+        let db = sled::open(path).expect("the store opens");
+        let stored = db
+            .open_tree("meta")
+            .expect("a meta tree")
+            .get(super::keys::FORMAT_VERSION)
+            .expect("meta reads")
+            .expect("a format version");
+        u32::from_be_bytes(stored.as_ref().try_into().expect("four bytes"))
+    }
+
     /// The open engine's trees, for tests that look at the stored layout.
     pub(in crate::store::sled_backend) fn trees(store: &Store) -> Trees {
         sled_of(store)
@@ -468,13 +480,9 @@ mod tests {
     fn a_new_store_records_its_format_version() {
         let (store, dir) = temp_store();
         store.close().unwrap();
-        let db = sled::open(dir.path()).unwrap();
-        let stored = db
-            .open_tree("meta")
-            .unwrap()
-            .get(keys::FORMAT_VERSION)
-            .unwrap()
-            .unwrap();
-        assert_eq!(stored.as_ref(), FORMAT_VERSION.to_be_bytes());
+        assert_eq!(
+            test_support::stored_format_version(dir.path()),
+            FORMAT_VERSION
+        );
     }
 }

@@ -498,13 +498,12 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::store::sled_backend::test_support::trees;
+    use crate::store::sled_backend::test_support::{stored_format_version, trees};
     use crate::store::sled_backend::FORMAT_VERSION;
-    use crate::store::test_support::{appended, clocked_store, session_at, text_message};
+    use crate::store::test_support::{appended, clocked_store, session_at, text_message, T0};
     use crate::store::{Store, StoreOptions};
 
     /// A whole second, as deadline buckets are.
-    const T0: Timestamp = Timestamp::from_millis(1_795_255_200_000);
     const MS: Duration = Duration::from_millis(1);
     const MINUTE: Duration = Duration::from_secs(60);
 
@@ -630,12 +629,6 @@ mod tests {
         assert!(report.is_clean(), "{:?}", report.problems);
         assert_eq!(expiry_keys(&store).len(), 1);
         store.close().unwrap();
-        let db = sled::open(dir.path()).unwrap();
-        let version = db
-            .open_tree("meta")
-            .unwrap()
-            .get(keys::FORMAT_VERSION)
-            .unwrap();
-        assert_eq!(version.unwrap().as_ref(), FORMAT_VERSION.to_be_bytes());
+        assert_eq!(stored_format_version(dir.path()), FORMAT_VERSION);
     }
 }

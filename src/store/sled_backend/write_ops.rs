@@ -233,16 +233,13 @@ impl WriteTx<'_> {
 
 #[cfg(test)]
 mod tests {
-    use crate::domain::Timestamp;
     use crate::error::Error;
     use crate::store::sled_backend::keys;
     use crate::store::sled_backend::test_support::trees;
     use crate::store::test_support::{
-        append_texts, appended, clocked_store, created_session, text_message,
+        append_texts, appended, clocked_store, created_session, text_message, T0,
     };
     use crate::store::MessageQuery;
-
-    const T0: Timestamp = Timestamp::from_millis(1_795_255_200_000);
 
     /// A message missing from a session that is still stored is corruption, not a race.
     #[tokio::test]

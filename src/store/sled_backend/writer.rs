@@ -454,17 +454,15 @@ mod tests {
 
     use uuid::Uuid;
 
-    use crate::domain::{EventKind, Session, SessionError, Timestamp};
+    use crate::domain::{EventKind, Session, SessionError};
     use crate::error::Error;
     use crate::store::sled_backend::test_support::sled_of;
     use crate::store::test_support::{
         append_texts, appended, clocked_store, created_session, session_at, temp_store,
-        text_message,
+        text_message, T0,
     };
     use crate::store::write::{Announced, Work, WriteTime};
     use crate::store::{Store, StoreOptions};
-
-    const T0: Timestamp = Timestamp::from_millis(1_795_255_200_000);
 
     #[tokio::test]
     async fn a_panicking_write_fails_alone_and_the_writer_goes_on() {
