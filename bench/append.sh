@@ -41,15 +41,7 @@ sessiond_round() {
       python3 -c 'import json,sys; print(json.load(sys.stdin)["sessionId"])')
     sessions+=("$id")
   done
-  cat >"$WORK/append.lua" <<LUA
-local ids = { $(printf '"%s",' "${sessions[@]}") }
-local n = 0
-request = function()
-  n = n + 1
-  return wrk.format("POST", "/api/messaging/sessions/" .. ids[(n % #ids) + 1] .. "/messages",
-    { ["Content-Type"] = "application/json" }, '{"content":"a benchmark message of ordinary length"}')
-end
-LUA
+  wrk_append_script "$WORK/append.lua" "${sessions[@]}"
   local writer
   writer=$(grep -l '^sessiond-writer$' /proc/"$SESSIOND_PID"/task/*/comm | head -1 | xargs dirname)
   python3 - "$SESSIOND_PID" "$writer" >"$WORK/before" <<'PY'

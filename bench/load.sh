@@ -42,16 +42,7 @@ for i in $(seq 200); do
   curl -sf -X POST "$BASE/sessions/$READ/messages" -H 'Content-Type: application/json' -d "{\"content\":\"seed $i\"}" >/dev/null
 done
 
-cat >"$WORK/append.lua" <<LUA
-local ids = { $(printf '"%s",' "${SESSIONS[@]}") }
-local n = 0
-request = function()
-  n = n + 1
-  local id = ids[(n % #ids) + 1]
-  return wrk.format("POST", "/api/messaging/sessions/" .. id .. "/messages",
-    { ["Content-Type"] = "application/json" }, '{"content":"a benchmark message of ordinary length"}')
-end
-LUA
+wrk_append_script "$WORK/append.lua" "${SESSIONS[@]}"
 cat >"$WORK/create.lua" <<LUA
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"

@@ -78,3 +78,19 @@ debian_install() {
     if [ "$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq "$package" >/dev/null
     else sudo apt-get update -qq && sudo apt-get install -y -qq "$package" >/dev/null; fi
 }
+
+# wrk_append_script FILE SESSION_ID…: writes a wrk script that appends an ordinary message to
+# the given sessions in turn: the benchmarks' durable-append load.
+wrk_append_script() {
+    local file=$1
+    shift
+    cat >"$file" <<LUA
+local ids = { $(printf '"%s",' "$@") }
+local n = 0
+request = function()
+  n = n + 1
+  return wrk.format("POST", "/api/messaging/sessions/" .. ids[(n % #ids) + 1] .. "/messages",
+    { ["Content-Type"] = "application/json" }, '{"content":"a benchmark message of ordinary length"}')
+end
+LUA
+}
