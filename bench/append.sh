@@ -44,39 +44,29 @@ sessiond_round() {
   wrk_append_script "$WORK/append.lua" "${sessions[@]}"
   local writer
   writer=$(grep -l '^sessiond-writer$' /proc/"$SESSIOND_PID"/task/*/comm | head -1 | xargs dirname)
-  python3 - "$SESSIOND_PID" "$writer" >"$WORK/before" <<'PY'
-import sys
-pid, writer = sys.argv[1], sys.argv[2]
-io = dict(line.split(": ") for line in open(f"/proc/{pid}/io").read().splitlines())
-ticks = lambda path: sum(int(x) for x in open(path).read().rsplit(")", 1)[1].split()[11:13])
-print(io["write_bytes"], ticks(f"/proc/{pid}/stat"), ticks(f"{writer}/stat"))
-PY
+  # sample PID WRITER_TASK_DIR -> "write_bytes cpu_seconds writer_cpu_seconds"
+  sample() {
+    python3 -c 'import sys; sys.path.insert(0, "bench"); import wrk_report as w
+print(w.write_bytes(sys.argv[1]), w.cpu_seconds(f"/proc/{sys.argv[1]}/stat"), w.cpu_seconds(f"{sys.argv[2]}/stat"))' "$@"
+  }
+  local before
+  before=$(sample "$SESSIOND_PID" "$writer")
   wrk -t2 -c"$CONNECTIONS" -d"${SECONDS_RUN}s" --latency -s "$WORK/append.lua" "http://$SESSIOND_ADDR/" >"$WORK/wrk.txt"
-  python3 - "$SESSIOND_PID" "$writer" "$WORK/wrk.txt" $(cat "$WORK/before") <<'PY'
-import os, re, sys
-pid, writer, wrk, bytes0, cpu0, writer0 = sys.argv[1:]
-io = dict(line.split(": ") for line in open(f"/proc/{pid}/io").read().splitlines())
-ticks = lambda path: sum(int(x) for x in open(path).read().rsplit(")", 1)[1].split()[11:13])
-hz = os.sysconf("SC_CLK_TCK")
-text = open(wrk).read()
-def ms(label):
-    m = re.search(r"^\s*%s%%\s+([\d.]+)(us|ms|s)\s*$" % label, text, re.M)
-    value, unit = float(m.group(1)), m.group(2)
-    return value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
-requests = int(re.search(r"(\d+) requests in", text).group(1))
-bad = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", text)
-bad = int(bad.group(1)) if bad else 0
-ok = max(requests - bad, 1)
-rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
-per = lambda delta: delta / hz * 1e6 / ok
-print(f"{rps:.0f} {ms('50'):.2f} {ms('99'):.2f} {bad} "
-      f"{(int(io['write_bytes']) - int(bytes0)) / ok:.0f} "
-      f"{per(ticks(f'/proc/{pid}/stat') - int(cpu0)):.0f} {per(ticks(f'{writer}/stat') - int(writer0)):.0f}")
+  python3 - "$WORK/wrk.txt" $before $(sample "$SESSIOND_PID" "$writer") <<'PY'
+import sys
+sys.path.insert(0, "bench")
+import wrk_report
+report = wrk_report.read(sys.argv[1])
+bytes0, cpu0, writer0, bytes1, cpu1, writer1 = map(float, sys.argv[2:])
+ok = max(report["requests"] - report["non2xx"], 1)
+print(f"{report['rps']:.0f} {report['p50']:.2f} {report['p99']:.2f} {report['non2xx']} "
+      f"{(bytes1 - bytes0) / ok:.0f} {(cpu1 - cpu0) * 1e6 / ok:.0f} {(writer1 - writer0) * 1e6 / ok:.0f}")
 PY
   sessiond_stop
 }
 
-declare -a REDIS SESSIOND
+REDIS=()
+SESSIOND=()
 for round in $(seq "$ROUNDS"); do
   if [ -x "$ANCHOR" ]; then
     line=$("$ANCHOR" "$SECONDS_RUN" "$CONNECTIONS" | tail -1)

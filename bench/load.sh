@@ -54,18 +54,7 @@ run() {
   local script=()
   [ -n "${3:-}" ] && script=(-s "$3")
   wrk -t"$THREADS" -c"$CONNECTIONS" -d"${SECONDS_PER_ROUTE}s" --latency "${script[@]}" "$2" >"$WORK/$1.txt"
-  python3 - "$WORK/$1.txt" <<'PY'
-import re, sys
-text = open(sys.argv[1]).read()
-def ms(label):
-    m = re.search(r"^\s*%s%%\s+([\d.]+)(us|ms|s)\s*$" % label, text, re.M)
-    value, unit = float(m.group(1)), m.group(2)
-    return value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
-rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
-bad = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", text)
-errors = re.search(r"Socket errors:.*", text)
-print(f"{rps:.0f} {ms('50'):.2f} {ms('99'):.2f} {bad.group(1) if bad else 0}{' (' + errors.group(0) + ')' if errors else ''}")
-PY
+  python3 bench/wrk_report.py "$WORK/$1.txt"
 }
 
 declare -A RESULT

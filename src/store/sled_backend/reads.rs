@@ -72,60 +72,55 @@ impl Engine {
     }
 
     /// Sessions whose expiry is at or before `cutoff`, soonest first (by the second each
-    /// expires in, whose end comes with it): the entries of seconds ended by `cutoff`, and
-    /// those of `cutoff`'s own second whose session says so.
+    /// expires in, whose end comes with it).
     pub(super) fn sessions_expired_by(
         &self,
         cutoff: Timestamp,
         limit: usize,
     ) -> Result<Vec<(Timestamp, Uuid)>> {
-        let mut expired = Vec::new();
-        let through_open_second = keys::deadline_upper_bound(keys::deadline_bucket(cutoff));
-        for key in self.trees.expirations.range(..through_open_second).keys() {
-            if expired.len() == limit {
-                break;
-            }
-            let (second, id) = keys::parse_deadline(&key?)?;
-            let due = second <= cutoff
-                || self
-                    .session(id)?
-                    .is_some_and(|session| session.expires_at() <= cutoff);
-            if due {
-                expired.push((second, id));
-            }
-        }
-        Ok(expired)
+        self.due(&self.trees.expirations, cutoff, Session::expires_at)
+            .take(limit)
+            .collect()
     }
 
-    /// The sessions whose deadline (`deadline_of`) in `index` is at or before `now`: the
-    /// entries of buckets ended by then, and those of `now`'s own bucket whose session
-    /// says so.
-    fn count_due(
-        &self,
-        index: &sled::Tree,
+    /// The entries of `index` whose session's deadline (`deadline_of`) is at or before
+    /// `now`, soonest second first: those of seconds ended by then, and those of `now`'s
+    /// own second whose session says so.
+    fn due<'a>(
+        &'a self,
+        index: &'a sled::Tree,
         now: Timestamp,
         deadline_of: fn(&Session) -> Timestamp,
-    ) -> Result<u64> {
-        let mut due = 0;
-        for key in index.range(..keys::deadline_upper_bound(now)).keys() {
-            key?;
-            due += 1;
-        }
-        let open_bucket = keys::deadline_upper_bound(now).to_vec()
-            ..keys::deadline_upper_bound(keys::deadline_bucket(now)).to_vec();
-        for key in index.range(open_bucket).keys() {
-            let (_, id) = keys::parse_deadline(&key?)?;
-            if self.session(id)?.is_some_and(|s| deadline_of(&s) <= now) {
-                due += 1;
-            }
-        }
-        Ok(due)
+    ) -> impl Iterator<Item = Result<(Timestamp, Uuid)>> + 'a {
+        let through_open_second = keys::deadline_upper_bound(keys::deadline_bucket(now));
+        index
+            .range(..through_open_second)
+            .keys()
+            .filter_map(move |key| {
+                let entry = key
+                    .map_err(Error::from)
+                    .and_then(|key| keys::parse_deadline(&key));
+                match entry {
+                    Ok((second, _)) if second <= now => Some(entry),
+                    Ok((_, id)) => match self.session(id) {
+                        Ok(session) => session
+                            .is_some_and(|session| deadline_of(&session) <= now)
+                            .then_some(entry),
+                        Err(error) => Some(Err(error)),
+                    },
+                    Err(error) => Some(Err(error)),
+                }
+            })
     }
 
     pub(super) fn counts(&self, now: Timestamp) -> Result<SessionCounts> {
         let total = self.counter(Counter::Sessions)?;
-        let expired = self.count_due(&self.trees.expirations, now, Session::expires_at)?;
-        let warned = self.count_due(&self.trees.warnings, now, Session::warns_at)?;
+        let count = |index, deadline_of| {
+            self.due(index, now, deadline_of)
+                .try_fold(0, |due, entry| entry.map(|_| due + 1))
+        };
+        let expired = count(&self.trees.expirations, Session::expires_at)?;
+        let warned = count(&self.trees.warnings, Session::warns_at)?;
         Ok(SessionCounts {
             total,
             active: total.saturating_sub(expired),
