@@ -30,7 +30,7 @@ sessiond_build --release
 WORK=$(mktemp -d)
 trap 'sessiond_stop 2>/dev/null; rm -rf "$WORK"' EXIT
 
-# sessiond_round -> "rps p50_ms p99_ms non2xx write_bytes_per_append cpu_us_per_append writer_cpu_us_per_append"
+# sessiond_round -> "rps p50_ms p99_ms non2xx write_bytes_per_append cpu_us_per_append writer_cpu_us_per_append load_cpu_us_per_append"
 sessiond_round() {
   rm -rf "$WORK/data"
   sessiond_start "$WORK"
@@ -51,16 +51,24 @@ print(w.write_bytes(sys.argv[1]), w.cpu_seconds(f"/proc/{sys.argv[1]}/stat"), w.
   }
   local before
   before=$(sample "$SESSIOND_PID" "$writer")
-  wrk -t2 -c"$CONNECTIONS" -d"${SECONDS_RUN}s" --latency -s "$WORK/append.lua" "http://$SESSIOND_ADDR/" >"$WORK/wrk.txt"
-  python3 - "$WORK/wrk.txt" $before $(sample "$SESSIOND_PID" "$writer") <<'PY'
+  # wrk's own CPU seconds, from its rusage: the load generator shares the cores.
+  local load_cpu
+  load_cpu=$(python3 -c 'import resource, subprocess, sys
+with open(sys.argv[1], "w") as out:
+    subprocess.run(sys.argv[2:], stdout=out, check=True)
+usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+print(usage.ru_utime + usage.ru_stime)' "$WORK/wrk.txt" \
+    wrk -t2 -c"$CONNECTIONS" -d"${SECONDS_RUN}s" --latency -s "$WORK/append.lua" "http://$SESSIOND_ADDR/")
+  python3 - "$WORK/wrk.txt" "$load_cpu" $before $(sample "$SESSIOND_PID" "$writer") <<'PY'
 import sys
 sys.path.insert(0, "bench")
 import wrk_report
 report = wrk_report.read(sys.argv[1])
-bytes0, cpu0, writer0, bytes1, cpu1, writer1 = map(float, sys.argv[2:])
+load_cpu, bytes0, cpu0, writer0, bytes1, cpu1, writer1 = map(float, sys.argv[2:])
 ok = max(report["requests"] - report["non2xx"], 1)
 print(f"{report['rps']:.0f} {report['p50']:.2f} {report['p99']:.2f} {report['non2xx']} "
-      f"{(bytes1 - bytes0) / ok:.0f} {(cpu1 - cpu0) * 1e6 / ok:.0f} {(writer1 - writer0) * 1e6 / ok:.0f}")
+      f"{(bytes1 - bytes0) / ok:.0f} {(cpu1 - cpu0) * 1e6 / ok:.0f} {(writer1 - writer0) * 1e6 / ok:.0f} "
+      f"{load_cpu * 1e6 / ok:.0f}")
 PY
   sessiond_stop
 }
@@ -88,11 +96,11 @@ n_redis = int(sys.argv[1])
 redis = [list(map(float, r.split())) for r in sys.argv[2:2 + n_redis]]
 ours = [list(map(float, r.split())) for r in sys.argv[2 + n_redis:]]
 med = lambda rows, i: statistics.median(row[i] for row in rows)
-print("| system | appends/s (median) | p50 ms | p99 ms | disk bytes per append | server CPU µs per append | writer thread CPU µs per append | non-2xx |")
-print("|---|---:|---:|---:|---:|---:|---:|---:|")
+print("| system | appends/s (median) | p50 ms | p99 ms | disk bytes per append | server CPU µs per append | writer thread CPU µs per append | wrk CPU µs per append | non-2xx |")
+print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
 if redis:
-    print(f"| Redis `appendfsync always`, Lua script (no HTTP) | {med(redis, 0):.0f} | {med(redis, 1):.2f} | {med(redis, 2):.2f} | {med(redis, 3):.0f} | | | |")
-print(f"| sessiond over HTTP | {med(ours, 0):.0f} | {med(ours, 1):.2f} | {med(ours, 2):.2f} | {med(ours, 4):.0f} | {med(ours, 5):.0f} | {med(ours, 6):.0f} | {sum(r[3] for r in ours):.0f} |")
+    print(f"| Redis `appendfsync always`, Lua script (no HTTP) | {med(redis, 0):.0f} | {med(redis, 1):.2f} | {med(redis, 2):.2f} | {med(redis, 3):.0f} | | | | |")
+print(f"| sessiond over HTTP | {med(ours, 0):.0f} | {med(ours, 1):.2f} | {med(ours, 2):.2f} | {med(ours, 4):.0f} | {med(ours, 5):.0f} | {med(ours, 6):.0f} | {med(ours, 7):.0f} | {sum(r[3] for r in ours):.0f} |")
 if redis:
     ratios = [o[0] / r[0] for o, r in zip(ours, redis)]
     print()
