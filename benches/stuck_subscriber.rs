@@ -13,7 +13,9 @@
 //!    append reaches every stream.
 //!
 //! It prints appends per second, p50 and p99 latency per case, the events the healthy
-//! subscribers received, and the ratios stuck / none and thousand / none.
+//! subscribers received, and the ratios stuck / none and thousand / none. Last, it moves the
+//! fan-out case's stream bytes through as many bare loopback streams, with no server, one
+//! event per write and 64: what the streams alone would carry on this machine.
 //! There are no pass/fail thresholds: the numbers depend on the machine and its disk.
 //!
 //! Run with `cargo bench --bench stuck_subscriber` (a release build, about 15 s). Under
@@ -60,6 +62,8 @@ struct Measured {
     p50: Duration,
     p99: Duration,
     note: String,
+    /// Stream bytes per append per healthy subscriber; zero with none.
+    stream_bytes_per_append: f64,
 }
 
 /// The subscribers a case runs with.
@@ -235,28 +239,68 @@ async fn healthy_subscriber(
         fixture.addr()
     );
     stream.write_all(request.as_bytes()).await?;
-    Ok(tokio::spawn(async move {
-        let needle = memchr::memmem::Finder::new(b"event: message\n");
-        let keep = needle.needle().len() - 1;
-        // The tail of the previous read goes first: a name may straddle two reads.
-        let mut buffer = vec![0u8; keep + 256 * 1024];
-        let mut carried = 0;
-        loop {
-            let read = match stream.read(&mut buffer[carried..]).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => carried + n,
-            };
-            let found = needle.find_iter(&buffer[..read]).count();
-            received
-                .message_events
-                .fetch_add(found as u64, Ordering::Relaxed);
-            received
-                .bytes
-                .fetch_add((read - carried) as u64, Ordering::Relaxed);
-            carried = read.min(keep);
-            buffer.copy_within(read - carried..read, 0);
-        }
-    }))
+    Ok(tokio::spawn(count_message_events(stream, received)))
+}
+
+/// Reads a stream to its end, counting its `message` events and its bytes.
+async fn count_message_events(mut stream: TcpStream, received: Arc<Received>) {
+    let needle = memchr::memmem::Finder::new(b"event: message\n");
+    let keep = needle.needle().len() - 1;
+    // The tail of the previous read goes first: a name may straddle two reads.
+    let mut buffer = vec![0u8; keep + 256 * 1024];
+    let mut carried = 0;
+    loop {
+        let read = match stream.read(&mut buffer[carried..]).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => carried + n,
+        };
+        let found = needle.find_iter(&buffer[..read]).count();
+        received
+            .message_events
+            .fetch_add(found as u64, Ordering::Relaxed);
+        received
+            .bytes
+            .fetch_add((read - carried) as u64, Ordering::Relaxed);
+        carried = read.min(keep);
+        buffer.copy_within(read - carried..read, 0);
+    }
+}
+
+/// The stream bytes per second `streams` bare loopback connections carry on this machine, with
+/// no server: a sender per connection writes `frame_bytes`-long message events,
+/// `frames_per_write` at a time, to the same lean readers as the fan-out case's.
+async fn loopback_stream_bytes_per_second(
+    streams: usize,
+    frame_bytes: usize,
+    frames_per_write: usize,
+    duration: Duration,
+) -> Result<f64, BoxError> {
+    let head = "event: message\ndata: ";
+    let body = "x".repeat(frame_bytes.saturating_sub(head.len() + 2).max(1));
+    let chunk: Arc<[u8]> = format!("{head}{body}\n\n")
+        .repeat(frames_per_write)
+        .into_bytes()
+        .into();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let received = Arc::new(Received::default());
+    let mut tasks = JoinSet::new();
+    for _ in 0..streams {
+        tasks.spawn(count_message_events(
+            TcpStream::connect(addr).await?,
+            Arc::clone(&received),
+        ));
+        let (mut sender, _) = listener.accept().await?;
+        let chunk = Arc::clone(&chunk);
+        tasks.spawn(async move { while sender.write_all(&chunk).await.is_ok() {} });
+    }
+    let bytes = || received.bytes.load(Ordering::Relaxed) as f64;
+    tokio::time::sleep(duration / 5).await;
+    let (started, before) = (Instant::now(), bytes());
+    tokio::time::sleep(duration).await;
+    let carried = (bytes() - before) / started.elapsed().as_secs_f64();
+    tasks.abort_all();
+    Ok(carried)
 }
 
 /// Runs `WRITERS` writers appending to the fixture's session; returns the latencies
@@ -331,6 +375,7 @@ async fn run_case(case: Case, timing: Timing, fan_out: usize) -> Result<Measured
     };
     let (p50, p99) = (percentile(0.50), percentile(0.99));
 
+    let mut stream_bytes_per_append = 0.0;
     let note = match case {
         Case::NoSubscriber | Case::OneStuck => String::new(),
         Case::TenHealthy | Case::FanOut => {
@@ -345,10 +390,11 @@ async fn run_case(case: Case, timing: Timing, fan_out: usize) -> Result<Measured
             }
             let got = received.message_events.load(Ordering::Relaxed);
             let bytes = received.bytes.load(Ordering::Relaxed) as f64;
+            stream_bytes_per_append = bytes / (total * subscribers as u64).max(1) as f64;
             format!(
-                "healthy subscribers received {got} of {wanted} message events; {:.0} bytes \
-                 of stream per append per subscriber, {:.0} MB/s in all",
-                bytes / (total * subscribers as u64).max(1) as f64,
+                "healthy subscribers received {got} of {wanted} message events; \
+                 {stream_bytes_per_append:.0} bytes of stream per append per subscriber, \
+                 {:.0} MB/s in all",
                 bytes / started.elapsed().as_secs_f64() / 1e6
             )
         }
@@ -372,6 +418,7 @@ async fn run_case(case: Case, timing: Timing, fan_out: usize) -> Result<Measured
         p50,
         p99,
         note,
+        stream_bytes_per_append,
     })
 }
 
@@ -467,6 +514,31 @@ async fn main() -> Result<(), BoxError> {
             "throughput ratio {fan_out} healthy / none: {:.3}",
             rate(Case::FanOut) / none
         );
+    }
+    // What the streams alone allow: the fan-out case's bytes per append, through as many
+    // bare loopback streams and readers, with no server and no appends.
+    let frame_bytes = results
+        .iter()
+        .find(|(case, _)| *case == Case::FanOut)
+        .map_or(0.0, |(_, m)| m.stream_bytes_per_append);
+    if none > 0.0 && frame_bytes > 0.0 {
+        for frames_per_write in [1, 64] {
+            let carried = loopback_stream_bytes_per_second(
+                fan_out,
+                frame_bytes as usize,
+                frames_per_write,
+                timing.measure,
+            )
+            .await?;
+            let allowed = carried / (frame_bytes * fan_out as f64);
+            println!(
+                "bare loopback, {fan_out} streams, {frames_per_write} event(s) per write, no \
+                 server: {:.0} MB/s, which carries {allowed:.0} appends/s at {frame_bytes:.0} \
+                 bytes per append per stream ({:.3} of none)",
+                carried / 1e6,
+                allowed / none
+            );
+        }
     }
     Ok(())
 }
