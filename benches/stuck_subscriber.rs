@@ -34,6 +34,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::task::JoinSet;
 
+#[path = "support/proc.rs"]
+mod proc;
+
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Concurrent writers per case.
@@ -61,6 +64,8 @@ struct Measured {
     per_second: f64,
     p50: Duration,
     p99: Duration,
+    /// Share of the cores this process kept busy while measured.
+    busy: f64,
     note: String,
     /// Stream bytes per append per healthy subscriber; zero with none.
     stream_bytes_per_append: f64,
@@ -304,11 +309,20 @@ async fn loopback_stream_bytes_per_second(
 }
 
 /// Runs `WRITERS` writers appending to the fixture's session; returns the latencies
-/// recorded after the warm-up and the measurement time.
-async fn write_load(fixture: &Fixture, timing: Timing) -> Result<Vec<Duration>, BoxError> {
+/// recorded after the warm-up, and how busy the machine's cores were with this process
+/// (server, writers and readers) meanwhile, from 0 to 1.
+async fn write_load(fixture: &Fixture, timing: Timing) -> Result<(Vec<Duration>, f64), BoxError> {
     let start = Instant::now();
     let record_from = start + timing.warm_up;
     let stop_at = record_from + timing.measure;
+    let busy = tokio::spawn(async move {
+        tokio::time::sleep_until(record_from.into()).await;
+        let cpu = || proc::cpu_us("/proc/self/stat");
+        let before = cpu();
+        tokio::time::sleep_until(stop_at.into()).await;
+        let cores = std::thread::available_parallelism().map_or(1, usize::from) as f64;
+        (cpu() - before) / 1e6 / timing.measure.as_secs_f64() / cores
+    });
     let mut writers = JoinSet::new();
     for writer in 0..WRITERS {
         let client = fixture.client.clone();
@@ -342,7 +356,7 @@ async fn write_load(fixture: &Fixture, timing: Timing) -> Result<Vec<Duration>, 
     for latencies in writers.join_all().await {
         all.extend(latencies?);
     }
-    Ok(all)
+    Ok((all, busy.await?))
 }
 
 async fn run_case(case: Case, timing: Timing, fan_out: usize) -> Result<Measured, BoxError> {
@@ -366,7 +380,7 @@ async fn run_case(case: Case, timing: Timing, fan_out: usize) -> Result<Measured
     }
 
     let started = Instant::now();
-    let mut latencies = write_load(&fixture, timing).await?;
+    let (mut latencies, busy) = write_load(&fixture, timing).await?;
     latencies.sort();
     let appends = latencies.len();
     let percentile = |p: f64| {
@@ -417,6 +431,7 @@ async fn run_case(case: Case, timing: Timing, fan_out: usize) -> Result<Measured
         per_second: appends as f64 / timing.measure.as_secs_f64(),
         p50,
         p99,
+        busy,
         note,
         stream_bytes_per_append,
     })
@@ -482,17 +497,18 @@ async fn main() -> Result<(), BoxError> {
 
     println!();
     println!(
-        "{:<24} {:>9} {:>10} {:>9} {:>9}",
-        "case", "appends", "req/s", "p50 ms", "p99 ms"
+        "{:<24} {:>9} {:>10} {:>9} {:>9} {:>9}",
+        "case", "appends", "req/s", "p50 ms", "p99 ms", "CPU busy"
     );
     for (case, m) in &results {
         println!(
-            "{:<24} {:>9} {:>10.0} {:>9.2} {:>9.2}",
+            "{:<24} {:>9} {:>10.0} {:>9.2} {:>9.2} {:>8.0}%",
             case.label(),
             m.appends,
             m.per_second,
             millis(m.p50),
-            millis(m.p99)
+            millis(m.p99),
+            m.busy * 100.0
         );
     }
     println!();
