@@ -5,7 +5,7 @@ use std::sync::Arc;
 use futures_util::StreamExt;
 use serde::Serialize;
 use serde_json::Value;
-use tokio::sync::{mpsc, OwnedSemaphorePermit};
+use tokio::sync::OwnedSemaphorePermit;
 use uuid::Uuid;
 use warp::http::StatusCode;
 use warp::reply::Response;
@@ -20,7 +20,7 @@ use super::views::{json, MessageCreated, MessageView, SessionContext};
 use super::{load_active, session_path, with_state, AppState, SharedState};
 use crate::domain::message::{MAX_ATTACHMENTS, MAX_CONTENT_CHARS};
 use crate::domain::{Attachment, EventData, EventFilter, Message, NewMessage, SessionError};
-use crate::store::{MessageQuery, StreamEvent, Subscription, STREAM_BUFFER};
+use crate::store::{LiveEvents, MessageQuery, Subscription, STREAM_BUFFER};
 
 /// Default and largest page size of a message page.
 const PAGE_LIMIT: (usize, usize) = (50, 100);
@@ -377,7 +377,7 @@ async fn create_message(
 async fn wait_for_reply(
     state: &AppState,
     message: &Message,
-    events: &mut mpsc::Receiver<Arc<StreamEvent>>,
+    events: &mut LiveEvents,
 ) -> Option<Message> {
     let timeout = tokio::time::sleep(state.reply_timeout);
     tokio::pin!(timeout);
@@ -397,7 +397,7 @@ enum Waited {
 async fn next_reply(
     state: &AppState,
     message: &Message,
-    events: &mut mpsc::Receiver<Arc<StreamEvent>>,
+    events: &mut LiveEvents,
     mut timeout: std::pin::Pin<&mut tokio::time::Sleep>,
 ) -> Waited {
     let replies = EventFilter::RepliesTo {
@@ -438,7 +438,7 @@ fn reply_stream(
     state: Arc<AppState>,
     message: Message,
     context: SessionContext,
-    events: mpsc::Receiver<Arc<StreamEvent>>,
+    events: LiveEvents,
     permit: OwnedSemaphorePermit,
 ) -> Response {
     let first = sse::frame(

@@ -9,6 +9,7 @@
 //! at the seam.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use futures_util::Stream;
@@ -122,15 +123,54 @@ impl std::ops::Deref for StreamEvent {
 pub struct Subscription {
     /// Live events, in id order. Ends when the subscriber falls too far behind (it should
     /// resume from the store) or the store closes.
-    pub events: mpsc::Receiver<Arc<StreamEvent>>,
+    pub events: LiveEvents,
     /// Every event with an id up to this one was published before the subscription: read
     /// those from the store.
     pub replay_through: u64,
 }
 
+/// The events of one publication: what one flush made durable, shared by every subscriber
+/// it goes to. A subscriber gets each publication holding an event for it once, not each
+/// event, so that a thousand streams of one session cost one hand-over per flush each.
+type Published = Arc<[Arc<StreamEvent>]>;
+
+/// The live events of a [`Subscription`]: those of each publication that match its filter.
+#[derive(Debug)]
+pub struct LiveEvents {
+    filter: EventFilter,
+    publications: mpsc::UnboundedReceiver<(Published, usize)>,
+    /// The publication being read, and the index of its next event.
+    reading: Option<(Published, usize)>,
+    /// Matching events handed over and not yet taken: the sender cuts the subscriber off
+    /// past its capacity.
+    backlog: Arc<AtomicUsize>,
+}
+
+impl LiveEvents {
+    /// The next live event, or `None` once the subscription has ended. Cancel-safe.
+    pub async fn recv(&mut self) -> Option<Arc<StreamEvent>> {
+        loop {
+            if let Some((publication, next)) = &mut self.reading {
+                while let Some(event) = publication.get(*next) {
+                    *next += 1;
+                    if self.filter.matches(event) {
+                        return Some(Arc::clone(event));
+                    }
+                }
+                self.reading = None;
+            }
+            let (publication, matching) = self.publications.recv().await?;
+            self.backlog.fetch_sub(matching, Ordering::Relaxed);
+            self.reading = Some((publication, 0));
+        }
+    }
+}
+
 struct Subscriber {
     filter: EventFilter,
-    sender: mpsc::Sender<Arc<StreamEvent>>,
+    publications: mpsc::UnboundedSender<(Published, usize)>,
+    backlog: Arc<AtomicUsize>,
+    capacity: usize,
 }
 
 #[derive(Default)]
@@ -205,37 +245,56 @@ impl EventBus {
     /// Publishes every pending event up to `through`, in order.
     pub(super) fn publish_through(&self, through: u64) {
         let mut state = self.lock();
-        while state
-            .pending
-            .front()
-            .is_some_and(|event| event.id <= through)
-        {
-            let Some(event) = state.pending.pop_front() else {
+        let mut durable = Vec::new();
+        while let Some(event) = state.pending.pop_front() {
+            if event.id > through {
+                state.pending.push_front(event);
                 break;
-            };
-            state.subscribers.retain(|subscriber| {
-                if !subscriber.filter.matches(&event) {
-                    return !subscriber.sender.is_closed();
-                }
-                match subscriber.sender.try_send(event.clone()) {
-                    Ok(()) => true,
-                    Err(mpsc::error::TrySendError::Full(_)) => {
-                        tracing::info!(filter = ?subscriber.filter, "cut off a subscriber that fell behind");
-                        false
-                    }
-                    Err(mpsc::error::TrySendError::Closed(_)) => false,
-                }
-            });
-            state.published_through = event.id;
+            }
+            durable.push(event);
         }
+        let Some(last) = durable.last() else {
+            return;
+        };
+        state.published_through = last.id;
+        let publication: Published = durable.into();
+        state.subscribers.retain(|subscriber| {
+            let matching = publication
+                .iter()
+                .filter(|event| subscriber.filter.matches(event))
+                .count();
+            if matching == 0 {
+                return !subscriber.publications.is_closed();
+            }
+            let backlog = subscriber.backlog.fetch_add(matching, Ordering::Relaxed);
+            if backlog + matching > subscriber.capacity {
+                tracing::info!(filter = ?subscriber.filter, "cut off a subscriber that fell behind");
+                return false;
+            }
+            subscriber
+                .publications
+                .send((Arc::clone(&publication), matching))
+                .is_ok()
+        });
     }
 
     fn subscribe(&self, filter: EventFilter, capacity: usize) -> Subscription {
-        let (sender, events) = mpsc::channel(capacity);
+        let (sender, publications) = mpsc::unbounded_channel();
+        let backlog = Arc::new(AtomicUsize::new(0));
         let mut state = self.lock();
-        state.subscribers.push(Subscriber { filter, sender });
+        state.subscribers.push(Subscriber {
+            filter,
+            publications: sender,
+            backlog: Arc::clone(&backlog),
+            capacity,
+        });
         Subscription {
-            events,
+            events: LiveEvents {
+                filter,
+                publications,
+                reading: None,
+                backlog,
+            },
             replay_through: state.published_through,
         }
     }
@@ -306,7 +365,7 @@ struct EventCursor {
     sent_through: u64,
     replay_through: u64,
     replayed: VecDeque<Event>,
-    live: mpsc::Receiver<Arc<StreamEvent>>,
+    live: LiveEvents,
     ended: bool,
 }
 
@@ -398,5 +457,70 @@ impl Store {
     /// Storage failures.
     pub(crate) async fn trim_events(&self, cutoff: Timestamp) -> Result<usize> {
         self.backend.trim_events(cutoff).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::test_support::{session_at, T0};
+
+    /// A bus holding, pending, a `session.renewed` event for each of `sessions` in turn, with
+    /// ids from 1.
+    fn bus_with_pending(sessions: &[&Session]) -> EventBus {
+        let bus = EventBus::new(0);
+        let mut log = EventLog::new(1);
+        for session in sessions {
+            log.session(T0, EventKind::SessionRenewed, session);
+        }
+        bus.enqueue(log.finish());
+        bus
+    }
+
+    /// The ids `live` has ready now, and whether it has ended.
+    async fn ready_ids(live: &mut LiveEvents) -> (Vec<u64>, bool) {
+        let mut ids = Vec::new();
+        loop {
+            let next = tokio::time::timeout(std::time::Duration::from_millis(20), live.recv());
+            match next.await {
+                Ok(Some(event)) => ids.push(event.id),
+                Ok(None) => return (ids, true),
+                Err(_) => return (ids, false),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_subscriber_gets_its_own_durable_events_once_each_in_order() {
+        let (a, b) = (session_at(T0, 30, 5), session_at(T0, 30, 5));
+        let bus = bus_with_pending(&[&a, &b, &a, &a, &b]);
+        let mut live = bus.subscribe(EventFilter::Session(a.id), 16).events;
+        bus.publish_through(3);
+        assert_eq!(ready_ids(&mut live).await, (vec![1, 3], false));
+        // Not durable yet: nothing.
+        assert_eq!(ready_ids(&mut live).await, (vec![], false));
+        bus.publish_through(5);
+        assert_eq!(ready_ids(&mut live).await, (vec![4], false));
+    }
+
+    #[tokio::test]
+    async fn a_subscriber_that_falls_behind_its_capacity_is_cut_off_after_what_it_was_given() {
+        let a = session_at(T0, 30, 5);
+        let bus = bus_with_pending(&[&a, &a, &a, &a]);
+        let mut live = bus.subscribe(EventFilter::Session(a.id), 3).events;
+        bus.publish_through(2);
+        bus.publish_through(4);
+        assert_eq!(ready_ids(&mut live).await, (vec![1, 2], true));
+    }
+
+    #[tokio::test]
+    async fn events_taken_free_room_in_a_subscribers_capacity() {
+        let a = session_at(T0, 30, 5);
+        let bus = bus_with_pending(&[&a, &a, &a, &a]);
+        let mut live = bus.subscribe(EventFilter::Session(a.id), 3).events;
+        bus.publish_through(2);
+        assert_eq!(ready_ids(&mut live).await, (vec![1, 2], false));
+        bus.publish_through(4);
+        assert_eq!(ready_ids(&mut live).await, (vec![3, 4], false));
     }
 }

@@ -25,7 +25,9 @@ use std::sync::Arc;
 use crate::domain::{Clock, SystemClock};
 use crate::error::{Error, Result};
 
-pub use events::{EventStream, StreamEvent, Subscription, UnknownEventId, STREAM_BUFFER};
+pub use events::{
+    EventStream, LiveEvents, StreamEvent, Subscription, UnknownEventId, STREAM_BUFFER,
+};
 pub use messages::{Appended, MessagePage, MessageQuery};
 pub use sessions::{SessionCounts, SessionPage, SessionQuery, StatusFilter};
 pub use sled_backend::{CheckReport, TreeStats, FORMAT_VERSION};
