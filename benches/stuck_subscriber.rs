@@ -272,14 +272,15 @@ async fn count_message_events(mut stream: TcpStream, received: Arc<Received>) {
 }
 
 /// The stream bytes per second `streams` bare loopback connections carry on this machine, with
-/// no server: a sender per connection writes `frame_bytes`-long message events,
-/// `frames_per_write` at a time, to the same lean readers as the fan-out case's.
-async fn loopback_stream_bytes_per_second(
+/// no server, and the share of the cores that kept busy: a sender per connection writes
+/// `frame_bytes`-long message events, `frames_per_write` at a time, to the same lean readers
+/// as the fan-out case's.
+async fn loopback_streams(
     streams: usize,
     frame_bytes: usize,
     frames_per_write: usize,
     duration: Duration,
-) -> Result<f64, BoxError> {
+) -> Result<(f64, f64), BoxError> {
     let head = "event: message\ndata: ";
     let body = "x".repeat(frame_bytes.saturating_sub(head.len() + 2).max(1));
     let chunk: Arc<[u8]> = format!("{head}{body}\n\n")
@@ -302,10 +303,20 @@ async fn loopback_stream_bytes_per_second(
     let bytes = || received.bytes.load(Ordering::Relaxed) as f64;
     tokio::time::sleep(duration / 5).await;
     let (started, before) = (Instant::now(), bytes());
-    tokio::time::sleep(duration).await;
+    let busy = cores_busy(started, started + duration).await;
     let carried = (bytes() - before) / started.elapsed().as_secs_f64();
     tasks.abort_all();
-    Ok(carried)
+    Ok((carried, busy))
+}
+
+/// The share of the machine's cores this process keeps busy from `from` to `to`, 0 to 1.
+async fn cores_busy(from: Instant, to: Instant) -> f64 {
+    tokio::time::sleep_until(from.into()).await;
+    let cpu = || proc::cpu_us("/proc/self/stat");
+    let before = cpu();
+    tokio::time::sleep_until(to.into()).await;
+    let cores = std::thread::available_parallelism().map_or(1, usize::from) as f64;
+    (cpu() - before) / 1e6 / from.elapsed().as_secs_f64() / cores
 }
 
 /// Runs `WRITERS` writers appending to the fixture's session; returns the latencies
@@ -315,14 +326,7 @@ async fn write_load(fixture: &Fixture, timing: Timing) -> Result<(Vec<Duration>,
     let start = Instant::now();
     let record_from = start + timing.warm_up;
     let stop_at = record_from + timing.measure;
-    let busy = tokio::spawn(async move {
-        tokio::time::sleep_until(record_from.into()).await;
-        let cpu = || proc::cpu_us("/proc/self/stat");
-        let before = cpu();
-        tokio::time::sleep_until(stop_at.into()).await;
-        let cores = std::thread::available_parallelism().map_or(1, usize::from) as f64;
-        (cpu() - before) / 1e6 / timing.measure.as_secs_f64() / cores
-    });
+    let busy = tokio::spawn(cores_busy(record_from, stop_at));
     let mut writers = JoinSet::new();
     for writer in 0..WRITERS {
         let client = fixture.client.clone();
@@ -533,26 +537,33 @@ async fn main() -> Result<(), BoxError> {
     }
     // What the streams alone allow: the fan-out case's bytes per append, through as many
     // bare loopback streams and readers, with no server and no appends.
-    let frame_bytes = results
-        .iter()
-        .find(|(case, _)| *case == Case::FanOut)
-        .map_or(0.0, |(_, m)| m.stream_bytes_per_append);
+    let case = |wanted: Case| results.iter().find(|(case, _)| *case == wanted);
+    let frame_bytes = case(Case::FanOut).map_or(0.0, |(_, m)| m.stream_bytes_per_append);
+    let busy_none = case(Case::NoSubscriber).map_or(0.0, |(_, m)| m.busy);
     if none > 0.0 && frame_bytes > 0.0 {
+        let stream_bytes_per_append = frame_bytes * fan_out as f64;
         for frames_per_write in [1, 64] {
-            let carried = loopback_stream_bytes_per_second(
+            let (carried, busy) = loopback_streams(
                 fan_out,
                 frame_bytes as usize,
                 frames_per_write,
                 timing.measure,
             )
             .await?;
-            let allowed = carried / (frame_bytes * fan_out as f64);
+            let allowed = carried / stream_bytes_per_append;
+            // The machine's share an append takes with no streams, plus its stream bytes'
+            // share as bare sockets move them: the most appends per second the fan-out could
+            // reach were the server's own stream work free.
+            let ceiling = 1.0 / (busy_none / none + stream_bytes_per_append * busy / carried);
             println!(
                 "bare loopback, {fan_out} streams, {frames_per_write} event(s) per write, no \
-                 server: {:.0} MB/s, which carries {allowed:.0} appends/s at {frame_bytes:.0} \
-                 bytes per append per stream ({:.3} of none)",
+                 server: {:.0} MB/s at {:.0}% busy, which carries {allowed:.0} appends/s at \
+                 {frame_bytes:.0} bytes per append per stream ({:.3} of none); with the \
+                 appends' own work, at most {ceiling:.0} appends/s ({:.3} of none)",
                 carried / 1e6,
-                allowed / none
+                busy * 100.0,
+                allowed / none,
+                ceiling / none
             );
         }
     }
