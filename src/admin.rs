@@ -1,4 +1,4 @@
-//! The offline commands: `sessiond check` and `sessiond stats`.
+//! The offline commands: `sessiond check`, `stats`, `export` and `import`.
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -6,6 +6,7 @@ use std::path::Path;
 use crate::domain::Timestamp;
 use crate::error::{Error, Result};
 use crate::store::{CheckReport, Store, StoreOptions};
+use crate::transfer::{ImportError, Moved};
 
 /// Opens an existing store; refuses to create one.
 fn open_existing(data_dir: &Path) -> Result<Store> {
@@ -72,10 +73,7 @@ pub fn render_check(data_dir: &Path, report: &CheckReport) -> String {
 pub fn stats(data_dir: &Path) -> Result<String> {
     let store = open_existing(data_dir)?;
     let (counts, trees) = reading_damage(data_dir, || {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        let counts = runtime.block_on(store.counts(Timestamp::now()))?;
+        let counts = offline_runtime()?.block_on(store.counts(Timestamp::now()))?;
         Ok((counts, store.tree_stats()?))
     })?;
     let on_disk = store.size_on_disk()?;
@@ -101,4 +99,39 @@ pub fn stats(data_dir: &Path) -> Result<String> {
         "keys and values: {logical} bytes; on disk: {on_disk} bytes"
     );
     Ok(out)
+}
+
+/// The runtime an offline command runs the store's async calls on.
+fn offline_runtime() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?)
+}
+
+/// Writes the store in `data_dir` to `out` as an export (see [`crate::transfer`]).
+///
+/// # Errors
+/// The store cannot be opened or read, or `out` cannot be written.
+pub fn export(data_dir: &Path, out: &mut impl std::io::Write) -> Result<Moved> {
+    let store = open_existing(data_dir)?;
+    let moved = reading_damage(data_dir, || {
+        offline_runtime()?.block_on(crate::transfer::export(&store, out))
+    })?;
+    store.close()?;
+    Ok(moved)
+}
+
+/// Loads an export from `input` into the store in `data_dir`, made if missing (see
+/// [`crate::transfer`]).
+///
+/// # Errors
+/// A refused line, or the store cannot be opened or written.
+pub fn import(
+    data_dir: &Path,
+    input: impl std::io::BufRead,
+) -> std::result::Result<Moved, ImportError> {
+    let store = Store::open(data_dir, &StoreOptions::default())?;
+    let imported = offline_runtime()?.block_on(crate::transfer::import(&store, input));
+    store.close()?;
+    imported
 }

@@ -40,6 +40,13 @@ pub enum Command {
     Check(StoreArgs),
     /// Print a store's counts and sizes. The server must not be running on it.
     Stats(StoreArgs),
+    /// Write the whole store to stdout as NDJSON: a header line, then one line per session
+    /// with its messages (docs/EXPORT.md). The server must not be running on it.
+    Export(StoreArgs),
+    /// Load an export from stdin into a store (made if missing), keeping every id, seq,
+    /// parent and time; refuses sessions and messages whose ids are taken. The server must
+    /// not be running on it.
+    Import(StoreArgs),
 }
 
 /// Which store an offline command reads.

@@ -13,6 +13,7 @@
 //! - [`app`]: [`app::Sessiond`] embedded in another program, or [`app::start`] as a server
 //!   of its own; graceful shutdown.
 //! - [`admin`]: the offline commands `check` and `stats`.
+//! - [`transfer`]: `export` and `import`, a whole store as NDJSON.
 //!
 //! Data flows one way: `api -> domain + store`, `sweeper`/`notifier -> domain + store`,
 //! `store -> domain`.
@@ -91,5 +92,6 @@ pub mod http;
 pub mod notifier;
 pub mod store;
 pub mod sweeper;
+pub mod transfer;
 
 pub use error::{Error, Result};

@@ -43,6 +43,38 @@ fn main() -> ExitCode {
                 Err(error) => exit_with(&error),
             };
         }
+        Command::Export(args) => {
+            let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+            return match sessiond::admin::export(&args.data_dir, &mut out) {
+                Ok(moved) => {
+                    eprintln!(
+                        "exported {} sessions, {} messages",
+                        moved.sessions, moved.messages
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(error) => exit_with(&error),
+            };
+        }
+        Command::Import(args) => {
+            return match sessiond::admin::import(&args.data_dir, std::io::stdin().lock()) {
+                Ok(moved) => {
+                    eprintln!(
+                        "imported {} sessions, {} messages",
+                        moved.sessions, moved.messages
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(sessiond::transfer::ImportError::Store(error)) => exit_with(&error),
+                Err(refused @ sessiond::transfer::ImportError::Line { moved, .. }) => {
+                    eprintln!(
+                        "sessiond: import stopped at {refused}; {} sessions ({} messages) were imported",
+                        moved.sessions, moved.messages
+                    );
+                    ExitCode::FAILURE
+                }
+            };
+        }
         Command::Stats(args) => {
             return match sessiond::admin::stats(&args.data_dir) {
                 Ok(text) => {

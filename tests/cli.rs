@@ -42,9 +42,17 @@ fn a_second_server_or_an_offline_command_on_a_store_in_use_says_so_in_one_line_a
     let second = run(&["serve", "--addr", "127.0.0.1:0"], dir.path());
     let check = run(&["check"], dir.path());
     let stats = run(&["stats"], dir.path());
+    let export = run(&["export"], dir.path());
+    let import = run_with_input(&["import"], dir.path(), b"");
 
     // Assert
-    for (name, output) in [("serve", &second), ("check", &check), ("stats", &stats)] {
+    for (name, output) in [
+        ("serve", &second),
+        ("check", &check),
+        ("stats", &stats),
+        ("export", &export),
+        ("import", &import),
+    ] {
         let lines = stderr_lines(output);
         assert_eq!(output.status.code(), Some(2), "{name}: {lines:?}");
         assert_eq!(lines.len(), 1, "{name}: {lines:?}");
@@ -311,4 +319,64 @@ fn serve_briefly(store: &Path) -> Option<Output> {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// Runs the binary with `args` and `--data-dir`, feeding it `input` on stdin.
+fn run_with_input(args: &[&str], data_dir: &Path, input: &[u8]) -> Output {
+    use std::io::Write;
+    let mut child = Command::new(BINARY)
+        .args(args)
+        .arg("--data-dir")
+        .arg(data_dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the binary runs");
+    let mut stdin = child.stdin.take().expect("a stdin");
+    stdin.write_all(input).expect("the input is taken");
+    drop(stdin);
+    child.wait_with_output().expect("the binary ends")
+}
+
+#[test]
+fn export_then_import_moves_a_store_to_another_directory_whole() {
+    // Arrange
+    let (source, target) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    write_store(source.path(), 20);
+
+    // Act
+    let exported = run(&["export"], source.path());
+    let imported = run_with_input(&["import"], target.path(), &exported.stdout);
+    let again = run(&["export"], target.path());
+    let twice = run_with_input(&["import"], target.path(), &exported.stdout);
+    let check = run(&["check"], target.path());
+
+    // Assert
+    assert!(exported.status.success(), "{:?}", stderr_lines(&exported));
+    assert_eq!(stderr_lines(&exported), ["exported 20 sessions, 20 messages"]);
+    assert_eq!(exported.stdout.iter().filter(|&&b| b == b'\n').count(), 21);
+    assert!(imported.status.success(), "{:?}", stderr_lines(&imported));
+    assert_eq!(stderr_lines(&imported), ["imported 20 sessions, 20 messages"]);
+    assert_eq!(again.stdout, exported.stdout, "the moved store exports the same");
+    assert_eq!(twice.status.code(), Some(1));
+    let refused = stderr_lines(&twice);
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    assert!(
+        refused[0].starts_with("sessiond: import stopped at line 2: session ")
+            && refused[0].contains("already exists"),
+        "{refused:?}"
+    );
+    assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stdout));
+}
+
+#[test]
+fn export_refuses_a_directory_without_a_store_in_one_line() {
+    let empty = tempfile::tempdir().unwrap();
+    let output = run(&["export"], empty.path());
+    assert_eq!(output.status.code(), Some(2));
+    assert!(output.stdout.is_empty());
+    let lines = stderr_lines(&output);
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(lines[0].contains("no store in"), "{lines:?}");
 }

@@ -439,11 +439,23 @@ impl From<SessionError> for ApiError {
                 "Message not found",
                 details,
             ),
-            // Only imports through the library can meet it: the API makes session ids.
+            // Only imports through the library can meet these: the API makes the ids.
             SessionError::AlreadyExists(_) => ApiError::new(
                 StatusCode::CONFLICT,
                 "SESSION_EXISTS",
                 "Session already exists",
+                details,
+            ),
+            SessionError::MessageExists(_) => ApiError::new(
+                StatusCode::CONFLICT,
+                "MESSAGE_EXISTS",
+                "Message already exists",
+                details,
+            ),
+            SessionError::Unrestorable { .. } => ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "UNRESTORABLE",
+                "Session cannot be restored",
                 details,
             ),
         }

@@ -268,6 +268,17 @@ pub enum SessionError {
     /// A session with this id is stored already (or is still being deleted).
     #[error("session {0} already exists")]
     AlreadyExists(Uuid),
+    /// A message with this id is stored already, in any session.
+    #[error("message {0} already exists")]
+    MessageExists(Uuid),
+    /// A session and messages given to be stored as they are do not make a whole history.
+    #[error("session {session_id} cannot be restored: {reason}")]
+    Unrestorable {
+        /// The session id.
+        session_id: Uuid,
+        /// What is wrong.
+        reason: String,
+    },
     /// No such message in this session.
     #[error("message {message_id} does not exist in session {session_id}")]
     MessageNotFound {
@@ -457,6 +468,76 @@ impl Session {
                 author_id,
             })
         }
+    }
+
+    /// Checks that `messages` are this session's whole history, as a restore stores them:
+    /// seqs 1 to `message_count` in order, ids unique, each parent an earlier message,
+    /// each author its user or its agent (and marked as the agent exactly when it is),
+    /// times never going backwards, and the newest message the one the session names.
+    ///
+    /// # Errors
+    /// [`SessionError::Unrestorable`], saying what is wrong.
+    pub fn check_history(&self, messages: &[super::Message]) -> Result<(), SessionError> {
+        let refuse = |reason: String| SessionError::Unrestorable {
+            session_id: self.id,
+            reason,
+        };
+        if messages.len() as u64 != self.message_count {
+            return Err(refuse(format!(
+                "it counts {} messages and {} were given",
+                self.message_count,
+                messages.len()
+            )));
+        }
+        let mut seen = std::collections::HashSet::with_capacity(messages.len());
+        let mut previous_at = None;
+        for (message, seq) in messages.iter().zip(1u64..) {
+            let reason = if message.session_id != self.id {
+                Some(format!(
+                    "message {} is of session {}",
+                    message.id, message.session_id
+                ))
+            } else if message.seq != seq {
+                Some(format!(
+                    "message {} has seq {}, not {seq}",
+                    message.id, message.seq
+                ))
+            } else if message
+                .parent_id
+                .is_some_and(|parent| !seen.contains(&parent))
+            {
+                Some(format!(
+                    "message {} replies to no earlier message",
+                    message.id
+                ))
+            } else if !seen.insert(message.id) {
+                Some(format!("message id {} is given twice", message.id))
+            } else if message.author_id != self.user_id && message.author_id != self.agent_id {
+                Some(format!("message {} has a stranger as author", message.id))
+            } else if message.is_agent != (message.author_id == self.agent_id) {
+                Some(format!(
+                    "message {} is marked as the agent's wrongly",
+                    message.id
+                ))
+            } else if previous_at.is_some_and(|previous| message.created_at < previous) {
+                Some(format!(
+                    "message {} is older than the one before it",
+                    message.id
+                ))
+            } else {
+                None
+            };
+            if let Some(reason) = reason {
+                return Err(refuse(reason));
+            }
+            previous_at = Some(message.created_at);
+        }
+        if messages.last().map(|message| message.id) != self.last_message_id {
+            return Err(refuse(
+                "its last message id is not its newest message's".into(),
+            ));
+        }
+        Ok(())
     }
 
     /// Renews at `now` if that moves `expiresAt` later by at least a millisecond, the unit
@@ -806,5 +887,82 @@ mod tests {
         assert_eq!(session.record_activity(later), Renewal::Renewed);
         assert_eq!(session.last_activity, later);
         assert_eq!(session.expires_at(), later + 30 * MINUTE);
+    }
+
+    /// A session of a user and an agent with `count` messages, each replying to the one
+    /// before, a millisecond apart; the even ones the user's.
+    fn with_history(count: u64) -> (Session, Vec<crate::domain::Message>) {
+        let t0 = Timestamp::from_millis(1_000_000);
+        let mut session = Session::new(
+            Uuid::now_v7(),
+            Uuid::new_v4(),
+            Uuid::new_v4(),
+            config(30, 720, 5, true),
+            "{}".into(),
+            t0,
+        );
+        let mut messages: Vec<crate::domain::Message> = Vec::new();
+        for seq in 1..=count {
+            let author_id = if seq % 2 == 0 {
+                session.agent_id
+            } else {
+                session.user_id
+            };
+            messages.push(crate::domain::Message {
+                id: Uuid::now_v7(),
+                session_id: session.id,
+                seq,
+                parent_id: messages.last().map(|m| m.id),
+                content: format!("m{seq}"),
+                author_id,
+                is_agent: author_id == session.agent_id,
+                created_at: t0 + MS * seq as u32,
+                metadata_json: "{}".into(),
+                attachments: Vec::new(),
+            });
+        }
+        session.message_count = count;
+        session.last_message_id = messages.last().map(|m| m.id);
+        (session, messages)
+    }
+
+    #[test]
+    fn a_whole_history_passes_and_each_kind_of_break_is_named() {
+        let (session, messages) = with_history(3);
+        assert_eq!(session.check_history(&messages), Ok(()));
+        assert_eq!(with_history(0).0.check_history(&[]), Ok(()));
+        type Break = fn(&mut Session, &mut Vec<crate::domain::Message>);
+        let breaks: [(Break, &str); 9] = [
+            (
+                |_, m| {
+                    m.pop();
+                },
+                "counts 3 messages and 2",
+            ),
+            (|_, m| m[1].seq = 5, "has seq 5, not 2"),
+            (|_, m| m[1].session_id = Uuid::nil(), "is of session"),
+            (
+                |_, m| m[0].parent_id = Some(m[2].id),
+                "replies to no earlier message",
+            ),
+            (|_, m| m[2].id = m[0].id, "given twice"),
+            (|_, m| m[0].author_id = Uuid::nil(), "stranger"),
+            (|_, m| m[0].is_agent = true, "marked as the agent's wrongly"),
+            (
+                |_, m| m[2].created_at = m[0].created_at - MS,
+                "older than the one before",
+            ),
+            (|s, _| s.last_message_id = None, "last message id"),
+        ];
+        for (break_it, expected) in breaks {
+            let (mut session, mut messages) = with_history(3);
+            break_it(&mut session, &mut messages);
+            match session.check_history(&messages) {
+                Err(SessionError::Unrestorable { reason, .. }) => {
+                    assert!(reason.contains(expected), "{expected}: {reason}");
+                }
+                other => panic!("{expected}: {other:?}"),
+            }
+        }
     }
 }

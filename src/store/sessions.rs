@@ -6,7 +6,7 @@ use super::messages::append_to;
 use super::write::{refuse, settle_unrefused, Announced, Work, WriteTime};
 use super::Store;
 use crate::domain::{
-    DueNotices, EventKind, NewMessage, Session, SessionChange, SessionError, Timestamp,
+    DueNotices, EventKind, Message, NewMessage, Session, SessionChange, SessionError, Timestamp,
 };
 use crate::error::Result;
 
@@ -126,6 +126,41 @@ impl Store {
             )
         });
         self.write(WriteTime::At(created_at), work).await
+    }
+
+    /// Stores `session` and its whole history exactly as given: every field, id, seq,
+    /// parent and time, as `sessiond import` moves a store. Records no events: the
+    /// session's past is not news.
+    ///
+    /// Returns `Ok(Err(..))`, storing nothing, when the history is not whole
+    /// ([`Session::check_history`]), or the session id or a message id is taken.
+    ///
+    /// # Errors
+    /// Storage failures.
+    pub async fn restore_session(
+        &self,
+        session: Session,
+        messages: Vec<Message>,
+    ) -> Result<Result<(), SessionError>> {
+        if let Err(refused) = session.check_history(&messages) {
+            return Ok(Err(refused));
+        }
+        let work: Work<()> = Box::new(move |ctx| {
+            if ctx.tx.session_id_taken(session.id)? {
+                return refuse(SessionError::AlreadyExists(session.id));
+            }
+            for message in &messages {
+                if ctx.tx.message_id_taken(message.id)? {
+                    return refuse(SessionError::MessageExists(message.id));
+                }
+            }
+            ctx.tx.insert_session(&session)?;
+            for message in &messages {
+                ctx.tx.insert_message(message)?;
+            }
+            Ok(())
+        });
+        self.write(WriteTime::Now, work).await
     }
 
     /// The session, if stored (expired or not).

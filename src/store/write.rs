@@ -81,6 +81,10 @@ pub(super) trait WriteOps {
     /// Whether `message_id` is a message of `session_id`.
     fn message_in(&self, message_id: Uuid, session_id: Uuid) -> TxResult<bool>;
 
+    /// Whether `message_id` names a stored message of any session (or one whose session's
+    /// deletion is still under way).
+    fn message_id_taken(&self, message_id: Uuid) -> TxResult<bool>;
+
     /// Stores a message under its session and seq, which must be new, with its id's
     /// location and its parent's reply entry.
     fn insert_message(&self, message: &Message) -> TxResult<()>;

@@ -133,6 +133,13 @@ impl WriteOps for WriteTx<'_> {
         )
     }
 
+    fn message_id_taken(&self, message_id: Uuid) -> TxResult<bool> {
+        Ok(self
+            .message_locations
+            .get(keys::session(message_id))?
+            .is_some())
+    }
+
     fn insert_message(&self, message: &Message) -> TxResult<()> {
         let (session_id, seq) = (message.session_id, message.seq);
         let key = keys::message(session_id, seq);

@@ -1,0 +1,651 @@
+//! `sessiond export` and `sessiond import`: a whole store as NDJSON, through the store's
+//! own reads and writes, so that it moves between engines and machines. The format is in
+//! `docs/EXPORT.md`.
+
+use std::io::{BufRead, Write};
+
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::domain::{Attachment, Message, Session, SessionError, TimeoutConfig, Timestamp};
+use crate::error::{Error, Result};
+use crate::store::{MessageQuery, SessionQuery, StatusFilter, Store};
+
+/// What the first line of an export names.
+pub const FORMAT: &str = "sessiond-export";
+/// The version of the format this sessiond writes and reads.
+pub const VERSION: u32 = 1;
+
+/// Sessions per listing page, and messages per page, while exporting.
+const EXPORT_PAGE: usize = 256;
+/// Sessions an import has in flight: enough for the writer to batch them.
+const IMPORT_IN_FLIGHT: usize = 64;
+
+/// The first line.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Header {
+    format: String,
+    version: u32,
+}
+
+/// One line after the first: a session and its whole history.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SessionLine {
+    session: SessionRecord,
+    messages: Vec<MessageRecord>,
+}
+
+/// Every stored field of a session. Times are microseconds since the Unix epoch.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct SessionRecord {
+    id: Uuid,
+    agent_id: Uuid,
+    user_id: Uuid,
+    created_at: Timestamp,
+    last_activity: Timestamp,
+    renewed_at: Timestamp,
+    renewal_count: u64,
+    timeout: TimeoutRecord,
+    metadata_json: String,
+    message_count: u64,
+    last_message_id: Option<Uuid>,
+    last_message_at: Timestamp,
+    expiring_noticed_for: Option<Timestamp>,
+    expired_noticed: bool,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct TimeoutRecord {
+    timeout_minutes: u32,
+    auto_renew: bool,
+    max_duration_minutes: u32,
+    warning_threshold_minutes: u32,
+}
+
+/// Every stored field of a message but its session id, which is its line's.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct MessageRecord {
+    id: Uuid,
+    seq: u64,
+    parent_id: Option<Uuid>,
+    content: String,
+    author_id: Uuid,
+    is_agent: bool,
+    created_at: Timestamp,
+    metadata_json: String,
+    attachments: Vec<AttachmentRecord>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AttachmentRecord {
+    #[serde(rename = "type")]
+    kind: String,
+    url: String,
+    name: Option<String>,
+}
+
+impl From<&Session> for SessionRecord {
+    fn from(session: &Session) -> Self {
+        let timeout = session.timeout;
+        SessionRecord {
+            id: session.id,
+            agent_id: session.agent_id,
+            user_id: session.user_id,
+            created_at: session.created_at,
+            last_activity: session.last_activity,
+            renewed_at: session.renewed_at,
+            renewal_count: session.renewal_count,
+            timeout: TimeoutRecord {
+                timeout_minutes: timeout.timeout_minutes,
+                auto_renew: timeout.auto_renew,
+                max_duration_minutes: timeout.max_duration_minutes,
+                warning_threshold_minutes: timeout.warning_threshold_minutes,
+            },
+            metadata_json: session.metadata_json.clone(),
+            message_count: session.message_count,
+            last_message_id: session.last_message_id,
+            last_message_at: session.last_message_at,
+            expiring_noticed_for: session.expiring_noticed_for,
+            expired_noticed: session.expired_noticed,
+        }
+    }
+}
+
+impl From<SessionRecord> for Session {
+    fn from(record: SessionRecord) -> Self {
+        let timeout = record.timeout;
+        Session {
+            id: record.id,
+            agent_id: record.agent_id,
+            user_id: record.user_id,
+            created_at: record.created_at,
+            last_activity: record.last_activity,
+            renewed_at: record.renewed_at,
+            renewal_count: record.renewal_count,
+            timeout: TimeoutConfig {
+                timeout_minutes: timeout.timeout_minutes,
+                auto_renew: timeout.auto_renew,
+                max_duration_minutes: timeout.max_duration_minutes,
+                warning_threshold_minutes: timeout.warning_threshold_minutes,
+            },
+            metadata_json: record.metadata_json,
+            message_count: record.message_count,
+            last_message_id: record.last_message_id,
+            last_message_at: record.last_message_at,
+            expiring_noticed_for: record.expiring_noticed_for,
+            expired_noticed: record.expired_noticed,
+        }
+    }
+}
+
+impl From<&Message> for MessageRecord {
+    fn from(message: &Message) -> Self {
+        MessageRecord {
+            id: message.id,
+            seq: message.seq,
+            parent_id: message.parent_id,
+            content: message.content.clone(),
+            author_id: message.author_id,
+            is_agent: message.is_agent,
+            created_at: message.created_at,
+            metadata_json: message.metadata_json.clone(),
+            attachments: message
+                .attachments
+                .iter()
+                .map(|attachment| AttachmentRecord {
+                    kind: attachment.kind.clone(),
+                    url: attachment.url.clone(),
+                    name: attachment.name.clone(),
+                })
+                .collect(),
+        }
+    }
+}
+
+impl MessageRecord {
+    fn into_message(self, session_id: Uuid) -> Message {
+        Message {
+            id: self.id,
+            session_id,
+            seq: self.seq,
+            parent_id: self.parent_id,
+            content: self.content,
+            author_id: self.author_id,
+            is_agent: self.is_agent,
+            created_at: self.created_at,
+            metadata_json: self.metadata_json,
+            attachments: self
+                .attachments
+                .into_iter()
+                .map(|attachment| Attachment {
+                    kind: attachment.kind,
+                    url: attachment.url,
+                    name: attachment.name,
+                })
+                .collect(),
+        }
+    }
+}
+
+/// What a transfer moved.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Moved {
+    /// Sessions, each with its whole history.
+    pub sessions: u64,
+    /// Messages.
+    pub messages: u64,
+}
+
+/// Writes every session of `store`, expired or not, with its messages in seq order, to
+/// `out`: the header line, then one line per session. Each line is one session as it stood
+/// at one moment: its messages are those its count names, and messages never change. A
+/// session deleted while it is read is left out.
+///
+/// # Errors
+/// Storage failures, and failures writing to `out`.
+pub async fn export(store: &Store, out: &mut impl Write) -> Result<Moved> {
+    let header = Header {
+        format: FORMAT.into(),
+        version: VERSION,
+    };
+    write_line(out, &header)?;
+    let mut moved = Moved::default();
+    let mut after = None;
+    loop {
+        let query = SessionQuery {
+            agent_id: None,
+            user_id: None,
+            status: StatusFilter::All,
+            limit: EXPORT_PAGE,
+            after,
+        };
+        let page = store.list_sessions(query, store.clock().now()).await?;
+        for session in &page.sessions {
+            let Some(messages) = history(store, session).await? else {
+                continue;
+            };
+            let line = SessionLine {
+                session: session.into(),
+                messages: messages.iter().map(MessageRecord::from).collect(),
+            };
+            write_line(out, &line)?;
+            moved.sessions += 1;
+            moved.messages += messages.len() as u64;
+        }
+        match page.next {
+            Some(next) => after = Some(next),
+            None => break,
+        }
+    }
+    out.flush()?;
+    Ok(moved)
+}
+
+/// The messages `session` counts, oldest first; `None` when it was deleted meanwhile.
+async fn history(store: &Store, session: &Session) -> Result<Option<Vec<Message>>> {
+    let mut messages = Vec::new();
+    while (messages.len() as u64) < session.message_count {
+        let query = MessageQuery {
+            limit: EXPORT_PAGE,
+            after_seq: Some(messages.len() as u64),
+            before_seq: Some(session.message_count + 1),
+            ..MessageQuery::default()
+        };
+        let page = match store.page_messages(session, &query).await? {
+            Ok(page) => page,
+            Err(SessionError::NotFound(_)) => return Ok(None),
+            Err(refused) => return Err(Error::corrupt(refused.to_string())),
+        };
+        if page.messages.is_empty() {
+            return Ok(None);
+        }
+        messages.extend(page.messages.into_iter().rev());
+    }
+    Ok(Some(messages))
+}
+
+fn write_line(out: &mut impl Write, value: &impl Serialize) -> Result<()> {
+    serde_json::to_writer(&mut *out, value).map_err(|error| Error::Codec(Box::new(error)))?;
+    out.write_all(b"\n")?;
+    Ok(())
+}
+
+/// Why an import stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ImportError {
+    /// A line is not what the format says, or its session is refused.
+    #[error("line {line}: {reason}")]
+    Line {
+        /// The line's number, from 1.
+        line: u64,
+        /// What is wrong with it.
+        reason: String,
+        /// What was imported before the import stopped.
+        moved: Moved,
+    },
+    /// The store or the input failed.
+    #[error(transparent)]
+    Store(#[from] Error),
+}
+
+/// Reads an export from `input` and stores each session exactly as it was, with every id,
+/// seq, parent and time. Sessions are stored whole, several at a time so that the engine
+/// batches them. The import stops at the first line that is malformed or refused (a
+/// session id or a message id taken, a history that is not whole) and reports that line;
+/// sessions of lines read before it may still have been stored, each whole.
+///
+/// # Errors
+/// [`ImportError::Line`] for a refused line; [`ImportError::Store`] for failures of the
+/// store or of reading `input`.
+pub async fn import(store: &Store, input: impl BufRead) -> std::result::Result<Moved, ImportError> {
+    let mut lines = input.lines().zip(1u64..);
+    let mut moved = Moved::default();
+    let line_error = |line, reason: String, moved| ImportError::Line {
+        line,
+        reason,
+        moved,
+    };
+    let Some((first, _)) = lines.next() else {
+        return Err(line_error(
+            1,
+            "the input is empty: no header line".into(),
+            moved,
+        ));
+    };
+    match serde_json::from_str::<Header>(&first.map_err(Error::from)?) {
+        Ok(header) if header.format == FORMAT && header.version == VERSION => {}
+        Ok(header) if header.format == FORMAT => {
+            let reason = format!(
+                "format version {} is not {VERSION}, the one this sessiond reads",
+                header.version
+            );
+            return Err(line_error(1, reason, moved));
+        }
+        _ => {
+            let reason = format!(
+                r#"not a sessiond export: the first line must be {{"format":"{FORMAT}","version":{VERSION}}}"#
+            );
+            return Err(line_error(1, reason, moved));
+        }
+    }
+    let mut in_flight = FuturesUnordered::new();
+    let mut refused = None;
+    for (text, number) in lines {
+        let text = text.map_err(Error::from)?;
+        if text.trim().is_empty() {
+            continue;
+        }
+        let line: SessionLine = match serde_json::from_str(&text) {
+            Ok(line) => line,
+            Err(error) => {
+                refused = Some((number, error.to_string()));
+                break;
+            }
+        };
+        let session = Session::from(line.session);
+        let messages = line
+            .messages
+            .into_iter()
+            .map(|record| record.into_message(session.id))
+            .collect::<Vec<_>>();
+        let count = messages.len() as u64;
+        in_flight.push(async move {
+            let outcome = store.restore_session(session, messages).await;
+            (number, count, outcome)
+        });
+        if in_flight.len() >= IMPORT_IN_FLIGHT {
+            if let Some(done) = in_flight.next().await {
+                refused = settle(done, &mut moved)?;
+                if refused.is_some() {
+                    break;
+                }
+            }
+        }
+    }
+    while let Some(done) = in_flight.next().await {
+        if let Some(failed) = settle(done, &mut moved)? {
+            // The first line refused is the one to report.
+            if refused.as_ref().is_none_or(|(line, _)| failed.0 < *line) {
+                refused = Some(failed);
+            }
+        }
+    }
+    match refused {
+        Some((line, reason)) => Err(line_error(line, reason, moved)),
+        None => Ok(moved),
+    }
+}
+
+/// Counts a stored session; returns the line and the reason of a refused one.
+fn settle(
+    (line, messages, outcome): (u64, u64, Result<std::result::Result<(), SessionError>>),
+    moved: &mut Moved,
+) -> Result<Option<(u64, String)>> {
+    match outcome? {
+        Ok(()) => {
+            moved.sessions += 1;
+            moved.messages += messages;
+            Ok(None)
+        }
+        Err(refused) => Ok(Some((line, refused.to_string()))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::domain::{Clock, NewMessage, SessionChange};
+    use crate::store::test_support::{
+        append_texts, appended, clocked_store, created_session, session_at, temp_store,
+        text_message, T0,
+    };
+
+    async fn exported(store: &Store) -> (String, Moved) {
+        let mut out = Vec::new();
+        let moved = export(store, &mut out).await.expect("the store exports");
+        (String::from_utf8(out).expect("UTF-8"), moved)
+    }
+
+    async fn imported(store: &Store, text: &str) -> std::result::Result<Moved, ImportError> {
+        import(store, text.as_bytes()).await
+    }
+
+    /// A store with what an export must keep: branches, an author's attachments, metadata
+    /// on several lines, renewals, a lifecycle notice, an expired session, an empty one,
+    /// and a deleted one that must not appear.
+    async fn varied_store() -> (Store, tempfile::TempDir) {
+        let (store, clock, dir) = clocked_store(T0);
+        let branching = created_session(&store, T0).await;
+        let messages = append_texts(&store, branching.id, 3).await;
+        clock.advance(Duration::from_millis(1500));
+        let reply = NewMessage {
+            author_id: Some(branching.agent_id),
+            metadata_json: "{\n  \"tool\": \"search\"\n}".into(),
+            attachments: vec![Attachment {
+                kind: "image".into(),
+                url: "https://example.com/a.png".into(),
+                name: Some("a".into()),
+            }],
+            ..text_message("a branch from the first", Some(messages[0].id))
+        };
+        appended(&store, branching.id, reply).await;
+        clock.advance(Duration::from_secs(1));
+        store
+            .update_session(branching.id, SessionChange::Renew)
+            .await
+            .expect("stored")
+            .expect("renewed");
+        let mut metadata = session_at(T0, 30, 5);
+        metadata.metadata_json = "{\"plan\":\"pro\"}".into();
+        store
+            .create_session(metadata.clone())
+            .await
+            .expect("stored");
+        let short = session_at(clock.now(), 1, 1);
+        store.create_session(short.clone()).await.expect("stored");
+        append_texts(&store, short.id, 1).await;
+        let doomed = created_session(&store, clock.now()).await;
+        append_texts(&store, doomed.id, 2).await;
+        store
+            .delete_session(doomed.id, clock.now())
+            .await
+            .expect("deleted");
+        // The short session, created inside its warning window (noticed then), expires, and
+        // that is noticed too.
+        clock.advance(Duration::from_secs(90));
+        assert!(store.record_due_notices(short.id).await.expect("stored"));
+        (store, dir)
+    }
+
+    #[tokio::test]
+    async fn an_exported_store_imports_into_an_empty_one_identical_field_for_field() {
+        // Arrange
+        let (source, _source_dir) = varied_store().await;
+        let (text, moved) = exported(&source).await;
+        let (target, _target_dir) = temp_store();
+
+        // Act
+        let loaded = imported(&target, &text).await.expect("the export imports");
+
+        // Assert
+        assert_eq!(
+            moved,
+            Moved {
+                sessions: 3,
+                messages: 5
+            }
+        );
+        assert_eq!(loaded, moved);
+        assert_eq!(exported(&target).await.0, text, "exports of both stores");
+        let first = text.lines().nth(1).expect("a session line");
+        let line: SessionLine = serde_json::from_str(first).expect("a session line");
+        let id = line.session.id;
+        let (before, after) = (
+            source.session(id).await.expect("reads"),
+            target.session(id).await.expect("reads"),
+        );
+        assert_eq!(before, after);
+        assert!(target.check().expect("checks").is_clean());
+        assert!(!text.contains("\n\n"), "one line per record: {text}");
+    }
+
+    #[tokio::test]
+    async fn an_imported_branch_is_found_by_its_replies_and_threads() {
+        // Arrange
+        let (source, _source_dir) = varied_store().await;
+        let (target, _target_dir) = temp_store();
+        imported(&target, &exported(&source).await.0)
+            .await
+            .expect("imports");
+        let (text, _) = exported(&target).await;
+        let branching = text
+            .lines()
+            .skip(1)
+            .map(|line| serde_json::from_str::<SessionLine>(line).expect("a line"))
+            .find(|line| line.messages.len() == 4)
+            .expect("the branching session");
+        let session = target
+            .session(branching.session.id)
+            .await
+            .expect("reads")
+            .expect("stored");
+        let root = branching.messages[0].id;
+
+        // Act
+        let replies = target
+            .page_messages(
+                &session,
+                &MessageQuery {
+                    limit: 10,
+                    parent_id: Some(root),
+                    ..MessageQuery::default()
+                },
+            )
+            .await
+            .expect("reads")
+            .expect("a parent of the session");
+
+        // Assert: the second message and the branch, newest first.
+        let ids: Vec<Uuid> = replies.messages.iter().map(|m| m.id).collect();
+        assert_eq!(
+            ids,
+            vec![branching.messages[3].id, branching.messages[1].id]
+        );
+    }
+
+    #[tokio::test]
+    async fn an_import_stops_at_a_taken_session_id_and_says_which_line() {
+        // Arrange
+        let (source, _source_dir) = varied_store().await;
+        let (text, _) = exported(&source).await;
+
+        // Act
+        let again = imported(&source, &text).await;
+
+        // Assert
+        match again {
+            Err(ImportError::Line {
+                line,
+                reason,
+                moved,
+            }) => {
+                assert_eq!(line, 2);
+                assert!(reason.contains("already exists"), "{reason}");
+                assert_eq!(moved.sessions, 0);
+            }
+            other => panic!("expected a refused line, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_message_id_taken_by_another_session_is_refused_and_nothing_of_it_stored() {
+        // Arrange
+        let (source, _source_dir) = varied_store().await;
+        let (text, _) = exported(&source).await;
+        let mut line: SessionLine = serde_json::from_str(
+            text.lines()
+                .skip(1)
+                .find(|line| line.contains("\"seq\":1"))
+                .expect("a session with messages"),
+        )
+        .expect("a line");
+        let renamed = Uuid::now_v7();
+        line.session.id = renamed;
+        let forged = format!(
+            "{}\n{}\n",
+            text.lines().next().expect("the header"),
+            serde_json::to_string(&line).expect("encodes")
+        );
+
+        // Act
+        let outcome = imported(&source, &forged).await;
+
+        // Assert
+        assert!(
+            matches!(&outcome, Err(ImportError::Line { line: 2, reason, .. }) if reason.contains("message")),
+            "{outcome:?}"
+        );
+        assert_eq!(source.session(renamed).await.expect("reads"), None);
+    }
+
+    #[tokio::test]
+    async fn an_input_that_is_not_an_export_of_this_version_is_refused_at_line_one() {
+        let (store, _dir) = temp_store();
+        for (input, expected) in [
+            ("", "empty"),
+            ("{\"sessions\":[]}\n", "not a sessiond export"),
+            (
+                "{\"format\":\"sessiond-export\",\"version\":2}\n",
+                "format version 2",
+            ),
+        ] {
+            match imported(&store, input).await {
+                Err(ImportError::Line {
+                    line: 1, reason, ..
+                }) => {
+                    assert!(reason.contains(expected), "{input:?}: {reason}");
+                }
+                other => panic!("{input:?}: expected line 1 refused, got {other:?}"),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_malformed_or_broken_session_line_is_refused_with_its_number() {
+        // Arrange
+        let (source, _source_dir) = varied_store().await;
+        let (text, _) = exported(&source).await;
+        let header = text.lines().next().expect("the header");
+        let with_messages = text
+            .lines()
+            .skip(1)
+            .find(|line| line.contains("\"seq\":2"))
+            .expect("a session with two messages or more");
+        let gap = with_messages.replacen("\"seq\":2", "\"seq\":7", 1);
+        let (target, _target_dir) = temp_store();
+
+        // Act
+        let malformed = imported(&target, &format!("{header}\n{{\"session\":1}}\n")).await;
+        let broken = imported(&target, &format!("{header}\n\n{gap}\n")).await;
+
+        // Assert
+        assert!(
+            matches!(&malformed, Err(ImportError::Line { line: 2, .. })),
+            "{malformed:?}"
+        );
+        assert!(
+            matches!(&broken, Err(ImportError::Line { line: 3, reason, .. }) if reason.contains("seq 7")),
+            "{broken:?}"
+        );
+        assert_eq!(exported(&target).await.1, Moved::default());
+    }
+}
