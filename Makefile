@@ -1,7 +1,7 @@
 # The two commands: `make run` and `make test`.
 CARGO ?= cargo
 
-.PHONY: run test test-deps lint bench build fuzz elizaos readme crash
+.PHONY: run test test-deps test-postgres lint bench build fuzz elizaos readme crash
 
 # Settings come from the environment (SESSIOND_ADDR, SESSIOND_DATA_DIR, …; defaults
 # 127.0.0.1:3000 and ./data) or from make: `make run ADDR=… DATA=… ARGS="--api-key …"`.
@@ -11,10 +11,19 @@ run:
 test: lint test-deps fuzz elizaos readme
 	$(CARGO) test --all-targets
 	$(CARGO) test --doc
+	$(MAKE) test-postgres
 
-# What cargo's tests need from Debian: libfaketime, for tests/clock.rs.
+# The API suite again on PostgreSQL: one throwaway cluster (tests/support/postgres.sh), a
+# database of its own for each server the tests start.
+test-postgres:
+	bash -c 'source tests/support/postgres.sh && postgres_start && trap postgres_stop EXIT && \
+		SESSIOND_TEST_POSTGRES=$$POSTGRES_URL $(CARGO) test --test api'
+
+# What cargo's tests need from Debian: libfaketime, for tests/clock.rs, and PostgreSQL, whose
+# throwaway clusters the tests start themselves (tests/support/postgres.rs).
 test-deps:
 	bash -c 'source tests/support/sessiond.sh && debian_install faketime'
+	bash -c 'source tests/support/postgres.sh && postgres_install'
 
 lint:
 	$(CARGO) fmt --all -- --check

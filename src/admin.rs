@@ -5,7 +5,11 @@ use std::path::Path;
 
 use crate::domain::Timestamp;
 use crate::error::{Error, Result};
-use crate::store::{CheckReport, Store, StoreOptions};
+use std::sync::Arc;
+
+use crate::config::TransferArgs;
+use crate::domain::SystemClock;
+use crate::store::{CheckReport, PgOptions, Store, StoreOptions};
 use crate::transfer::{ImportError, Moved};
 
 /// Opens an existing store; refuses to create one.
@@ -108,30 +112,50 @@ fn offline_runtime() -> Result<tokio::runtime::Runtime> {
         .build()?)
 }
 
-/// Writes the store in `data_dir` to `out` as an export (see [`crate::transfer`]).
+/// Opens the store `args` names for a transfer: PostgreSQL (its tables made if missing), or
+/// sled in a directory, which an export needs to exist.
+fn open_for_transfer(
+    args: &TransferArgs,
+    runtime: &tokio::runtime::Runtime,
+    must_exist: bool,
+) -> Result<Store> {
+    match &args.store {
+        Some(url) => runtime.block_on(Store::open_postgres(
+            url,
+            &PgOptions::default(),
+            Arc::new(SystemClock),
+        )),
+        None if must_exist => open_existing(&args.data_dir),
+        None => Store::open(&args.data_dir, &StoreOptions::default()),
+    }
+}
+
+/// Writes the store `args` names to `out` as an export (see [`crate::transfer`]).
 ///
 /// # Errors
 /// The store cannot be opened or read, or `out` cannot be written.
-pub fn export(data_dir: &Path, out: &mut impl std::io::Write) -> Result<Moved> {
-    let store = open_existing(data_dir)?;
-    let moved = reading_damage(data_dir, || {
-        offline_runtime()?.block_on(crate::transfer::export(&store, out))
+pub fn export(args: &TransferArgs, out: &mut impl std::io::Write) -> Result<Moved> {
+    let runtime = offline_runtime()?;
+    let store = open_for_transfer(args, &runtime, true)?;
+    let moved = reading_damage(&args.data_dir, || {
+        runtime.block_on(crate::transfer::export(&store, out))
     })?;
     store.close()?;
     Ok(moved)
 }
 
-/// Loads an export from `input` into the store in `data_dir`, made if missing (see
+/// Loads an export from `input` into the store `args` names, made if missing (see
 /// [`crate::transfer`]).
 ///
 /// # Errors
 /// A refused line, or the store cannot be opened or written.
 pub fn import(
-    data_dir: &Path,
+    args: &TransferArgs,
     input: impl std::io::BufRead,
 ) -> std::result::Result<Moved, ImportError> {
-    let store = Store::open(data_dir, &StoreOptions::default())?;
-    let imported = offline_runtime()?.block_on(crate::transfer::import(&store, input));
+    let runtime = offline_runtime()?;
+    let store = open_for_transfer(args, &runtime, false)?;
+    let imported = runtime.block_on(crate::transfer::import(&store, input));
     store.close()?;
     imported
 }

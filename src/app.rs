@@ -16,7 +16,7 @@ use crate::api::{self, AppState};
 use crate::config::ServeConfig;
 use crate::domain::{Clock, EventFilter, SystemClock};
 use crate::error::{Error, Result};
-use crate::store::{EventStream, Store, StoreOptions, UnknownEventId};
+use crate::store::{EventStream, PgOptions, Store, StoreOptions, UnknownEventId};
 use crate::{notifier, sweeper};
 
 /// sessiond inside another program, on its tokio runtime: the store, the background tasks
@@ -57,18 +57,30 @@ impl Sessiond {
                     .into(),
             ));
         }
-        check_data_dir(&config.data_dir)?;
-        let (path, options) = (
-            config.data_dir.clone(),
-            StoreOptions {
-                cache_capacity_bytes: config.cache_mb * 1024 * 1024,
-                ..StoreOptions::default()
-            },
-        );
-        let store =
-            tokio::task::spawn_blocking(move || Store::open_with_clock(&path, &options, clock))
-                .await
-                .map_err(|e| Error::Io(std::io::Error::other(e)))??;
+        let store = match &config.store {
+            Some(url) => {
+                let options = PgOptions {
+                    pool_size: config.pg_pool_size,
+                    statement_timeout: std::time::Duration::from_secs(
+                        config.pg_statement_timeout_seconds,
+                    ),
+                };
+                Store::open_postgres(url, &options, clock).await?
+            }
+            None => {
+                check_data_dir(&config.data_dir)?;
+                let (path, options) = (
+                    config.data_dir.clone(),
+                    StoreOptions {
+                        cache_capacity_bytes: config.cache_mb * 1024 * 1024,
+                        ..StoreOptions::default()
+                    },
+                );
+                tokio::task::spawn_blocking(move || Store::open_with_clock(&path, &options, clock))
+                    .await
+                    .map_err(|e| Error::Io(std::io::Error::other(e)))??
+            }
+        };
         let state = AppState::new(store.clone(), config);
         let schedule = sweeper::SweepSchedule {
             interval: config.sweep_interval(),
@@ -192,7 +204,13 @@ pub async fn start_with_clock(config: ServeConfig, clock: Arc<dyn Clock>) -> Res
         sessiond.state.shutdown.clone(),
     ));
     tracing::info!(settings = ?config.redacted(), "settings in effect");
-    tracing::info!(%addr, data_dir = %config.data_dir.display(), "sessiond listening");
+    match &config.store {
+        Some(url) => {
+            let store = crate::store::url_without_password(url);
+            tracing::info!(%addr, %store, "sessiond listening");
+        }
+        None => tracing::info!(%addr, data_dir = %config.data_dir.display(), "sessiond listening"),
+    }
     Ok(RunningServer {
         addr,
         sessiond,

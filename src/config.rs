@@ -41,12 +41,12 @@ pub enum Command {
     /// Print a store's counts and sizes. The server must not be running on it.
     Stats(StoreArgs),
     /// Write the whole store to stdout as NDJSON: a header line, then one line per session
-    /// with its messages (docs/EXPORT.md). The server must not be running on it.
-    Export(StoreArgs),
+    /// with its messages (docs/EXPORT.md). A sled store must have no server running on it.
+    Export(TransferArgs),
     /// Load an export from stdin into a store (made if missing), keeping every id, seq,
-    /// parent and time; refuses sessions and messages whose ids are taken. The server must
-    /// not be running on it.
-    Import(StoreArgs),
+    /// parent and time; refuses sessions and messages whose ids are taken. A sled store must
+    /// have no server running on it.
+    Import(TransferArgs),
 }
 
 /// Which store an offline command reads.
@@ -55,6 +55,17 @@ pub struct StoreArgs {
     /// Directory of the store.
     #[arg(long, env = "SESSIOND_DATA_DIR", default_value = DEFAULT_DATA_DIR)]
     pub data_dir: PathBuf,
+}
+
+/// Which store `export` and `import` work on: sled under --data-dir, or PostgreSQL.
+#[derive(Clone, Debug, Args)]
+pub struct TransferArgs {
+    /// Directory of a sled store.
+    #[arg(long, env = "SESSIOND_DATA_DIR", default_value = DEFAULT_DATA_DIR)]
+    pub data_dir: PathBuf,
+    /// A PostgreSQL store instead (`postgres://USER[:PASS]@HOST:PORT/DB`).
+    #[arg(long, env = "SESSIOND_STORE", hide_env_values = true)]
+    pub store: Option<String>,
 }
 
 /// Everything `sessiond serve` can be told. Every flag also reads an environment variable.
@@ -68,6 +79,23 @@ pub struct ServeConfig {
     /// Directory of the store (created if missing).
     #[arg(long, env = "SESSIOND_DATA_DIR", default_value = DEFAULT_DATA_DIR)]
     pub data_dir: PathBuf,
+
+    /// Keep the store in this PostgreSQL database (`postgres://USER[:PASS]@HOST:PORT/DB`,
+    /// or `postgresql://`) instead of sled under --data-dir. Several servers may share one.
+    #[arg(long, env = "SESSIOND_STORE", hide_env_values = true)]
+    pub store: Option<String>,
+
+    /// With --store: connections each server keeps for reads (its writer has one more).
+    #[arg(long, env = "SESSIOND_PG_POOL_SIZE", default_value_t = 16)]
+    pub pg_pool_size: usize,
+
+    /// With --store: the longest PostgreSQL may run one statement before cancelling it.
+    #[arg(
+        long,
+        env = "SESSIOND_PG_STATEMENT_TIMEOUT_SECONDS",
+        default_value_t = 10
+    )]
+    pub pg_statement_timeout_seconds: u64,
 
     /// When set, every route except health requires this value in `X-API-Key`.
     #[arg(long, env = "SESSIOND_API_KEY", hide_env_values = true)]
@@ -289,6 +317,19 @@ impl ServeConfig {
         if self.cache_mb == 0 {
             return Err("--cache-mb must be at least 1".into());
         }
+        if let Some(url) = &self.store {
+            if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+                return Err(format!(
+                    "--store ({}) must be a PostgreSQL URL: postgres://USER[:PASS]@HOST:PORT/DB",
+                    crate::store::url_without_password(url)
+                ));
+            }
+            if self.pg_pool_size == 0 || self.pg_statement_timeout_seconds == 0 {
+                return Err(
+                    "--pg-pool-size and --pg-statement-timeout-seconds must be at least 1".into(),
+                );
+            }
+        }
         match &self.api_key {
             Some(key) if key.trim().is_empty() => {
                 return Err(
@@ -344,6 +385,10 @@ impl ServeConfig {
     pub fn redacted(&self) -> ServeConfig {
         ServeConfig {
             api_key: self.api_key.as_ref().map(|_| "<set>".to_owned()),
+            store: self
+                .store
+                .as_deref()
+                .map(crate::store::url_without_password),
             ..self.clone()
         }
     }

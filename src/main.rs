@@ -45,7 +45,7 @@ fn main() -> ExitCode {
         }
         Command::Export(args) => {
             let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-            return match sessiond::admin::export(&args.data_dir, &mut out) {
+            return match sessiond::admin::export(&args, &mut out) {
                 Ok(moved) => {
                     eprintln!(
                         "exported {} sessions, {} messages",
@@ -57,7 +57,7 @@ fn main() -> ExitCode {
             };
         }
         Command::Import(args) => {
-            return match sessiond::admin::import(&args.data_dir, std::io::stdin().lock()) {
+            return match sessiond::admin::import(&args, std::io::stdin().lock()) {
                 Ok(moved) => {
                     eprintln!(
                         "imported {} sessions, {} messages",

@@ -354,11 +354,20 @@ fn export_then_import_moves_a_store_to_another_directory_whole() {
 
     // Assert
     assert!(exported.status.success(), "{:?}", stderr_lines(&exported));
-    assert_eq!(stderr_lines(&exported), ["exported 20 sessions, 20 messages"]);
+    assert_eq!(
+        stderr_lines(&exported),
+        ["exported 20 sessions, 20 messages"]
+    );
     assert_eq!(exported.stdout.iter().filter(|&&b| b == b'\n').count(), 21);
     assert!(imported.status.success(), "{:?}", stderr_lines(&imported));
-    assert_eq!(stderr_lines(&imported), ["imported 20 sessions, 20 messages"]);
-    assert_eq!(again.stdout, exported.stdout, "the moved store exports the same");
+    assert_eq!(
+        stderr_lines(&imported),
+        ["imported 20 sessions, 20 messages"]
+    );
+    assert_eq!(
+        again.stdout, exported.stdout,
+        "the moved store exports the same"
+    );
     assert_eq!(twice.status.code(), Some(1));
     let refused = stderr_lines(&twice);
     assert_eq!(refused.len(), 1, "{refused:?}");
@@ -367,7 +376,11 @@ fn export_then_import_moves_a_store_to_another_directory_whole() {
             && refused[0].contains("already exists"),
         "{refused:?}"
     );
-    assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stdout));
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stdout)
+    );
 }
 
 #[test]

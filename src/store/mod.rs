@@ -7,6 +7,7 @@
 //! - `write.rs`: the context every write works in, and the queued write;
 //! - `backend.rs`: the trait an engine implements, and its contract;
 //! - `sled_backend/`: the embedded engine.
+//! - `pg_backend/`: PostgreSQL, for stores that outgrow one machine.
 //!
 //! Every write is answered once it is durable. Writes are serialized: a read-modify-write
 //! of a session never loses an update, and a clock read inside a write is ordered with
@@ -15,6 +16,7 @@
 mod backend;
 mod events;
 mod messages;
+mod pg_backend;
 mod sessions;
 mod sled_backend;
 mod write;
@@ -29,6 +31,7 @@ pub use events::{
     EventStream, LiveEvents, StreamEvent, Subscription, UnknownEventId, STREAM_BUFFER,
 };
 pub use messages::{Appended, MessagePage, MessageQuery};
+pub use pg_backend::{url_without_password, PgOptions};
 pub use sessions::{SessionCounts, SessionPage, SessionQuery, StatusFilter};
 pub use sled_backend::{CheckReport, TreeStats, FORMAT_VERSION};
 
@@ -96,6 +99,26 @@ impl Store {
         clock: Arc<dyn Clock>,
     ) -> Result<Store> {
         let backend: Arc<dyn Backend> = Arc::new(SledBackend::open(path, options)?);
+        Ok(Store {
+            bus: backend.bus().clone(),
+            backend,
+            clock,
+        })
+    }
+
+    /// Connects to the PostgreSQL database at `url` (`postgres://` or `postgresql://`),
+    /// making its tables when it has none, with the clock writes read their time from.
+    ///
+    /// # Errors
+    /// [`Error::NewerFormat`] for a database written by a newer sessiond;
+    /// [`Error::Config`] for a URL that is not one; [`Error::Degraded`] when the database
+    /// cannot be reached.
+    pub async fn open_postgres(
+        url: &str,
+        options: &PgOptions,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Store> {
+        let backend: Arc<dyn Backend> = Arc::new(pg_backend::PgBackend::open(url, options).await?);
         Ok(Store {
             bus: backend.bus().clone(),
             backend,

@@ -47,6 +47,29 @@ pub struct TestApp {
     /// The clock the server reads, when it was started on a manual one; kept across
     /// restarts, so a restarted server sees the same instant.
     pub clock: Option<Arc<ManualClock>>,
+    /// The PostgreSQL database the server keeps its store in, when the tests run on
+    /// PostgreSQL; kept across restarts.
+    pub store: Option<String>,
+}
+
+/// With `SESSIOND_TEST_POSTGRES` set to the URL of a PostgreSQL cluster's database, the
+/// tests run on PostgreSQL: each server gets a fresh database of its own on that cluster.
+/// Without it, they run on sled in the server's temporary directory.
+pub async fn test_store() -> Option<String> {
+    let cluster = std::env::var("SESSIOND_TEST_POSTGRES").ok()?;
+    let (client, connection) = tokio_postgres::connect(&cluster, tokio_postgres::NoTls)
+        .await
+        .expect("the test cluster takes connections");
+    tokio::spawn(connection);
+    let name = format!("test_{}", Uuid::new_v4().simple());
+    client
+        .batch_execute(&format!("CREATE DATABASE {name}"))
+        .await
+        .expect("the test cluster makes a database");
+    let (base, _) = cluster
+        .rsplit_once('/')
+        .expect("SESSIOND_TEST_POSTGRES names a database");
+    Some(format!("{base}/{name}"))
 }
 
 /// A session created through the API.
@@ -138,7 +161,7 @@ pub async fn spawn_app() -> TestApp {
 /// Starts a server after letting the test adjust the configuration.
 pub async fn spawn_app_with(configure: impl FnOnce(&mut ServeConfig)) -> TestApp {
     let dir = tempfile::tempdir().expect("a temporary directory can be created");
-    start_in(dir, None, configure).await
+    start_in(dir, None, test_store().await, configure).await
 }
 
 /// Starts a server whose clock reads [`T0_MS`] and moves only when the test moves it
@@ -147,7 +170,7 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut ServeConfig)) -> TestApp
 pub async fn spawn_app_with_clock(configure: impl FnOnce(&mut ServeConfig)) -> TestApp {
     let dir = tempfile::tempdir().expect("a temporary directory can be created");
     let clock = Arc::new(ManualClock::new(Timestamp::from_millis(T0_MS)));
-    start_in(dir, Some(clock), configure).await
+    start_in(dir, Some(clock), test_store().await, configure).await
 }
 
 /// Starts a server whose minimum timeout is 0, so that `{"timeoutMinutes":0}` makes a session
@@ -159,6 +182,7 @@ pub async fn spawn_app_allowing_instant_expiry() -> TestApp {
 async fn start_in(
     dir: TempDir,
     clock: Option<Arc<ManualClock>>,
+    store: Option<String>,
     configure: impl FnOnce(&mut ServeConfig),
 ) -> TestApp {
     let mut config = ServeConfig {
@@ -166,6 +190,7 @@ async fn start_in(
             .parse()
             .expect("a literal socket address parses"),
         data_dir: dir.path().to_path_buf(),
+        store: store.clone(),
         ..ServeConfig::default()
     };
     configure(&mut config);
@@ -188,6 +213,7 @@ async fn start_in(
         dir,
         api_key,
         clock,
+        store,
     }
 }
 
@@ -200,13 +226,14 @@ impl TestApp {
             dir,
             api_key,
             clock,
+            store,
             ..
         } = self;
         server
             .shutdown()
             .await
             .expect("the server shuts down cleanly");
-        start_in(dir, clock, move |config| config.api_key = api_key).await
+        start_in(dir, clock, store, move |config| config.api_key = api_key).await
     }
 
     /// The manual clock the server reads.
@@ -615,13 +642,14 @@ impl TestApp {
             dir,
             api_key,
             clock,
+            store,
             ..
         } = self;
         server
             .shutdown()
             .await
             .expect("the server shuts down cleanly");
-        start_in(dir, clock, move |config| {
+        start_in(dir, clock, store, move |config| {
             config.addr = addr;
             config.api_key = api_key;
         })
@@ -648,6 +676,7 @@ pub async fn embedded_app() -> EmbeddedApp {
     let dir = tempfile::tempdir().expect("a temporary directory can be created");
     let config = ServeConfig {
         data_dir: dir.path().to_path_buf(),
+        store: test_store().await,
         ..ServeConfig::default()
     };
     let clock = Arc::new(ManualClock::new(Timestamp::from_millis(T0_MS)));

@@ -1,0 +1,344 @@
+//! The tables, made and versioned by sessiond itself, and the conversions between their
+//! rows and the domain types.
+
+use postgres::GenericClient;
+use tokio_postgres::Row;
+use uuid::Uuid;
+
+use super::{storage, url_without_password};
+use crate::domain::{
+    Attachment, Event, EventData, EventKind, Message, Session, TimeoutConfig, Timestamp,
+};
+use crate::error::{Error, Result};
+
+/// The schema this sessiond writes. A database at a newer one is refused.
+pub(super) const SCHEMA_VERSION: i64 = 1;
+
+/// Held while the schema is made or checked, so that nodes starting together take turns.
+const SCHEMA_LOCK: i64 = 0x5e55_10d0;
+
+const CREATE: &str = "
+CREATE TABLE sessiond_meta (
+    key text PRIMARY KEY,
+    value bigint NOT NULL
+);
+CREATE TABLE sessions (
+    id uuid PRIMARY KEY,
+    agent_id uuid NOT NULL,
+    user_id uuid NOT NULL,
+    created_at bigint NOT NULL,
+    last_activity bigint NOT NULL,
+    renewed_at bigint NOT NULL,
+    renewal_count bigint NOT NULL,
+    timeout_minutes integer NOT NULL,
+    auto_renew boolean NOT NULL,
+    max_duration_minutes integer NOT NULL,
+    warning_threshold_minutes integer NOT NULL,
+    metadata_json text NOT NULL,
+    message_count bigint NOT NULL,
+    last_message_id uuid,
+    last_message_at bigint NOT NULL,
+    expiring_noticed_for bigint,
+    expired_noticed boolean NOT NULL,
+    expires_at bigint NOT NULL,
+    warns_at bigint NOT NULL
+);
+CREATE INDEX sessions_agent ON sessions (agent_id, id);
+CREATE INDEX sessions_user ON sessions (user_id, id);
+CREATE INDEX sessions_expires ON sessions (expires_at);
+CREATE INDEX sessions_warns ON sessions (warns_at);
+CREATE TABLE session_counts (
+    key text PRIMARY KEY,
+    count bigint NOT NULL
+);
+CREATE TABLE messages (
+    session_id uuid NOT NULL REFERENCES sessions (id) ON DELETE CASCADE,
+    seq bigint NOT NULL,
+    id uuid NOT NULL UNIQUE,
+    parent_id uuid,
+    content text NOT NULL,
+    author_id uuid NOT NULL,
+    is_agent boolean NOT NULL,
+    created_at bigint NOT NULL,
+    metadata_json text NOT NULL,
+    attachments_json text NOT NULL,
+    PRIMARY KEY (session_id, seq)
+);
+CREATE INDEX messages_replies ON messages (session_id, parent_id, seq);
+CREATE INDEX messages_times ON messages (session_id, created_at, seq);
+CREATE TABLE events (
+    id bigint PRIMARY KEY,
+    at bigint NOT NULL,
+    kind text NOT NULL,
+    session_id uuid NOT NULL,
+    agent_id uuid NOT NULL,
+    user_id uuid NOT NULL,
+    message_id uuid,
+    payload_json text NOT NULL,
+    session_metadata_json text
+);
+CREATE INDEX events_session ON events (session_id, id);
+CREATE INDEX events_agent ON events (agent_id, id);
+CREATE INDEX events_user ON events (user_id, id);
+CREATE INDEX events_at ON events (at);
+";
+
+/// Makes the tables in an empty database, or checks the version of those there. Event
+/// ids start at the time the store is made, in microseconds, as sled's do.
+pub(super) fn prepare(client: &mut postgres::Client, url: &str) -> Result<()> {
+    let mut tx = client.transaction().map_err(storage)?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&SCHEMA_LOCK])
+        .map_err(storage)?;
+    let exists: bool = tx
+        .query_one("SELECT to_regclass('sessiond_meta') IS NOT NULL", &[])
+        .map_err(storage)?
+        .get(0);
+    if exists {
+        let found: i64 = tx
+            .query_opt(
+                "SELECT value FROM sessiond_meta WHERE key = 'schema_version'",
+                &[],
+            )
+            .map_err(storage)?
+            .map_or(0, |row| row.get(0));
+        if found > SCHEMA_VERSION {
+            return Err(Error::NewerFormat {
+                path: url_without_password(url),
+                found: u32::try_from(found).unwrap_or(u32::MAX),
+                supported: SCHEMA_VERSION as u32,
+            });
+        }
+        return tx.commit().map_err(storage);
+    }
+    tx.batch_execute(CREATE).map_err(storage)?;
+    tx.execute(
+        "INSERT INTO sessiond_meta (key, value) VALUES ('schema_version', $1), ('next_event_id', $2)",
+        &[&SCHEMA_VERSION, &int(Timestamp::now().as_micros())],
+    )
+    .map_err(storage)?;
+    tx.commit().map_err(storage)
+}
+
+/// A count or a time as PostgreSQL's bigint. Counts and microsecond times stay far below
+/// 2^63.
+pub(super) fn int(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+/// A bigint read back.
+pub(super) fn uint(value: i64) -> u64 {
+    u64::try_from(value).unwrap_or(0)
+}
+
+fn time(value: i64) -> Timestamp {
+    Timestamp::from_micros(uint(value))
+}
+
+/// The columns [`session_from`] reads, in its order.
+pub(super) const SESSION_COLUMNS: &str = "id, agent_id, user_id, created_at, last_activity, \
+    renewed_at, renewal_count, timeout_minutes, auto_renew, max_duration_minutes, \
+    warning_threshold_minutes, metadata_json, message_count, last_message_id, \
+    last_message_at, expiring_noticed_for, expired_noticed";
+
+pub(super) fn session_from(row: &Row) -> Result<Session> {
+    let minutes = |index: usize| -> Result<u32> {
+        u32::try_from(row.try_get::<_, i32>(index).map_err(storage)?)
+            .map_err(|_| Error::corrupt("a negative timeout in the sessions table"))
+    };
+    Ok(Session {
+        id: row.try_get(0).map_err(storage)?,
+        agent_id: row.try_get(1).map_err(storage)?,
+        user_id: row.try_get(2).map_err(storage)?,
+        created_at: time(row.try_get(3).map_err(storage)?),
+        last_activity: time(row.try_get(4).map_err(storage)?),
+        renewed_at: time(row.try_get(5).map_err(storage)?),
+        renewal_count: uint(row.try_get(6).map_err(storage)?),
+        timeout: TimeoutConfig {
+            timeout_minutes: minutes(7)?,
+            auto_renew: row.try_get(8).map_err(storage)?,
+            max_duration_minutes: minutes(9)?,
+            warning_threshold_minutes: minutes(10)?,
+        },
+        metadata_json: row.try_get(11).map_err(storage)?,
+        message_count: uint(row.try_get(12).map_err(storage)?),
+        last_message_id: row.try_get(13).map_err(storage)?,
+        last_message_at: time(row.try_get(14).map_err(storage)?),
+        expiring_noticed_for: row
+            .try_get::<_, Option<i64>>(15)
+            .map_err(storage)?
+            .map(time),
+        expired_noticed: row.try_get(16).map_err(storage)?,
+    })
+}
+
+/// Inserts `session`, or replaces the stored row of its id.
+pub(super) fn put_session(client: &mut impl GenericClient, session: &Session) -> Result<()> {
+    let timeout = session.timeout;
+    let minutes = |m: u32| i32::try_from(m).unwrap_or(i32::MAX);
+    client
+        .execute(
+            "INSERT INTO sessions (id, agent_id, user_id, created_at, last_activity, renewed_at, \
+             renewal_count, timeout_minutes, auto_renew, max_duration_minutes, \
+             warning_threshold_minutes, metadata_json, message_count, last_message_id, \
+             last_message_at, expiring_noticed_for, expired_noticed, expires_at, warns_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, \
+             $18, $19) \
+             ON CONFLICT (id) DO UPDATE SET last_activity = EXCLUDED.last_activity, \
+             renewed_at = EXCLUDED.renewed_at, renewal_count = EXCLUDED.renewal_count, \
+             timeout_minutes = EXCLUDED.timeout_minutes, auto_renew = EXCLUDED.auto_renew, \
+             max_duration_minutes = EXCLUDED.max_duration_minutes, \
+             warning_threshold_minutes = EXCLUDED.warning_threshold_minutes, \
+             metadata_json = EXCLUDED.metadata_json, message_count = EXCLUDED.message_count, \
+             last_message_id = EXCLUDED.last_message_id, \
+             last_message_at = EXCLUDED.last_message_at, \
+             expiring_noticed_for = EXCLUDED.expiring_noticed_for, \
+             expired_noticed = EXCLUDED.expired_noticed, expires_at = EXCLUDED.expires_at, \
+             warns_at = EXCLUDED.warns_at",
+            &[
+                &session.id,
+                &session.agent_id,
+                &session.user_id,
+                &int(session.created_at.as_micros()),
+                &int(session.last_activity.as_micros()),
+                &int(session.renewed_at.as_micros()),
+                &int(session.renewal_count),
+                &minutes(timeout.timeout_minutes),
+                &timeout.auto_renew,
+                &minutes(timeout.max_duration_minutes),
+                &minutes(timeout.warning_threshold_minutes),
+                &session.metadata_json,
+                &int(session.message_count),
+                &session.last_message_id,
+                &int(session.last_message_at.as_micros()),
+                &session.expiring_noticed_for.map(|at| int(at.as_micros())),
+                &session.expired_noticed,
+                &int(session.expires_at().as_micros()),
+                &int(session.warns_at().as_micros()),
+            ],
+        )
+        .map_err(storage)?;
+    Ok(())
+}
+
+/// The columns [`message_from`] reads, in its order.
+pub(super) const MESSAGE_COLUMNS: &str = "session_id, seq, id, parent_id, content, author_id, \
+    is_agent, created_at, metadata_json, attachments_json";
+
+pub(super) fn message_from(row: &Row) -> Result<Message> {
+    let attachments: String = row.try_get(9).map_err(storage)?;
+    Ok(Message {
+        session_id: row.try_get(0).map_err(storage)?,
+        seq: uint(row.try_get(1).map_err(storage)?),
+        id: row.try_get(2).map_err(storage)?,
+        parent_id: row.try_get(3).map_err(storage)?,
+        content: row.try_get(4).map_err(storage)?,
+        author_id: row.try_get(5).map_err(storage)?,
+        is_agent: row.try_get(6).map_err(storage)?,
+        created_at: time(row.try_get(7).map_err(storage)?),
+        metadata_json: row.try_get(8).map_err(storage)?,
+        attachments: serde_json::from_str::<Vec<Attachment>>(&attachments)
+            .map_err(|error| Error::Codec(Box::new(error)))?,
+    })
+}
+
+pub(super) fn insert_message(client: &mut impl GenericClient, message: &Message) -> Result<()> {
+    let attachments = serde_json::to_string(&message.attachments)
+        .map_err(|error| Error::Codec(Box::new(error)))?;
+    client
+        .execute(
+            "INSERT INTO messages (session_id, seq, id, parent_id, content, author_id, is_agent, \
+             created_at, metadata_json, attachments_json) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+            &[
+                &message.session_id,
+                &int(message.seq),
+                &message.id,
+                &message.parent_id,
+                &message.content,
+                &message.author_id,
+                &message.is_agent,
+                &int(message.created_at.as_micros()),
+                &message.metadata_json,
+                &attachments,
+            ],
+        )
+        .map_err(storage)?;
+    Ok(())
+}
+
+/// Every kind, to read a stored name back.
+const KINDS: [EventKind; 7] = [
+    EventKind::SessionCreated,
+    EventKind::Message,
+    EventKind::SessionRenewed,
+    EventKind::SessionTimeoutUpdated,
+    EventKind::SessionExpiring,
+    EventKind::SessionExpired,
+    EventKind::SessionDeleted,
+];
+
+/// The columns [`event_from`] reads, in its order.
+pub(super) const EVENT_COLUMNS: &str =
+    "id, at, kind, session_id, agent_id, user_id, payload_json, session_metadata_json";
+
+pub(super) fn event_from(row: &Row) -> Result<Event> {
+    let name: String = row.try_get(2).map_err(storage)?;
+    let kind = KINDS
+        .into_iter()
+        .find(|kind| kind.name() == name)
+        .ok_or_else(|| Error::corrupt(format!("an event of unknown kind {name:?}")))?;
+    let payload: String = row.try_get(6).map_err(storage)?;
+    let codec = |error| Error::Codec(Box::new(error));
+    let data = match row.try_get::<_, Option<String>>(7).map_err(storage)? {
+        Some(session_metadata_json) => EventData::Message {
+            message: serde_json::from_str(&payload).map_err(codec)?,
+            session_metadata_json,
+        },
+        None => EventData::Session(serde_json::from_str(&payload).map_err(codec)?),
+    };
+    Ok(Event {
+        id: uint(row.try_get(0).map_err(storage)?),
+        at: time(row.try_get(1).map_err(storage)?),
+        kind,
+        session_id: row.try_get(3).map_err(storage)?,
+        agent_id: row.try_get(4).map_err(storage)?,
+        user_id: row.try_get(5).map_err(storage)?,
+        data,
+    })
+}
+
+pub(super) fn insert_event(client: &mut impl GenericClient, event: &Event) -> Result<()> {
+    let codec = |error| Error::Codec(Box::new(error));
+    let (message_id, payload, session_metadata_json): (Option<Uuid>, String, Option<&str>) =
+        match &event.data {
+            EventData::Message {
+                message,
+                session_metadata_json,
+            } => (
+                Some(message.id),
+                serde_json::to_string(message).map_err(codec)?,
+                Some(session_metadata_json),
+            ),
+            EventData::Session(session) => {
+                (None, serde_json::to_string(session).map_err(codec)?, None)
+            }
+        };
+    client
+        .execute(
+            "INSERT INTO events (id, at, kind, session_id, agent_id, user_id, message_id, \
+             payload_json, session_metadata_json) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+            &[
+                &int(event.id),
+                &int(event.at.as_micros()),
+                &event.kind.name(),
+                &event.session_id,
+                &event.agent_id,
+                &event.user_id,
+                &message_id,
+                &payload,
+                &session_metadata_json,
+            ],
+        )
+        .map_err(storage)?;
+    Ok(())
+}

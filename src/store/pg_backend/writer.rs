@@ -1,0 +1,182 @@
+//! The write path on PostgreSQL. One writer thread per node takes every write waiting, runs
+//! them in one transaction (each in a savepoint, so that a refused or broken write goes
+//! alone), commits with synchronous commit, publishes the batch's events, and only then
+//! answers each writer.
+//!
+//! The transaction begins by locking the row of the next event id, and holds it to the
+//! commit: the batches of every node commit one at a time, in the order of their ids, and
+//! no two of them change the same session at once.
+
+use std::cell::RefCell;
+use std::sync::{mpsc, Arc};
+use std::thread;
+use std::time::Duration;
+
+use tokio_postgres::NoTls;
+
+use super::write_ops::{self, BatchTx};
+use crate::domain::Event;
+use crate::error::{Error, Result};
+use crate::store::events::EventBus;
+use crate::store::write::{Failure, Job};
+
+/// Most writes one transaction takes: bounds how long a write waits behind others.
+const MAX_BATCH: usize = 128;
+
+/// How long the writer waits before connecting again after the database went away.
+const RECONNECT_PAUSE: Duration = Duration::from_millis(250);
+
+/// Handle on the writer thread. Dropping it stops the thread and waits for it.
+pub(super) struct Writer {
+    queue: Option<mpsc::Sender<Box<dyn Job>>>,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        self.queue = None;
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Writer {
+    pub(super) fn start(config: postgres::Config, bus: Arc<EventBus>) -> Result<Writer> {
+        let (queue, jobs) = mpsc::channel::<Box<dyn Job>>();
+        let thread = thread::Builder::new()
+            .name("sessiond-writer".into())
+            .spawn(move || run(&config, &jobs, &bus))?;
+        Ok(Writer {
+            queue: Some(queue),
+            thread: Some(thread),
+        })
+    }
+
+    pub(super) fn submit(&self, job: Box<dyn Job>) -> Result<()> {
+        self.queue
+            .as_ref()
+            .and_then(|queue| queue.send(job).ok())
+            .ok_or(Error::WriterStopped)
+    }
+}
+
+fn run(config: &postgres::Config, jobs: &mpsc::Receiver<Box<dyn Job>>, bus: &EventBus) {
+    let mut client: Option<postgres::Client> = None;
+    while let Ok(first) = jobs.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match jobs.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        let connected = match client.take() {
+            Some(open) if !open.is_closed() => Ok(open),
+            _ => config.connect(NoTls).map_err(super::storage),
+        };
+        let mut open = match connected {
+            Ok(open) => open,
+            Err(error) => {
+                tracing::warn!(%error, "cannot reach the database; refusing this batch of writes");
+                let error = Arc::new(error);
+                for job in batch {
+                    job.answer(&Err(error.clone()));
+                }
+                thread::sleep(RECONNECT_PAUSE);
+                continue;
+            }
+        };
+        commit(&mut open, batch, bus);
+        client = Some(open);
+    }
+}
+
+/// Runs the batch in one transaction and answers every write of it. A batch that meets a
+/// conflict runs again; one that fails in the database fails every write not yet answered.
+fn commit(client: &mut postgres::Client, batch: Vec<Box<dyn Job>>, bus: &EventBus) {
+    let mut batch: Vec<Option<Box<dyn Job>>> = batch.into_iter().map(Some).collect();
+    let outcome = loop {
+        match run_batch(client, &mut batch) {
+            Err(Failure::Conflict) => continue,
+            other => break other,
+        }
+    };
+    match outcome {
+        Ok(written) => {
+            if let Some(last) = written.last() {
+                let through = last.id;
+                bus.enqueue(written);
+                bus.publish_through(through);
+            }
+            for job in batch.into_iter().flatten() {
+                job.answer(&Ok(()));
+            }
+        }
+        Err(failure) => {
+            let error = Arc::new(match failure {
+                Failure::Storage(error) | Failure::Broken(error) => error,
+                Failure::Refused(refused) => Error::corrupt(refused.to_string()),
+                Failure::Conflict => Error::corrupt("a conflict after the batch ended"),
+            });
+            tracing::error!(%error, "a write batch failed in the database");
+            for job in batch.into_iter().flatten() {
+                job.answer(&Err(error.clone()));
+            }
+        }
+    }
+}
+
+/// One run of the batch's transaction; returns its events once committed. A write that is
+/// refused or broken is rolled back to its savepoint; a broken one is answered at once.
+fn run_batch(
+    client: &mut postgres::Client,
+    batch: &mut [Option<Box<dyn Job>>],
+) -> std::result::Result<Vec<Event>, Failure> {
+    let storage = |error| write_ops::failure(super::storage(error));
+    let mut tx = client.transaction().map_err(storage)?;
+    let next: i64 = tx
+        .query_one(
+            "SELECT value FROM sessiond_meta WHERE key = 'next_event_id' FOR UPDATE",
+            &[],
+        )
+        .map_err(storage)?
+        .get(0);
+    let batch_tx = BatchTx {
+        tx: RefCell::new(tx),
+    };
+    let mut next_id = super::schema::uint(next);
+    let mut written = Vec::new();
+    for slot in batch.iter_mut() {
+        let Some(job) = slot else { continue };
+        batch_tx.execute("SAVEPOINT write", &[])?;
+        let ran =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job.run(&batch_tx, next_id)))
+                .unwrap_or_else(|panic| {
+                    Err(Failure::Broken(Error::Panicked(
+                        crate::error::panic_message(panic.as_ref()),
+                    )))
+                });
+        match ran {
+            Ok(mut events) => {
+                batch_tx.execute("RELEASE SAVEPOINT write", &[])?;
+                next_id += events.len() as u64;
+                written.append(&mut events);
+            }
+            Err(Failure::Refused(refusal)) => {
+                batch_tx.execute("ROLLBACK TO SAVEPOINT write", &[])?;
+                job.refuse(refusal);
+            }
+            Err(Failure::Broken(error)) => {
+                batch_tx.execute("ROLLBACK TO SAVEPOINT write", &[])?;
+                if let Some(job) = slot.take() {
+                    job.fail(error);
+                }
+            }
+            Err(failure) => return Err(failure),
+        }
+    }
+    write_ops::set_next_event_id(&batch_tx, next_id)?;
+    batch_tx.tx.into_inner().commit().map_err(storage)?;
+    Ok(written)
+}
