@@ -150,3 +150,150 @@ fn a_database_of_a_newer_sessiond_is_refused_in_one_line_that_hides_the_password
         "{stderr}"
     );
 }
+
+/// A server on the PostgreSQL database at `url`.
+async fn node(url: &str) -> sessiond::app::RunningServer {
+    let config = sessiond::config::ServeConfig {
+        addr: "127.0.0.1:0".parse().unwrap(),
+        store: Some(url.to_owned()),
+        ..sessiond::config::ServeConfig::default()
+    };
+    sessiond::app::start(config).await.expect("a node starts")
+}
+
+fn api(server: &sessiond::app::RunningServer, path: &str) -> String {
+    format!("http://{}/api/messaging{path}", server.local_addr())
+}
+
+/// Reads `(id, name)` of each event of an SSE response until `wanted` message events came.
+async fn message_events(response: reqwest::Response, wanted: usize) -> Vec<(u64, String)> {
+    let mut stream = response.bytes_stream();
+    let (mut text, mut events) = (String::new(), Vec::new());
+    let read = async {
+        while events.iter().filter(|(_, name)| name == "message").count() < wanted {
+            let chunk = stream.next().await.expect("the stream goes on").unwrap();
+            text.push_str(std::str::from_utf8(&chunk).unwrap());
+            while let Some(end) = text.find("\n\n") {
+                let frame: String = text.drain(..end + 2).collect();
+                let field = |name: &str| {
+                    frame
+                        .lines()
+                        .find_map(|line| line.strip_prefix(name))
+                        .map(str::to_owned)
+                };
+                if let (Some(id), Some(name)) = (field("id: "), field("event: ")) {
+                    events.push((id.parse().unwrap(), name));
+                }
+            }
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(20), read)
+        .await
+        .expect("every event arrives");
+    events
+}
+
+use futures_util::StreamExt;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn three_nodes_on_one_database_share_every_write_and_every_event_in_order() {
+    // Arrange
+    let pg = tokio::task::spawn_blocking(Postgres::start).await.unwrap();
+    let url = pg.url();
+    let nodes = [node(&url).await, node(&url).await, node(&url).await];
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    let created: serde_json::Value = client
+        .post(api(&nodes[0], "/sessions"))
+        .json(&serde_json::json!({"agentId": uuid::Uuid::new_v4(), "userId": uuid::Uuid::new_v4()}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let session = created["sessionId"].as_str().unwrap().to_owned();
+    let events_path = format!("/sessions/{session}/events");
+    let follower = client
+        .get(api(&nodes[1], &events_path))
+        .send()
+        .await
+        .unwrap();
+    const APPENDS: usize = 30;
+
+    // Act: appends spread over the three nodes, four at a time.
+    let mut appends = tokio::task::JoinSet::new();
+    for n in 0..APPENDS {
+        let (client, target) = (
+            client.clone(),
+            api(&nodes[n % 3], &format!("/sessions/{session}/messages")),
+        );
+        appends.spawn(async move {
+            let response = client
+                .post(target)
+                .json(&serde_json::json!({"content": format!("m{n}")}))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), 201);
+        });
+        if appends.len() == 4 {
+            appends.join_next().await.unwrap().unwrap();
+        }
+    }
+    while let Some(done) = appends.join_next().await {
+        done.unwrap();
+    }
+    let seen = message_events(follower, APPENDS).await;
+    let resume_after = seen[APPENDS / 2].0;
+    let resumed = client
+        .get(api(&nodes[2], &events_path))
+        .header("Last-Event-ID", resume_after.to_string())
+        .send()
+        .await
+        .unwrap();
+    let rest = message_events(resumed, APPENDS / 2 - 1).await;
+    let listed: serde_json::Value = client
+        .get(api(
+            &nodes[2],
+            &format!("/sessions/{session}/messages?limit=100"),
+        ))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+
+    // Assert
+    let ids: Vec<u64> = seen.iter().map(|(id, _)| *id).collect();
+    assert!(ids.windows(2).all(|pair| pair[0] < pair[1]), "{ids:?}");
+    assert_eq!(
+        seen.iter().filter(|(_, name)| name == "message").count(),
+        APPENDS
+    );
+    let after: Vec<u64> = seen
+        .iter()
+        .filter(|(id, name)| *id > resume_after && name == "message")
+        .map(|(id, _)| *id)
+        .collect();
+    let resumed_ids: Vec<u64> = rest
+        .iter()
+        .filter(|(_, name)| name == "message")
+        .map(|(id, _)| *id)
+        .collect();
+    assert_eq!(
+        resumed_ids, after,
+        "resumed on another node: nothing lost or repeated"
+    );
+    let mut seqs: Vec<u64> = listed["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|message| message["seq"].as_u64().unwrap())
+        .collect();
+    seqs.sort_unstable();
+    assert_eq!(seqs, (1..=APPENDS as u64).collect::<Vec<_>>());
+    for node in nodes {
+        node.shutdown().await.unwrap();
+    }
+}

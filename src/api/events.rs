@@ -131,6 +131,7 @@ async fn stream_session_events(
     let id = path_uuid("sessionId", &id)?;
     let last_event_id = last_event_id(&headers)?;
     load_active(&state, id).await?;
+    catch_up(&state, last_event_id).await?;
     event_stream(&state, EventFilter::Session(id), last_event_id)
 }
 
@@ -166,7 +167,18 @@ async fn stream_owner_events(
             ))
         }
     };
-    event_stream(&state, filter, last_event_id(&headers)?)
+    let last_event_id = last_event_id(&headers)?;
+    catch_up(&state, last_event_id).await?;
+    event_stream(&state, filter, last_event_id)
+}
+
+/// Before resuming after `last_event_id`: this server publishes every event through it
+/// first, when another server sharing the store showed it to the reader.
+async fn catch_up(state: &AppState, last_event_id: Option<u64>) -> Result<(), ApiError> {
+    match last_event_id {
+        Some(id) => Ok(state.store.catch_up_events(id).await?),
+        None => Ok(()),
+    }
 }
 
 /// The SSE response for `filter`, resuming after `last_event_id` when given.

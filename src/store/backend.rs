@@ -54,6 +54,10 @@ pub(super) trait Backend: Send + Sync + 'static {
     /// Where the engine publishes durable events.
     fn bus(&self) -> &Arc<EventBus>;
 
+    /// Waits, briefly, until every stored event through `through` is published here: for a
+    /// reader resuming after an id that another process sharing the store showed it.
+    fn catch_up_events(&self, through: u64) -> Reading<'_, ()>;
+
     /// Why writes are refused now, if they are (a full disk, say); reads go on.
     fn degraded(&self) -> Option<String>;
 

@@ -237,6 +237,11 @@ impl EventBus {
             .map_or(state.published_through, |event| event.id);
     }
 
+    /// The newest id handed to subscribers.
+    fn published_through(&self) -> u64 {
+        self.lock().published_through
+    }
+
     /// The newest committed id; read before a flush, it bounds what that flush makes durable.
     pub(super) fn committed_through(&self) -> u64 {
         self.lock().committed_through
@@ -373,6 +378,19 @@ impl Store {
     /// Subscribes to events matching `filter` published from now on.
     pub fn subscribe(&self, filter: EventFilter, capacity: usize) -> Subscription {
         self.bus.subscribe(filter, capacity)
+    }
+
+    /// Waits, briefly, until this store has published every stored event through
+    /// `through`: call it before [`Store::events`] with a reader's resume point, which
+    /// another server sharing the store may have shown it first.
+    ///
+    /// # Errors
+    /// Storage failures.
+    pub async fn catch_up_events(&self, through: u64) -> Result<()> {
+        if through <= self.bus.published_through() {
+            return Ok(());
+        }
+        self.backend.catch_up_events(through).await
     }
 
     /// Ends every live subscription.

@@ -6,10 +6,13 @@
 //! - `write_ops.rs`: [`WriteOps`](crate::store::write::WriteOps) over that transaction.
 //! - `reads.rs`: the reads, from a pool of connections.
 //!
+//! - `follower.rs`: hands every node's events to this node's streams, in id order.
+//!
 //! Event ids: each batch locks the one row holding the next id for its whole transaction,
 //! so batches commit one at a time and ids are handed out in commit order: a reader that
 //! has seen id `n` never later finds a new event below `n`.
 
+mod follower;
 mod reads;
 mod schema;
 mod write_ops;
@@ -25,6 +28,10 @@ use super::backend::Release;
 use super::events::EventBus;
 use super::write::Job;
 use crate::error::{Error, Result};
+
+/// How long a reader resuming after an event another node showed it waits for this node to
+/// have published it.
+const CATCH_UP_PATIENCE: Duration = Duration::from_secs(2);
 
 /// How sessiond uses a PostgreSQL database.
 #[derive(Clone, Debug)]
@@ -51,6 +58,7 @@ pub(super) struct PgBackend {
     config: tokio_postgres::Config,
     writer: writer::Writer,
     bus: Arc<EventBus>,
+    follower: follower::Follower,
 }
 
 /// `url` with any password replaced, for logs and errors.
@@ -117,13 +125,17 @@ impl PgBackend {
             .max_size(options.pool_size.max(1))
             .build()
             .map_err(|error| Error::Config(format!("the connection pool: {error}")))?;
-        let bus = Arc::new(EventBus::new(next_event_id.saturating_sub(1)));
-        let writer = writer::Writer::start(postgres::Config::from(config.clone()), bus.clone())?;
+        let published = next_event_id.saturating_sub(1);
+        let bus = Arc::new(EventBus::new(published));
+        let follower = follower::Follower::start(config.clone(), bus.clone(), published);
+        let writer =
+            writer::Writer::start(postgres::Config::from(config.clone()), follower.wake())?;
         Ok(PgBackend {
             pool,
             config,
             writer,
             bus,
+            follower,
         })
     }
 
@@ -153,6 +165,15 @@ impl super::backend::Backend for PgBackend {
 
     fn bus(&self) -> &Arc<EventBus> {
         &self.bus
+    }
+
+    fn catch_up_events(&self, through: u64) -> super::backend::Reading<'_, ()> {
+        Box::pin(async move {
+            self.follower
+                .published_through(through, CATCH_UP_PATIENCE)
+                .await;
+            Ok(())
+        })
     }
 
     fn degraded(&self) -> Option<String> {

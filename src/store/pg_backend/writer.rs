@@ -1,7 +1,7 @@
 //! The write path on PostgreSQL. One writer thread per node takes every write waiting, runs
 //! them in one transaction (each in a savepoint, so that a refused or broken write goes
-//! alone), commits with synchronous commit, publishes the batch's events, and only then
-//! answers each writer.
+//! alone), commits with synchronous commit, and only then answers each writer. The
+//! follower publishes the batch's events.
 //!
 //! The transaction begins by locking the row of the next event id, and holds it to the
 //! commit: the batches of every node commit one at a time, in the order of their ids, and
@@ -12,12 +12,12 @@ use std::sync::{mpsc, Arc};
 use std::thread;
 use std::time::Duration;
 
+use tokio::sync::Notify;
 use tokio_postgres::NoTls;
 
 use super::write_ops::{self, BatchTx};
 use crate::domain::Event;
 use crate::error::{Error, Result};
-use crate::store::events::EventBus;
 use crate::store::write::{Failure, Job};
 
 /// Most writes one transaction takes: bounds how long a write waits behind others.
@@ -42,11 +42,12 @@ impl Drop for Writer {
 }
 
 impl Writer {
-    pub(super) fn start(config: postgres::Config, bus: Arc<EventBus>) -> Result<Writer> {
+    /// Starts the writer; it wakes `follower` after each commit that stored events.
+    pub(super) fn start(config: postgres::Config, follower: Arc<Notify>) -> Result<Writer> {
         let (queue, jobs) = mpsc::channel::<Box<dyn Job>>();
         let thread = thread::Builder::new()
             .name("sessiond-writer".into())
-            .spawn(move || run(&config, &jobs, &bus))?;
+            .spawn(move || run(&config, &jobs, &follower))?;
         Ok(Writer {
             queue: Some(queue),
             thread: Some(thread),
@@ -61,7 +62,7 @@ impl Writer {
     }
 }
 
-fn run(config: &postgres::Config, jobs: &mpsc::Receiver<Box<dyn Job>>, bus: &EventBus) {
+fn run(config: &postgres::Config, jobs: &mpsc::Receiver<Box<dyn Job>>, follower: &Notify) {
     let mut client: Option<postgres::Client> = None;
     while let Ok(first) = jobs.recv() {
         let mut batch = vec![first];
@@ -87,14 +88,14 @@ fn run(config: &postgres::Config, jobs: &mpsc::Receiver<Box<dyn Job>>, bus: &Eve
                 continue;
             }
         };
-        commit(&mut open, batch, bus);
+        commit(&mut open, batch, follower);
         client = Some(open);
     }
 }
 
 /// Runs the batch in one transaction and answers every write of it. A batch that meets a
 /// conflict runs again; one that fails in the database fails every write not yet answered.
-fn commit(client: &mut postgres::Client, batch: Vec<Box<dyn Job>>, bus: &EventBus) {
+fn commit(client: &mut postgres::Client, batch: Vec<Box<dyn Job>>, follower: &Notify) {
     let mut batch: Vec<Option<Box<dyn Job>>> = batch.into_iter().map(Some).collect();
     let outcome = loop {
         match run_batch(client, &mut batch) {
@@ -104,10 +105,8 @@ fn commit(client: &mut postgres::Client, batch: Vec<Box<dyn Job>>, bus: &EventBu
     };
     match outcome {
         Ok(written) => {
-            if let Some(last) = written.last() {
-                let through = last.id;
-                bus.enqueue(written);
-                bus.publish_through(through);
+            if !written.is_empty() {
+                follower.notify_one();
             }
             for job in batch.into_iter().flatten() {
                 job.answer(&Ok(()));
@@ -177,6 +176,10 @@ fn run_batch(
         }
     }
     write_ops::set_next_event_id(&batch_tx, next_id)?;
+    if !written.is_empty() {
+        // Delivered at the commit, to every node's follower.
+        batch_tx.execute(&format!("NOTIFY {}", super::follower::CHANNEL), &[])?;
+    }
     batch_tx.tx.into_inner().commit().map_err(storage)?;
     Ok(written)
 }
