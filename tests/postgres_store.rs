@@ -297,3 +297,60 @@ async fn three_nodes_on_one_database_share_every_write_and_every_event_in_order(
         node.shutdown().await.unwrap();
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn three_nodes_announce_a_sessions_warning_and_expiry_once_each() {
+    use sessiond::domain::{ManualClock, Timestamp};
+    // Arrange: three nodes on one clock, so that each node's notifier finds the deadlines.
+    let pg = tokio::task::spawn_blocking(Postgres::start).await.unwrap();
+    let url = pg.url();
+    let clock = std::sync::Arc::new(ManualClock::new(Timestamp::now()));
+    let mut nodes = Vec::new();
+    for _ in 0..3 {
+        let config = sessiond::config::ServeConfig {
+            addr: "127.0.0.1:0".parse().unwrap(),
+            store: Some(url.clone()),
+            ..sessiond::config::ServeConfig::default()
+        };
+        nodes.push(
+            sessiond::app::start_with_clock(config, clock.clone())
+                .await
+                .expect("a node starts"),
+        );
+    }
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    let created = client
+        .post(api(&nodes[0], "/sessions"))
+        .json(&serde_json::json!({
+            "agentId": uuid::Uuid::new_v4(),
+            "userId": uuid::Uuid::new_v4(),
+            "timeoutConfig": {"timeoutMinutes": 5, "warningThresholdMinutes": 1},
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+    let count = |kind: &str| {
+        pg.psql(
+            &url,
+            &format!("SELECT count(*) FROM events WHERE kind = '{kind}'"),
+        )
+    };
+    // Each node's notifier looks every 250 ms: a few looks each.
+    let looks = || tokio::time::sleep(std::time::Duration::from_millis(1500));
+
+    // Act
+    clock.advance(std::time::Duration::from_secs(4 * 60 + 30));
+    looks().await;
+    let expiring = count("session.expiring");
+    clock.advance(std::time::Duration::from_secs(60));
+    looks().await;
+
+    // Assert
+    assert_eq!(expiring, "1");
+    assert_eq!(count("session.expiring"), "1");
+    assert_eq!(count("session.expired"), "1");
+    for node in nodes {
+        node.shutdown().await.unwrap();
+    }
+}
