@@ -354,3 +354,102 @@ async fn three_nodes_announce_a_sessions_warning_and_expiry_once_each() {
         node.shutdown().await.unwrap();
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_answers_503_while_postgres_restarts_and_recovers_by_itself_losing_nothing() {
+    // Arrange
+    let pg = std::sync::Arc::new(tokio::task::spawn_blocking(Postgres::start).await.unwrap());
+    let url = pg.url();
+    let server = node(&url).await;
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(std::time::Duration::from_secs(30))
+        .build()
+        .unwrap();
+    let created: serde_json::Value = client
+        .post(api(&server, "/sessions"))
+        .json(&serde_json::json!({"agentId": uuid::Uuid::new_v4(), "userId": uuid::Uuid::new_v4()}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let session = created["sessionId"].as_str().unwrap().to_owned();
+    let append = |n: usize| {
+        let (client, target) = (
+            client.clone(),
+            api(&server, &format!("/sessions/{session}/messages")),
+        );
+        async move {
+            let response = client
+                .post(target)
+                .json(&serde_json::json!({"content": format!("m{n}")}))
+                .send()
+                .await
+                .unwrap();
+            (n, response.status().as_u16())
+        }
+    };
+
+    // Act: appends one after another while PostgreSQL restarts, then until one succeeds.
+    let restarting = {
+        let pg = pg.clone();
+        tokio::task::spawn_blocking(move || {
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            pg.restart();
+        })
+    };
+    let mut answers = Vec::new();
+    let mut n = 0;
+    while !restarting.is_finished() || answers.last().is_none_or(|(_, status)| *status != 201) {
+        answers.push(append(n).await);
+        n += 1;
+        assert!(
+            n < 5000,
+            "the node never recovered: {:?}",
+            &answers[answers.len() - 5..]
+        );
+    }
+    restarting.await.unwrap();
+    let after: Vec<(usize, u16)> = futures_util::future::join_all((n..n + 5).map(append)).await;
+    let listed: serde_json::Value = client
+        .get(api(
+            &server,
+            &format!("/sessions/{session}/messages?limit=100"),
+        ))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+
+    // Assert
+    let statuses: std::collections::BTreeSet<u16> =
+        answers.iter().map(|(_, status)| *status).collect();
+    assert_eq!(
+        statuses,
+        [201, 503].into(),
+        "appends while PostgreSQL was away: 503, and only then"
+    );
+    assert!(after.iter().all(|(_, status)| *status == 201), "{after:?}");
+    let acknowledged: std::collections::BTreeSet<String> = answers
+        .iter()
+        .chain(&after)
+        .filter(|(_, status)| *status == 201)
+        .map(|(n, _)| format!("m{n}"))
+        .collect();
+    let stored: std::collections::BTreeSet<String> = listed["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|message| message["content"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(
+        acknowledged.is_subset(&stored),
+        "lost: {:?}",
+        acknowledged.difference(&stored)
+    );
+    server.shutdown().await.unwrap();
+}

@@ -75,10 +75,15 @@ pub fn url_without_password(url: &str) -> String {
     }
 }
 
-/// A failure of the database: unreachable (the connection is gone, or never came) is
+/// A failure of the database: unreachable (the connection is gone or never came, or the
+/// server is shutting down or starting: SQLSTATE classes 08 and 57) is
 /// [`Error::Degraded`], which clients see as 503; any other is a storage error.
 pub(super) fn storage(error: tokio_postgres::Error) -> Error {
-    let unreachable = error.is_closed()
+    let going_away = error
+        .code()
+        .is_some_and(|code| code.code().starts_with("08") || code.code().starts_with("57"));
+    let unreachable = going_away
+        || error.is_closed()
         || std::error::Error::source(&error).is_some_and(|source| source.is::<std::io::Error>())
         || error.to_string().starts_with("error connecting")
         || error.to_string().starts_with("timeout");
