@@ -7,7 +7,7 @@ use crate::domain::Timestamp;
 use crate::error::{Error, Result};
 use std::sync::Arc;
 
-use crate::config::TransferArgs;
+use crate::config::StoreArgs;
 use crate::domain::SystemClock;
 use crate::store::{CheckReport, PgOptions, Store, StoreOptions};
 use crate::transfer::{ImportError, Moved};
@@ -20,13 +20,14 @@ fn open_existing(data_dir: &Path) -> Result<Store> {
     Store::open(data_dir, &StoreOptions::default())
 }
 
-/// Verifies the store in `data_dir`.
+/// Verifies the store `args` names.
 ///
 /// # Errors
 /// The store cannot be opened or read.
-pub fn check(data_dir: &Path) -> Result<CheckReport> {
-    let store = open_existing(data_dir)?;
-    let report = reading_damage(data_dir, || store.check())?;
+pub fn check(args: &StoreArgs) -> Result<CheckReport> {
+    let runtime = offline_runtime()?;
+    let store = open_store(args, &runtime, true)?;
+    let report = reading_damage(&args.data_dir, || store.check())?;
     store.close()?;
     Ok(report)
 }
@@ -38,18 +39,26 @@ fn reading_damage<T>(data_dir: &Path, read: impl FnOnce() -> Result<T>) -> Resul
         .unwrap_or_else(|panic| Err(Error::engine_panicked(data_dir, &panic)))
 }
 
+/// How reports name the store `args` names: its directory, or its URL without a password.
+pub fn store_name(args: &StoreArgs) -> String {
+    match &args.store {
+        Some(url) => crate::store::url_without_password(url),
+        None => args.data_dir.display().to_string(),
+    }
+}
+
 /// The report of `check` on a store that could not be read at all.
-pub fn render_damaged(data_dir: &Path, error: &Error) -> String {
-    format!("{}: 1 problem:\n  - {error}\n", data_dir.display())
+pub fn render_damaged(args: &StoreArgs, error: &Error) -> String {
+    format!("{}: 1 problem:\n  - {error}\n", store_name(args))
 }
 
 /// A readable rendering of a check report.
-pub fn render_check(data_dir: &Path, report: &CheckReport) -> String {
+pub fn render_check(args: &StoreArgs, report: &CheckReport) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
         "{}: {} sessions, {} messages, {} events, {} deletions pending",
-        data_dir.display(),
+        store_name(args),
         report.sessions,
         report.messages,
         report.events,
@@ -70,20 +79,21 @@ pub fn render_check(data_dir: &Path, report: &CheckReport) -> String {
     out
 }
 
-/// Counts and sizes of the store in `data_dir`, readable.
+/// Counts and sizes of the store `args` names, readable.
 ///
 /// # Errors
 /// The store cannot be opened or read.
-pub fn stats(data_dir: &Path) -> Result<String> {
-    let store = open_existing(data_dir)?;
-    let (counts, trees) = reading_damage(data_dir, || {
-        let counts = offline_runtime()?.block_on(store.counts(Timestamp::now()))?;
+pub fn stats(args: &StoreArgs) -> Result<String> {
+    let runtime = offline_runtime()?;
+    let store = open_store(args, &runtime, true)?;
+    let (counts, trees) = reading_damage(&args.data_dir, || {
+        let counts = runtime.block_on(store.counts(Timestamp::now()))?;
         Ok((counts, store.tree_stats()?))
     })?;
     let on_disk = store.size_on_disk()?;
     store.close()?;
     let mut out = String::new();
-    let _ = writeln!(out, "store: {}", data_dir.display());
+    let _ = writeln!(out, "store: {}", store_name(args));
     let _ = writeln!(
         out,
         "sessions: {} ({} active, {} expired, {} expiring soon)",
@@ -112,10 +122,10 @@ fn offline_runtime() -> Result<tokio::runtime::Runtime> {
         .build()?)
 }
 
-/// Opens the store `args` names for a transfer: PostgreSQL (its tables made if missing), or
-/// sled in a directory, which an export needs to exist.
-fn open_for_transfer(
-    args: &TransferArgs,
+/// Opens the store `args` names: PostgreSQL (its tables made if missing), or sled in a
+/// directory, which must hold a store already when `must_exist`.
+fn open_store(
+    args: &StoreArgs,
     runtime: &tokio::runtime::Runtime,
     must_exist: bool,
 ) -> Result<Store> {
@@ -134,9 +144,9 @@ fn open_for_transfer(
 ///
 /// # Errors
 /// The store cannot be opened or read, or `out` cannot be written.
-pub fn export(args: &TransferArgs, out: &mut impl std::io::Write) -> Result<Moved> {
+pub fn export(args: &StoreArgs, out: &mut impl std::io::Write) -> Result<Moved> {
     let runtime = offline_runtime()?;
-    let store = open_for_transfer(args, &runtime, true)?;
+    let store = open_store(args, &runtime, true)?;
     let moved = reading_damage(&args.data_dir, || {
         runtime.block_on(crate::transfer::export(&store, out))
     })?;
@@ -150,11 +160,11 @@ pub fn export(args: &TransferArgs, out: &mut impl std::io::Write) -> Result<Move
 /// # Errors
 /// A refused line, or the store cannot be opened or written.
 pub fn import(
-    args: &TransferArgs,
+    args: &StoreArgs,
     input: impl std::io::BufRead,
 ) -> std::result::Result<Moved, ImportError> {
     let runtime = offline_runtime()?;
-    let store = open_for_transfer(args, &runtime, false)?;
+    let store = open_store(args, &runtime, false)?;
     let imported = runtime.block_on(crate::transfer::import(&store, input));
     store.close()?;
     imported

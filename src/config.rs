@@ -36,30 +36,22 @@ pub enum Command {
     /// Run the HTTP server.
     Serve(Box<ServeConfig>),
     /// Verify a store offline: indexes, counters, message sequences, encodings. Exit 0 when
-    /// clean, 1 with a report otherwise. The server must not be running on it.
+    /// clean, 1 with a report otherwise. A sled store must have no server running on it.
     Check(StoreArgs),
-    /// Print a store's counts and sizes. The server must not be running on it.
+    /// Print a store's counts and sizes. A sled store must have no server running on it.
     Stats(StoreArgs),
     /// Write the whole store to stdout as NDJSON: a header line, then one line per session
     /// with its messages (docs/EXPORT.md). A sled store must have no server running on it.
-    Export(TransferArgs),
+    Export(StoreArgs),
     /// Load an export from stdin into a store (made if missing), keeping every id, seq,
     /// parent and time; refuses sessions and messages whose ids are taken. A sled store must
     /// have no server running on it.
-    Import(TransferArgs),
+    Import(StoreArgs),
 }
 
-/// Which store an offline command reads.
+/// Which store an offline command works on: sled under --data-dir, or PostgreSQL.
 #[derive(Clone, Debug, Args)]
 pub struct StoreArgs {
-    /// Directory of the store.
-    #[arg(long, env = "SESSIOND_DATA_DIR", default_value = DEFAULT_DATA_DIR)]
-    pub data_dir: PathBuf,
-}
-
-/// Which store `export` and `import` work on: sled under --data-dir, or PostgreSQL.
-#[derive(Clone, Debug, Args)]
-pub struct TransferArgs {
     /// Directory of a sled store.
     #[arg(long, env = "SESSIOND_DATA_DIR", default_value = DEFAULT_DATA_DIR)]
     pub data_dir: PathBuf,

@@ -24,9 +24,9 @@ fn main() -> ExitCode {
     let config = match cli.command {
         Command::Serve(config) => *config,
         Command::Check(args) => {
-            return match sessiond::admin::check(&args.data_dir) {
+            return match sessiond::admin::check(&args) {
                 Ok(report) => {
-                    print!("{}", sessiond::admin::render_check(&args.data_dir, &report));
+                    print!("{}", sessiond::admin::render_check(&args, &report));
                     if report.is_clean() {
                         ExitCode::SUCCESS
                     } else {
@@ -34,10 +34,7 @@ fn main() -> ExitCode {
                     }
                 }
                 Err(error @ sessiond::Error::Damaged { .. }) => {
-                    print!(
-                        "{}",
-                        sessiond::admin::render_damaged(&args.data_dir, &error)
-                    );
+                    print!("{}", sessiond::admin::render_damaged(&args, &error));
                     ExitCode::FAILURE
                 }
                 Err(error) => exit_with(&error),
@@ -76,7 +73,7 @@ fn main() -> ExitCode {
             };
         }
         Command::Stats(args) => {
-            return match sessiond::admin::stats(&args.data_dir) {
+            return match sessiond::admin::stats(&args) {
                 Ok(text) => {
                     print!("{text}");
                     ExitCode::SUCCESS

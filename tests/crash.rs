@@ -3,6 +3,8 @@
 //! moment, restart on the same data, then: every acknowledged write is there, nothing is
 //! half-applied, and `sessiond check` finds the store clean.
 //!
+//! The same on PostgreSQL (a throwaway cluster): the server killed, the database not.
+//!
 //! `SESSIOND_CRASH_ROUNDS` sets the number of kills (20 by default; `make crash` runs 200);
 //! `SESSIOND_CRASH_SEED` replays a run.
 
@@ -14,6 +16,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Value};
+
+#[path = "support/postgres.rs"]
+mod postgres;
+use postgres::Postgres;
 
 const BINARY: &str = env!("CARGO_BIN_EXE_sessiond");
 const WRITERS: usize = 12;
@@ -62,16 +68,26 @@ fn free_port() -> u16 {
     listener.local_addr().expect("a bound address").port()
 }
 
-async fn start(data: &Path) -> Server {
+/// Where the store is: sled in a directory, or a PostgreSQL database.
+enum StoreAt<'a> {
+    Dir(&'a Path),
+    Postgres(&'a str),
+}
+
+impl StoreAt<'_> {
+    fn args(&self) -> Vec<std::ffi::OsString> {
+        match self {
+            StoreAt::Dir(dir) => vec!["--data-dir".into(), dir.into()],
+            StoreAt::Postgres(url) => vec!["--store".into(), url.into()],
+        }
+    }
+}
+
+async fn start(store: &StoreAt<'_>) -> Server {
     let port = free_port();
     let child = Command::new(BINARY)
-        .args([
-            "serve",
-            "--addr",
-            &format!("127.0.0.1:{port}"),
-            "--data-dir",
-        ])
-        .arg(data)
+        .args(["serve", "--addr", &format!("127.0.0.1:{port}")])
+        .args(store.args())
         .args([
             "--min-timeout-minutes",
             "0",
@@ -302,11 +318,10 @@ async fn verify(base: &str, ledger: &Ledger, only_dirty: bool) -> usize {
     snapshot.len()
 }
 
-fn check_store(data: &Path) {
+fn check_store(store: &StoreAt<'_>) {
     let output = Command::new(BINARY)
         .arg("check")
-        .arg("--data-dir")
-        .arg(data)
+        .args(store.args())
         .output()
         .expect("check runs");
     assert!(
@@ -319,10 +334,25 @@ fn check_store(data: &Path) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn acknowledged_writes_survive_sigkill() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    kill_and_verify(&StoreAt::Dir(dir.path()), 20).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn acknowledged_writes_survive_sigkill_on_postgres() {
+    let pg = tokio::task::spawn_blocking(Postgres::start)
+        .await
+        .expect("a cluster");
+    kill_and_verify(&StoreAt::Postgres(&pg.url()), 10).await;
+}
+
+/// Kills the server `SESSIOND_CRASH_ROUNDS` times (else `default_rounds`) under load and
+/// verifies every acknowledged write after each restart.
+async fn kill_and_verify(store: &StoreAt<'_>, default_rounds: usize) {
     let rounds: usize = std::env::var("SESSIOND_CRASH_ROUNDS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(20);
+        .unwrap_or(default_rounds);
     let seed: u64 = std::env::var("SESSIOND_CRASH_SEED")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -335,9 +365,8 @@ async fn acknowledged_writes_survive_sigkill() {
         });
     println!("crash test: {rounds} rounds, SESSIOND_CRASH_SEED={seed}");
     let mut rng = Rng(seed);
-    let dir = tempfile::tempdir().expect("a temp dir");
     let ledger: Ledger = Arc::default();
-    let mut server = start(dir.path()).await;
+    let mut server = start(store).await;
     for round in 0..rounds {
         let writers: Vec<_> = (0..WRITERS)
             .map(|_| {
@@ -354,8 +383,8 @@ async fn acknowledged_writes_survive_sigkill() {
         for writer in writers {
             writer.await.expect("a writer task ends cleanly");
         }
-        check_store(dir.path());
-        server = start(dir.path()).await;
+        check_store(store);
+        server = start(store).await;
         let verified = verify(&server.base, &ledger, true).await;
         println!("round {round}: verified {verified} sessions touched this round");
     }
@@ -373,5 +402,5 @@ async fn acknowledged_writes_survive_sigkill() {
     );
     server.child.kill().expect("SIGKILL");
     server.child.wait().expect("reaped");
-    check_store(dir.path());
+    check_store(store);
 }
