@@ -15,8 +15,10 @@ use super::schema::{self, int};
 use crate::error::{Error, Result};
 use crate::store::events::EventBus;
 
-/// The channel every writer notifies when it commits events.
-pub(super) const CHANNEL: &str = "sessiond_events";
+/// What every writer sends when it commits events, and what followers listen to: one
+/// channel.
+pub(super) const NOTIFY: &str = "NOTIFY sessiond_events";
+const LISTEN: &str = "LISTEN sessiond_events";
 
 /// How often the follower reads without being woken.
 const POLL: Duration = Duration::from_secs(1);
@@ -100,10 +102,7 @@ async fn listen_and_publish(
         }
         let _ = closed_tx.send(());
     });
-    client
-        .batch_execute(&format!("LISTEN {CHANNEL}"))
-        .await
-        .map_err(super::storage)?;
+    client.batch_execute(LISTEN).await.map_err(super::storage)?;
     let sql = format!(
         "SELECT {} FROM events WHERE id > $1 ORDER BY id LIMIT $2",
         schema::EVENT_COLUMNS

@@ -1,7 +1,7 @@
 //! The tables, made and versioned by sessiond itself, and the conversions between their
 //! rows and the domain types.
 
-use postgres::GenericClient;
+use postgres::types::ToSql;
 use tokio_postgres::Row;
 use uuid::Uuid;
 
@@ -134,11 +134,19 @@ fn time(value: i64) -> Timestamp {
     Timestamp::from_micros(uint(value))
 }
 
+/// The columns [`session_from`] reads, in its order, as a literal for `concat!`.
+macro_rules! session_columns {
+    () => {
+        "id, agent_id, user_id, created_at, last_activity, renewed_at, renewal_count, \
+         timeout_minutes, auto_renew, max_duration_minutes, warning_threshold_minutes, \
+         metadata_json, message_count, last_message_id, last_message_at, \
+         expiring_noticed_for, expired_noticed"
+    };
+}
+pub(super) use session_columns;
+
 /// The columns [`session_from`] reads, in its order.
-pub(super) const SESSION_COLUMNS: &str = "id, agent_id, user_id, created_at, last_activity, \
-    renewed_at, renewal_count, timeout_minutes, auto_renew, max_duration_minutes, \
-    warning_threshold_minutes, metadata_json, message_count, last_message_id, \
-    last_message_at, expiring_noticed_for, expired_noticed";
+pub(super) const SESSION_COLUMNS: &str = session_columns!();
 
 pub(super) fn session_from(row: &Row) -> Result<Session> {
     let minutes = |index: usize| -> Result<u32> {
@@ -171,8 +179,13 @@ pub(super) fn session_from(row: &Row) -> Result<Session> {
     })
 }
 
+/// Runs one statement of a write: the writer prepares each once per connection.
+pub(super) trait Execute {
+    fn execute(&self, sql: &'static str, params: &[&(dyn ToSql + Sync)]) -> Result<u64>;
+}
+
 /// Inserts `session`, or replaces the stored row of its id.
-pub(super) fn put_session(client: &mut impl GenericClient, session: &Session) -> Result<()> {
+pub(super) fn put_session(client: &impl Execute, session: &Session) -> Result<()> {
     let timeout = session.timeout;
     let minutes = |m: u32| i32::try_from(m).unwrap_or(i32::MAX);
     client
@@ -216,8 +229,7 @@ pub(super) fn put_session(client: &mut impl GenericClient, session: &Session) ->
                 &int(session.warns_at().as_micros()),
             ],
         )
-        .map_err(storage)?;
-    Ok(())
+        .map(drop)
 }
 
 /// The columns [`message_from`] reads, in its order.
@@ -241,7 +253,7 @@ pub(super) fn message_from(row: &Row) -> Result<Message> {
     })
 }
 
-pub(super) fn insert_message(client: &mut impl GenericClient, message: &Message) -> Result<()> {
+pub(super) fn insert_message(client: &impl Execute, message: &Message) -> Result<()> {
     let attachments = serde_json::to_string(&message.attachments)
         .map_err(|error| Error::Codec(Box::new(error)))?;
     client
@@ -262,8 +274,7 @@ pub(super) fn insert_message(client: &mut impl GenericClient, message: &Message)
                 &attachments,
             ],
         )
-        .map_err(storage)?;
-    Ok(())
+        .map(drop)
 }
 
 /// Every kind, to read a stored name back.
@@ -307,38 +318,65 @@ pub(super) fn event_from(row: &Row) -> Result<Event> {
     })
 }
 
-pub(super) fn insert_event(client: &mut impl GenericClient, event: &Event) -> Result<()> {
+/// Inserts `events` with one statement.
+pub(super) fn insert_events(client: &impl Execute, events: &[Event]) -> Result<()> {
     let codec = |error| Error::Codec(Box::new(error));
-    let (message_id, payload, session_metadata_json): (Option<Uuid>, String, Option<&str>) =
-        match &event.data {
+    let mut columns = EventColumns::default();
+    for event in events {
+        let (message_id, payload, session_metadata_json) = match &event.data {
             EventData::Message {
                 message,
                 session_metadata_json,
             } => (
                 Some(message.id),
                 serde_json::to_string(message).map_err(codec)?,
-                Some(session_metadata_json),
+                Some(session_metadata_json.clone()),
             ),
             EventData::Session(session) => {
                 (None, serde_json::to_string(session).map_err(codec)?, None)
             }
         };
+        columns.ids.push(int(event.id));
+        columns.ats.push(int(event.at.as_micros()));
+        columns.kinds.push(event.kind.name());
+        columns.sessions.push(event.session_id);
+        columns.agents.push(event.agent_id);
+        columns.users.push(event.user_id);
+        columns.messages.push(message_id);
+        columns.payloads.push(payload);
+        columns.metadata.push(session_metadata_json);
+    }
     client
         .execute(
             "INSERT INTO events (id, at, kind, session_id, agent_id, user_id, message_id, \
-             payload_json, session_metadata_json) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+             payload_json, session_metadata_json) \
+             SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::uuid[], \
+             $5::uuid[], $6::uuid[], $7::uuid[], $8::text[], $9::text[])",
             &[
-                &int(event.id),
-                &int(event.at.as_micros()),
-                &event.kind.name(),
-                &event.session_id,
-                &event.agent_id,
-                &event.user_id,
-                &message_id,
-                &payload,
-                &session_metadata_json,
+                &columns.ids,
+                &columns.ats,
+                &columns.kinds,
+                &columns.sessions,
+                &columns.agents,
+                &columns.users,
+                &columns.messages,
+                &columns.payloads,
+                &columns.metadata,
             ],
         )
-        .map_err(storage)?;
-    Ok(())
+        .map(drop)
+}
+
+/// Events as columns, for one `unnest`.
+#[derive(Default)]
+struct EventColumns {
+    ids: Vec<i64>,
+    ats: Vec<i64>,
+    kinds: Vec<&'static str>,
+    sessions: Vec<Uuid>,
+    agents: Vec<Uuid>,
+    users: Vec<Uuid>,
+    messages: Vec<Option<Uuid>>,
+    payloads: Vec<String>,
+    metadata: Vec<Option<String>>,
 }

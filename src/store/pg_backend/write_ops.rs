@@ -2,19 +2,28 @@
 //! with the sessions. Messages go with their session (`ON DELETE CASCADE`).
 
 use std::cell::RefCell;
+use std::collections::HashMap;
 
+use postgres::types::ToSql;
 use postgres::GenericClient;
 use tokio_postgres::error::SqlState;
 use uuid::Uuid;
 
-use super::schema::{self, int, uint};
+use super::schema::{self, int, uint, Execute};
 use crate::domain::{Event, Message, Session};
 use crate::error::Error;
 use crate::store::write::{Failure, TxResult, WriteOps};
 
+/// Statements prepared on the writer's connection, by their text: each is parsed and
+/// planned once per connection, not once per use.
+pub(super) type Statements = RefCell<HashMap<&'static str, postgres::Statement>>;
+
 /// A batch's transaction, as its writes see it.
-pub(super) struct BatchTx<'c> {
+pub(super) struct BatchTx<'c, 's> {
     pub(super) tx: RefCell<postgres::Transaction<'c>>,
+    pub(super) statements: &'s Statements,
+    /// The batch's events, stored with one statement before the commit.
+    pub(super) events: RefCell<Vec<Event>>,
 }
 
 /// What a failed statement means for the write: a conflict with another transaction runs
@@ -34,46 +43,64 @@ pub(super) fn failure(error: Error) -> Failure {
     }
 }
 
-impl BatchTx<'_> {
+impl BatchTx<'_, '_> {
+    /// `sql`, prepared once per connection.
+    fn statement(&self, sql: &'static str) -> crate::Result<postgres::Statement> {
+        if let Some(statement) = self.statements.borrow().get(sql) {
+            return Ok(statement.clone());
+        }
+        let statement = self.tx.borrow_mut().prepare(sql).map_err(super::storage)?;
+        self.statements.borrow_mut().insert(sql, statement.clone());
+        Ok(statement)
+    }
+
     /// Runs a statement with no rows to read.
-    pub(super) fn execute(
+    pub(super) fn run(&self, sql: &'static str, params: &[&(dyn ToSql + Sync)]) -> TxResult<u64> {
+        Execute::execute(self, sql, params).map_err(failure)
+    }
+
+    fn row(
         &self,
-        sql: &str,
-        params: &[&(dyn postgres::types::ToSql + Sync)],
-    ) -> TxResult<u64> {
+        sql: &'static str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> TxResult<Option<postgres::Row>> {
+        let statement = self.statement(sql).map_err(failure)?;
         self.tx
             .borrow_mut()
-            .execute(sql, params)
+            .query_opt(&statement, params)
             .map_err(|error| failure(super::storage(error)))
-    }
-
-    fn exists(&self, sql: &str, params: &[&(dyn postgres::types::ToSql + Sync)]) -> TxResult<bool> {
-        let row = self
-            .tx
-            .borrow_mut()
-            .query_opt(sql, params)
-            .map_err(|error| failure(super::storage(error)))?;
-        Ok(row.is_some())
-    }
-
-    fn with_client<T>(
-        &self,
-        write: impl FnOnce(&mut postgres::Transaction<'_>) -> crate::Result<T>,
-    ) -> TxResult<T> {
-        write(&mut self.tx.borrow_mut()).map_err(failure)
     }
 
     /// Adds `delta` to the counts `session` is in: all sessions, its agent's, its user's,
     /// and theirs together.
     fn add_to_counts(&self, session: &Session, delta: i64) -> TxResult<()> {
         for key in count_keys(session) {
-            self.execute(
+            self.run(
                 "INSERT INTO session_counts (key, count) VALUES ($1, $2) \
                  ON CONFLICT (key) DO UPDATE SET count = session_counts.count + EXCLUDED.count",
                 &[&key, &delta],
             )?;
         }
         Ok(())
+    }
+
+    /// Stores the batch's events.
+    pub(super) fn store_events(&self) -> TxResult<()> {
+        let events = self.events.take();
+        if events.is_empty() {
+            return Ok(());
+        }
+        schema::insert_events(self, &events).map_err(failure)
+    }
+}
+
+impl Execute for BatchTx<'_, '_> {
+    fn execute(&self, sql: &'static str, params: &[&(dyn ToSql + Sync)]) -> crate::Result<u64> {
+        let statement = self.statement(sql)?;
+        self.tx
+            .borrow_mut()
+            .execute(&statement, params)
+            .map_err(super::storage)
     }
 }
 
@@ -97,59 +124,60 @@ pub(super) fn owners_count_key(agent_id: Option<Uuid>, user_id: Option<Uuid>) ->
     }
 }
 
-impl WriteOps for BatchTx<'_> {
+impl WriteOps for BatchTx<'_, '_> {
     fn session(&self, id: Uuid) -> TxResult<Option<Session>> {
-        let sql = format!(
-            "SELECT {} FROM sessions WHERE id = $1",
-            schema::SESSION_COLUMNS
+        const SQL: &str = concat!(
+            "SELECT ",
+            schema::session_columns!(),
+            " FROM sessions WHERE id = $1"
         );
-        let row = self
-            .tx
-            .borrow_mut()
-            .query_opt(&sql, &[&id])
-            .map_err(|error| failure(super::storage(error)))?;
-        row.map(|row| schema::session_from(&row))
+        self.row(SQL, &[&id])?
+            .map(|row| schema::session_from(&row))
             .transpose()
             .map_err(Failure::Broken)
     }
 
     fn session_id_taken(&self, id: Uuid) -> TxResult<bool> {
-        self.exists("SELECT 1 FROM sessions WHERE id = $1", &[&id])
+        Ok(self
+            .row("SELECT 1 FROM sessions WHERE id = $1", &[&id])?
+            .is_some())
     }
 
     fn insert_session(&self, session: &Session) -> TxResult<()> {
-        self.with_client(|tx| schema::put_session(tx, session))?;
+        schema::put_session(self, session).map_err(failure)?;
         self.add_to_counts(session, 1)
     }
 
     fn update_session(&self, _old: &Session, new: &Session) -> TxResult<()> {
-        self.with_client(|tx| schema::put_session(tx, new))
+        schema::put_session(self, new).map_err(failure)
     }
 
     fn delete_session(&self, session: &Session) -> TxResult<()> {
-        self.execute("DELETE FROM sessions WHERE id = $1", &[&session.id])?;
+        self.run("DELETE FROM sessions WHERE id = $1", &[&session.id])?;
         self.add_to_counts(session, -1)
     }
 
     fn message_in(&self, message_id: Uuid, session_id: Uuid) -> TxResult<bool> {
-        self.exists(
-            "SELECT 1 FROM messages WHERE id = $1 AND session_id = $2",
-            &[&message_id, &session_id],
-        )
+        Ok(self
+            .row(
+                "SELECT 1 FROM messages WHERE id = $1 AND session_id = $2",
+                &[&message_id, &session_id],
+            )?
+            .is_some())
     }
 
     fn message_id_taken(&self, message_id: Uuid) -> TxResult<bool> {
-        self.exists("SELECT 1 FROM messages WHERE id = $1", &[&message_id])
+        Ok(self
+            .row("SELECT 1 FROM messages WHERE id = $1", &[&message_id])?
+            .is_some())
     }
 
     fn insert_message(&self, message: &Message) -> TxResult<()> {
-        self.with_client(|tx| schema::insert_message(tx, message))
+        schema::insert_message(self, message).map_err(failure)
     }
 
     fn append_events(&self, events: &[Event]) -> TxResult<()> {
-        for event in events {
-            self.with_client(|tx| schema::insert_event(tx, event))?;
-        }
+        self.events.borrow_mut().extend_from_slice(events);
         Ok(())
     }
 }
@@ -167,8 +195,8 @@ pub(super) fn stored_next_event_id(client: &mut impl GenericClient) -> crate::Re
 }
 
 /// Sets the next event id, inside the batch that used the ids before it.
-pub(super) fn set_next_event_id(tx: &BatchTx<'_>, next: u64) -> TxResult<()> {
-    tx.execute(
+pub(super) fn set_next_event_id(tx: &BatchTx<'_, '_>, next: u64) -> TxResult<()> {
+    tx.run(
         "UPDATE sessiond_meta SET value = $1 WHERE key = 'next_event_id'",
         &[&int(next)],
     )

@@ -1,7 +1,7 @@
 //! The write path on PostgreSQL. One writer thread per node takes every write waiting, runs
-//! them in one transaction (each in a savepoint, so that a refused or broken write goes
-//! alone), commits with synchronous commit, and only then answers each writer. The
-//! follower publishes the batch's events.
+//! them in one transaction, stores their events with one statement, commits with
+//! synchronous commit, and only then answers each writer. The follower publishes the
+//! batch's events. Each statement is prepared once per connection.
 //!
 //! The transaction begins by locking the row of the next event id, and holds it to the
 //! commit: the batches of every node commit one at a time, in the order of their ids, and
@@ -15,8 +15,7 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio_postgres::NoTls;
 
-use super::write_ops::{self, BatchTx};
-use crate::domain::Event;
+use super::write_ops::{self, BatchTx, Statements};
 use crate::error::{Error, Result};
 use crate::store::write::{Failure, Job};
 
@@ -63,7 +62,7 @@ impl Writer {
 }
 
 fn run(config: &postgres::Config, jobs: &mpsc::Receiver<Box<dyn Job>>, follower: &Notify) {
-    let mut client: Option<postgres::Client> = None;
+    let mut connection: Option<(postgres::Client, Statements)> = None;
     while let Ok(first) = jobs.recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -72,11 +71,14 @@ fn run(config: &postgres::Config, jobs: &mpsc::Receiver<Box<dyn Job>>, follower:
                 Err(_) => break,
             }
         }
-        let connected = match client.take() {
-            Some(open) if !open.is_closed() => Ok(open),
-            _ => config.connect(NoTls).map_err(super::storage),
+        let connected = match connection.take() {
+            Some(open) if !open.0.is_closed() => Ok(open),
+            _ => config
+                .connect(NoTls)
+                .map(|client| (client, Statements::default()))
+                .map_err(super::storage),
         };
-        let mut open = match connected {
+        let (mut client, statements) = match connected {
             Ok(open) => open,
             Err(error) => {
                 tracing::warn!(%error, "cannot reach the database; refusing this batch of writes");
@@ -88,24 +90,51 @@ fn run(config: &postgres::Config, jobs: &mpsc::Receiver<Box<dyn Job>>, follower:
                 continue;
             }
         };
-        commit(&mut open, batch, follower);
-        client = Some(open);
+        commit(&mut client, &statements, batch, follower);
+        connection = Some((client, statements));
     }
 }
 
-/// Runs the batch in one transaction and answers every write of it. A batch that meets a
-/// conflict runs again; one that fails in the database fails every write not yet answered.
-fn commit(client: &mut postgres::Client, batch: Vec<Box<dyn Job>>, follower: &Notify) {
+/// Why a run of the batch's transaction was given up.
+enum BatchAbort {
+    /// The write at this index failed alone: the batch runs again without it.
+    Write(usize, Error),
+    /// The batch failed, or met a conflict and runs again.
+    Batch(Failure),
+}
+
+impl From<Failure> for BatchAbort {
+    fn from(failure: Failure) -> Self {
+        BatchAbort::Batch(failure)
+    }
+}
+
+/// Runs the batch in one transaction and answers every write of it. A write that fails or
+/// panics is answered with its error and the batch runs again without it, so that no
+/// write's changes are left half made; a conflict runs it again; a failure of the database
+/// fails every write not yet answered.
+fn commit(
+    client: &mut postgres::Client,
+    statements: &Statements,
+    batch: Vec<Box<dyn Job>>,
+    follower: &Notify,
+) {
     let mut batch: Vec<Option<Box<dyn Job>>> = batch.into_iter().map(Some).collect();
     let outcome = loop {
-        match run_batch(client, &mut batch) {
-            Err(Failure::Conflict) => continue,
-            other => break other,
+        match run_batch(client, statements, &batch) {
+            Err(BatchAbort::Batch(Failure::Conflict)) => continue,
+            Err(BatchAbort::Write(index, error)) => {
+                if let Some(job) = batch[index].take() {
+                    job.fail(error);
+                }
+            }
+            Err(BatchAbort::Batch(failure)) => break Err(failure),
+            Ok(stored_events) => break Ok(stored_events),
         }
     };
     match outcome {
-        Ok(written) => {
-            if !written.is_empty() {
+        Ok(stored_events) => {
+            if stored_events {
                 follower.notify_one();
             }
             for job in batch.into_iter().flatten() {
@@ -126,12 +155,13 @@ fn commit(client: &mut postgres::Client, batch: Vec<Box<dyn Job>>, follower: &No
     }
 }
 
-/// One run of the batch's transaction; returns its events once committed. A write that is
-/// refused or broken is rolled back to its savepoint; a broken one is answered at once.
+/// One run of the batch's transaction, to its commit; returns whether it stored events. A
+/// refused write changed nothing (writes refuse before they change anything).
 fn run_batch(
     client: &mut postgres::Client,
-    batch: &mut [Option<Box<dyn Job>>],
-) -> std::result::Result<Vec<Event>, Failure> {
+    statements: &Statements,
+    batch: &[Option<Box<dyn Job>>],
+) -> std::result::Result<bool, BatchAbort> {
     let storage = |error| write_ops::failure(super::storage(error));
     let mut tx = client.transaction().map_err(storage)?;
     let next: i64 = tx
@@ -143,12 +173,13 @@ fn run_batch(
         .get(0);
     let batch_tx = BatchTx {
         tx: RefCell::new(tx),
+        statements,
+        events: RefCell::new(Vec::new()),
     };
-    let mut next_id = super::schema::uint(next);
-    let mut written = Vec::new();
-    for slot in batch.iter_mut() {
-        let Some(job) = slot else { continue };
-        batch_tx.execute("SAVEPOINT write", &[])?;
+    let first_id = super::schema::uint(next);
+    let mut next_id = first_id;
+    for (index, job) in batch.iter().enumerate() {
+        let Some(job) = job else { continue };
         let ran =
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job.run(&batch_tx, next_id)))
                 .unwrap_or_else(|panic| {
@@ -157,29 +188,19 @@ fn run_batch(
                     )))
                 });
         match ran {
-            Ok(mut events) => {
-                batch_tx.execute("RELEASE SAVEPOINT write", &[])?;
-                next_id += events.len() as u64;
-                written.append(&mut events);
-            }
-            Err(Failure::Refused(refusal)) => {
-                batch_tx.execute("ROLLBACK TO SAVEPOINT write", &[])?;
-                job.refuse(refusal);
-            }
-            Err(Failure::Broken(error)) => {
-                batch_tx.execute("ROLLBACK TO SAVEPOINT write", &[])?;
-                if let Some(job) = slot.take() {
-                    job.fail(error);
-                }
-            }
-            Err(failure) => return Err(failure),
+            Ok(events) => next_id += events.len() as u64,
+            Err(Failure::Refused(refusal)) => job.refuse(refusal),
+            Err(Failure::Broken(error)) => return Err(BatchAbort::Write(index, error)),
+            Err(failure) => return Err(failure.into()),
         }
     }
-    write_ops::set_next_event_id(&batch_tx, next_id)?;
-    if !written.is_empty() {
+    batch_tx.store_events()?;
+    let stored_events = next_id > first_id;
+    if stored_events {
+        write_ops::set_next_event_id(&batch_tx, next_id)?;
         // Delivered at the commit, to every node's follower.
-        batch_tx.execute(&format!("NOTIFY {}", super::follower::CHANNEL), &[])?;
+        batch_tx.run(super::follower::NOTIFY, &[])?;
     }
     batch_tx.tx.into_inner().commit().map_err(storage)?;
-    Ok(written)
+    Ok(stored_events)
 }
