@@ -332,3 +332,59 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "../../../tests/support/postgres.rs"]
+mod cluster;
+
+#[cfg(test)]
+mod writer_tests {
+    use std::sync::Arc;
+
+    use super::cluster::Postgres;
+    use super::PgOptions;
+    use crate::domain::SystemClock;
+    use crate::error::Error;
+    use crate::store::test_support::{session_at, text_message, T0};
+    use crate::store::write::{Work, WriteTime};
+    use crate::store::Store;
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_panicking_write_fails_alone_and_its_batch_commits_without_it() {
+        // Arrange
+        let pg = tokio::task::spawn_blocking(Postgres::start).await.unwrap();
+        let store = Store::open_postgres(&pg.url(), &PgOptions::default(), Arc::new(SystemClock))
+            .await
+            .unwrap();
+        let session = session_at(crate::domain::Clock::now(&SystemClock), 30, 5);
+        store.create_session(session.clone()).await.unwrap();
+
+        // Act: a write that panics after changing the session, queued with appends so that
+        // they share its batch.
+        let id = session.id;
+        let work: Work<()> = Box::new(move |ctx| {
+            let mut changed = ctx.tx.session(id)?.expect("stored");
+            changed.message_count += 100;
+            ctx.tx.update_session(&changed, &changed)?;
+            panic!("boom")
+        });
+        let panicked = store.write(WriteTime::At(T0), work);
+        let appends = futures_util::future::join_all(
+            (0..5).map(|n| store.append_message(id, text_message(&format!("m{n}"), None))),
+        );
+        let (panicked, appends) = tokio::join!(panicked, appends);
+
+        // Assert
+        assert!(
+            matches!(panicked, Err(Error::Panicked(ref m)) if m == "boom"),
+            "{panicked:?}"
+        );
+        assert!(appends.into_iter().all(|a| matches!(a, Ok(Ok(_)))));
+        let stored = store.session(id).await.unwrap().unwrap();
+        assert_eq!(
+            stored.message_count, 5,
+            "nothing of the panicked write was kept"
+        );
+        assert!(store.check().unwrap().is_clean());
+    }
+}

@@ -184,18 +184,52 @@ pub(super) trait Execute {
     fn execute(&self, sql: &'static str, params: &[&(dyn ToSql + Sync)]) -> Result<u64>;
 }
 
-/// Inserts `session`, or replaces the stored row of its id.
-pub(super) fn put_session(client: &impl Execute, session: &Session) -> Result<()> {
-    let timeout = session.timeout;
+/// Inserts `sessions` (each id once), or replaces the stored rows of their ids.
+pub(super) fn put_sessions(client: &impl Execute, sessions: &[&Session]) -> Result<()> {
     let minutes = |m: u32| i32::try_from(m).unwrap_or(i32::MAX);
+    let micros = |at: Timestamp| int(at.as_micros());
+    let column = |value: fn(&Session) -> i64| sessions.iter().map(|s| value(s)).collect::<Vec<_>>();
+    let ids: Vec<Uuid> = sessions.iter().map(|s| s.id).collect();
+    let agents: Vec<Uuid> = sessions.iter().map(|s| s.agent_id).collect();
+    let users: Vec<Uuid> = sessions.iter().map(|s| s.user_id).collect();
+    let created = column(|s| int(s.created_at.as_micros()));
+    let activity = column(|s| int(s.last_activity.as_micros()));
+    let renewed = column(|s| int(s.renewed_at.as_micros()));
+    let renewals = column(|s| int(s.renewal_count));
+    let timeouts: Vec<i32> = sessions
+        .iter()
+        .map(|s| minutes(s.timeout.timeout_minutes))
+        .collect();
+    let auto_renew: Vec<bool> = sessions.iter().map(|s| s.timeout.auto_renew).collect();
+    let max_durations: Vec<i32> = sessions
+        .iter()
+        .map(|s| minutes(s.timeout.max_duration_minutes))
+        .collect();
+    let warnings: Vec<i32> = sessions
+        .iter()
+        .map(|s| minutes(s.timeout.warning_threshold_minutes))
+        .collect();
+    let metadata: Vec<&str> = sessions.iter().map(|s| s.metadata_json.as_str()).collect();
+    let counts = column(|s| int(s.message_count));
+    let last_ids: Vec<Option<Uuid>> = sessions.iter().map(|s| s.last_message_id).collect();
+    let last_at = column(|s| int(s.last_message_at.as_micros()));
+    let noticed_for: Vec<Option<i64>> = sessions
+        .iter()
+        .map(|s| s.expiring_noticed_for.map(micros))
+        .collect();
+    let expired_noticed: Vec<bool> = sessions.iter().map(|s| s.expired_noticed).collect();
+    let expires = column(|s| int(s.expires_at().as_micros()));
+    let warns = column(|s| int(s.warns_at().as_micros()));
     client
         .execute(
             "INSERT INTO sessions (id, agent_id, user_id, created_at, last_activity, renewed_at, \
              renewal_count, timeout_minutes, auto_renew, max_duration_minutes, \
              warning_threshold_minutes, metadata_json, message_count, last_message_id, \
              last_message_at, expiring_noticed_for, expired_noticed, expires_at, warns_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, \
-             $18, $19) \
+             SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::bigint[], \
+             $5::bigint[], $6::bigint[], $7::bigint[], $8::integer[], $9::boolean[], \
+             $10::integer[], $11::integer[], $12::text[], $13::bigint[], $14::uuid[], \
+             $15::bigint[], $16::bigint[], $17::boolean[], $18::bigint[], $19::bigint[]) \
              ON CONFLICT (id) DO UPDATE SET last_activity = EXCLUDED.last_activity, \
              renewed_at = EXCLUDED.renewed_at, renewal_count = EXCLUDED.renewal_count, \
              timeout_minutes = EXCLUDED.timeout_minutes, auto_renew = EXCLUDED.auto_renew, \
@@ -208,25 +242,25 @@ pub(super) fn put_session(client: &impl Execute, session: &Session) -> Result<()
              expired_noticed = EXCLUDED.expired_noticed, expires_at = EXCLUDED.expires_at, \
              warns_at = EXCLUDED.warns_at",
             &[
-                &session.id,
-                &session.agent_id,
-                &session.user_id,
-                &int(session.created_at.as_micros()),
-                &int(session.last_activity.as_micros()),
-                &int(session.renewed_at.as_micros()),
-                &int(session.renewal_count),
-                &minutes(timeout.timeout_minutes),
-                &timeout.auto_renew,
-                &minutes(timeout.max_duration_minutes),
-                &minutes(timeout.warning_threshold_minutes),
-                &session.metadata_json,
-                &int(session.message_count),
-                &session.last_message_id,
-                &int(session.last_message_at.as_micros()),
-                &session.expiring_noticed_for.map(|at| int(at.as_micros())),
-                &session.expired_noticed,
-                &int(session.expires_at().as_micros()),
-                &int(session.warns_at().as_micros()),
+                &ids,
+                &agents,
+                &users,
+                &created,
+                &activity,
+                &renewed,
+                &renewals,
+                &timeouts,
+                &auto_renew,
+                &max_durations,
+                &warnings,
+                &metadata,
+                &counts,
+                &last_ids,
+                &last_at,
+                &noticed_for,
+                &expired_noticed,
+                &expires,
+                &warns,
             ],
         )
         .map(drop)
@@ -253,26 +287,56 @@ pub(super) fn message_from(row: &Row) -> Result<Message> {
     })
 }
 
-pub(super) fn insert_message(client: &impl Execute, message: &Message) -> Result<()> {
-    let attachments = serde_json::to_string(&message.attachments)
+/// Inserts `messages` with one statement.
+pub(super) fn insert_messages(client: &impl Execute, messages: &[Message]) -> Result<()> {
+    let attachments = messages
+        .iter()
+        .map(|message| serde_json::to_string(&message.attachments))
+        .collect::<std::result::Result<Vec<_>, _>>()
         .map_err(|error| Error::Codec(Box::new(error)))?;
+    let sessions: Vec<Uuid> = messages.iter().map(|m| m.session_id).collect();
+    let seqs: Vec<i64> = messages.iter().map(|m| int(m.seq)).collect();
+    let ids: Vec<Uuid> = messages.iter().map(|m| m.id).collect();
+    let parents: Vec<Option<Uuid>> = messages.iter().map(|m| m.parent_id).collect();
+    let contents: Vec<&str> = messages.iter().map(|m| m.content.as_str()).collect();
+    let authors: Vec<Uuid> = messages.iter().map(|m| m.author_id).collect();
+    let agents: Vec<bool> = messages.iter().map(|m| m.is_agent).collect();
+    let times: Vec<i64> = messages
+        .iter()
+        .map(|m| int(m.created_at.as_micros()))
+        .collect();
+    let metadata: Vec<&str> = messages.iter().map(|m| m.metadata_json.as_str()).collect();
     client
         .execute(
             "INSERT INTO messages (session_id, seq, id, parent_id, content, author_id, is_agent, \
              created_at, metadata_json, attachments_json) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+             SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::uuid[], $4::uuid[], $5::text[], \
+             $6::uuid[], $7::boolean[], $8::bigint[], $9::text[], $10::text[])",
             &[
-                &message.session_id,
-                &int(message.seq),
-                &message.id,
-                &message.parent_id,
-                &message.content,
-                &message.author_id,
-                &message.is_agent,
-                &int(message.created_at.as_micros()),
-                &message.metadata_json,
+                &sessions,
+                &seqs,
+                &ids,
+                &parents,
+                &contents,
+                &authors,
+                &agents,
+                &times,
+                &metadata,
                 &attachments,
             ],
+        )
+        .map(drop)
+}
+
+/// Adds each delta to its count (each key once).
+pub(super) fn add_to_counts(client: &impl Execute, deltas: &[(String, i64)]) -> Result<()> {
+    let keys: Vec<&str> = deltas.iter().map(|(key, _)| key.as_str()).collect();
+    let amounts: Vec<i64> = deltas.iter().map(|(_, delta)| *delta).collect();
+    client
+        .execute(
+            "INSERT INTO session_counts (key, count) SELECT * FROM unnest($1::text[], $2::bigint[]) \
+             ON CONFLICT (key) DO UPDATE SET count = session_counts.count + EXCLUDED.count",
+            &[&keys, &amounts],
         )
         .map(drop)
 }

@@ -18,12 +18,29 @@ use crate::store::write::{Failure, TxResult, WriteOps};
 /// planned once per connection, not once per use.
 pub(super) type Statements = RefCell<HashMap<&'static str, postgres::Statement>>;
 
-/// A batch's transaction, as its writes see it.
+/// A batch's transaction, as its writes see it. Reads go to the database once per session
+/// and message; writes wait in memory and go with one statement per table before the
+/// commit, so that a write costs the database round trips only for what it reads.
 pub(super) struct BatchTx<'c, 's> {
     pub(super) tx: RefCell<postgres::Transaction<'c>>,
     pub(super) statements: &'s Statements,
-    /// The batch's events, stored with one statement before the commit.
-    pub(super) events: RefCell<Vec<Event>>,
+    pending: RefCell<Pending>,
+}
+
+/// The batch's writes, not yet sent, and what it has read.
+#[derive(Default)]
+struct Pending {
+    /// Sessions as this batch sees them: read, written (`Some`) or deleted (`None`).
+    sessions: HashMap<Uuid, Option<Session>>,
+    /// Sessions written, in the order first written; their rows come from `sessions`.
+    written: Vec<Uuid>,
+    /// Sessions deleted: their rows, and their messages with them, go first.
+    deleted: Vec<Uuid>,
+    messages: Vec<Message>,
+    /// Message ids written, and their sessions.
+    message_sessions: HashMap<Uuid, Uuid>,
+    counts: HashMap<String, i64>,
+    events: Vec<Event>,
 }
 
 /// What a failed statement means for the write: a conflict with another transaction runs
@@ -43,7 +60,7 @@ pub(super) fn failure(error: Error) -> Failure {
     }
 }
 
-impl BatchTx<'_, '_> {
+impl<'c, 's> BatchTx<'c, 's> {
     /// `sql`, prepared once per connection.
     fn statement(&self, sql: &'static str) -> crate::Result<postgres::Statement> {
         if let Some(statement) = self.statements.borrow().get(sql) {
@@ -73,24 +90,64 @@ impl BatchTx<'_, '_> {
 
     /// Adds `delta` to the counts `session` is in: all sessions, its agent's, its user's,
     /// and theirs together.
-    fn add_to_counts(&self, session: &Session, delta: i64) -> TxResult<()> {
+    fn add_to_counts(&self, session: &Session, delta: i64) {
+        let counts = &mut self.pending.borrow_mut().counts;
         for key in count_keys(session) {
+            *counts.entry(key).or_default() += delta;
+        }
+    }
+
+    /// Sends the batch's writes: deletions first (a session deleted and made again in one
+    /// batch is then made anew), then sessions, messages, counts and events.
+    pub(super) fn send_writes(&self) -> TxResult<()> {
+        let pending = self.pending.take();
+        if !pending.deleted.is_empty() {
             self.run(
-                "INSERT INTO session_counts (key, count) VALUES ($1, $2) \
-                 ON CONFLICT (key) DO UPDATE SET count = session_counts.count + EXCLUDED.count",
-                &[&key, &delta],
+                "DELETE FROM sessions WHERE id = ANY($1)",
+                &[&pending.deleted],
             )?;
+        }
+        let sessions: Vec<&Session> = pending
+            .written
+            .iter()
+            .filter_map(|id| pending.sessions.get(id).and_then(Option::as_ref))
+            .collect();
+        if !sessions.is_empty() {
+            schema::put_sessions(self, &sessions).map_err(failure)?;
+        }
+        if !pending.messages.is_empty() {
+            schema::insert_messages(self, &pending.messages).map_err(failure)?;
+        }
+        let counts: Vec<(String, i64)> = pending
+            .counts
+            .into_iter()
+            .filter(|(_, delta)| *delta != 0)
+            .collect();
+        if !counts.is_empty() {
+            schema::add_to_counts(self, &counts).map_err(failure)?;
+        }
+        if !pending.events.is_empty() {
+            schema::insert_events(self, &pending.events).map_err(failure)?;
         }
         Ok(())
     }
 
-    /// Stores the batch's events.
-    pub(super) fn store_events(&self) -> TxResult<()> {
-        let events = self.events.take();
-        if events.is_empty() {
-            return Ok(());
+    /// A new batch transaction over `tx`.
+    pub(super) fn new(tx: postgres::Transaction<'c>, statements: &'s Statements) -> Self {
+        BatchTx {
+            tx: RefCell::new(tx),
+            statements,
+            pending: RefCell::default(),
         }
-        schema::insert_events(self, &events).map_err(failure)
+    }
+
+    /// Keeps `session` as this batch's version of its id, to be written.
+    fn write_session(&self, session: &Session) {
+        let mut pending = self.pending.borrow_mut();
+        pending.sessions.insert(session.id, Some(session.clone()));
+        if !pending.written.contains(&session.id) {
+            pending.written.push(session.id);
+        }
     }
 }
 
@@ -126,38 +183,64 @@ pub(super) fn owners_count_key(agent_id: Option<Uuid>, user_id: Option<Uuid>) ->
 
 impl WriteOps for BatchTx<'_, '_> {
     fn session(&self, id: Uuid) -> TxResult<Option<Session>> {
+        if let Some(seen) = self.pending.borrow().sessions.get(&id) {
+            return Ok(seen.clone());
+        }
         const SQL: &str = concat!(
             "SELECT ",
             schema::session_columns!(),
             " FROM sessions WHERE id = $1"
         );
-        self.row(SQL, &[&id])?
+        let stored = self
+            .row(SQL, &[&id])?
             .map(|row| schema::session_from(&row))
             .transpose()
-            .map_err(Failure::Broken)
+            .map_err(Failure::Broken)?;
+        self.pending
+            .borrow_mut()
+            .sessions
+            .insert(id, stored.clone());
+        Ok(stored)
     }
 
     fn session_id_taken(&self, id: Uuid) -> TxResult<bool> {
-        Ok(self
-            .row("SELECT 1 FROM sessions WHERE id = $1", &[&id])?
-            .is_some())
+        Ok(self.session(id)?.is_some())
     }
 
     fn insert_session(&self, session: &Session) -> TxResult<()> {
-        schema::put_session(self, session).map_err(failure)?;
-        self.add_to_counts(session, 1)
+        self.write_session(session);
+        self.add_to_counts(session, 1);
+        Ok(())
     }
 
     fn update_session(&self, _old: &Session, new: &Session) -> TxResult<()> {
-        schema::put_session(self, new).map_err(failure)
+        self.write_session(new);
+        Ok(())
     }
 
     fn delete_session(&self, session: &Session) -> TxResult<()> {
-        self.run("DELETE FROM sessions WHERE id = $1", &[&session.id])?;
-        self.add_to_counts(session, -1)
+        let id = session.id;
+        {
+            let mut pending = self.pending.borrow_mut();
+            pending.sessions.insert(id, None);
+            pending.written.retain(|written| *written != id);
+            pending.messages.retain(|message| message.session_id != id);
+            pending.message_sessions.retain(|_, owner| *owner != id);
+            if !pending.deleted.contains(&id) {
+                pending.deleted.push(id);
+            }
+        }
+        self.add_to_counts(session, -1);
+        Ok(())
     }
 
     fn message_in(&self, message_id: Uuid, session_id: Uuid) -> TxResult<bool> {
+        if let Some(owner) = self.pending.borrow().message_sessions.get(&message_id) {
+            return Ok(*owner == session_id);
+        }
+        if self.pending.borrow().deleted.contains(&session_id) {
+            return Ok(false);
+        }
         Ok(self
             .row(
                 "SELECT 1 FROM messages WHERE id = $1 AND session_id = $2",
@@ -167,17 +250,30 @@ impl WriteOps for BatchTx<'_, '_> {
     }
 
     fn message_id_taken(&self, message_id: Uuid) -> TxResult<bool> {
+        if self
+            .pending
+            .borrow()
+            .message_sessions
+            .contains_key(&message_id)
+        {
+            return Ok(true);
+        }
         Ok(self
             .row("SELECT 1 FROM messages WHERE id = $1", &[&message_id])?
             .is_some())
     }
 
     fn insert_message(&self, message: &Message) -> TxResult<()> {
-        schema::insert_message(self, message).map_err(failure)
+        let mut pending = self.pending.borrow_mut();
+        pending
+            .message_sessions
+            .insert(message.id, message.session_id);
+        pending.messages.push(message.clone());
+        Ok(())
     }
 
     fn append_events(&self, events: &[Event]) -> TxResult<()> {
-        self.events.borrow_mut().extend_from_slice(events);
+        self.pending.borrow_mut().events.extend_from_slice(events);
         Ok(())
     }
 }

@@ -1,13 +1,12 @@
 //! The write path on PostgreSQL. One writer thread per node takes every write waiting, runs
-//! them in one transaction, stores their events with one statement, commits with
-//! synchronous commit, and only then answers each writer. The follower publishes the
+//! them in one transaction (their writes sent together, one statement per table), commits
+//! with synchronous commit, and only then answers each writer. The follower publishes the
 //! batch's events. Each statement is prepared once per connection.
 //!
 //! The transaction begins by locking the row of the next event id, and holds it to the
 //! commit: the batches of every node commit one at a time, in the order of their ids, and
 //! no two of them change the same session at once.
 
-use std::cell::RefCell;
 use std::sync::{mpsc, Arc};
 use std::thread;
 use std::time::Duration;
@@ -171,11 +170,7 @@ fn run_batch(
         )
         .map_err(storage)?
         .get(0);
-    let batch_tx = BatchTx {
-        tx: RefCell::new(tx),
-        statements,
-        events: RefCell::new(Vec::new()),
-    };
+    let batch_tx = BatchTx::new(tx, statements);
     let first_id = super::schema::uint(next);
     let mut next_id = first_id;
     for (index, job) in batch.iter().enumerate() {
@@ -194,7 +189,7 @@ fn run_batch(
             Err(failure) => return Err(failure.into()),
         }
     }
-    batch_tx.store_events()?;
+    batch_tx.send_writes()?;
     let stored_events = next_id > first_id;
     if stored_events {
         write_ops::set_next_event_id(&batch_tx, next_id)?;
