@@ -323,20 +323,9 @@ fn serve_briefly(store: &Path) -> Option<Output> {
 
 /// Runs the binary with `args` and `--data-dir`, feeding it `input` on stdin.
 fn run_with_input(args: &[&str], data_dir: &Path, input: &[u8]) -> Output {
-    use std::io::Write;
-    let mut child = Command::new(BINARY)
-        .args(args)
-        .arg("--data-dir")
-        .arg(data_dir)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("the binary runs");
-    let mut stdin = child.stdin.take().expect("a stdin");
-    stdin.write_all(input).expect("the input is taken");
-    drop(stdin);
-    child.wait_with_output().expect("the binary ends")
+    let mut all: Vec<&std::ffi::OsStr> = args.iter().map(std::ffi::OsStr::new).collect();
+    all.extend([std::ffi::OsStr::new("--data-dir"), data_dir.as_os_str()]);
+    server::run_with_input(&all, input)
 }
 
 #[test]

@@ -2,30 +2,23 @@
 //! database the binary must refuse. Each test starts a throwaway cluster of its own.
 
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::Output;
 
 #[path = "support/postgres.rs"]
 mod postgres;
 use postgres::Postgres;
 
+// Only its way of running the binary is used here.
+#[allow(dead_code)]
+#[path = "support/server.rs"]
+mod server;
+
 const BINARY: &str = env!("CARGO_BIN_EXE_sessiond");
 
 /// Runs the binary with `args`, feeding it `input` on stdin.
 fn run(args: &[&str], input: &[u8]) -> Output {
-    use std::io::Write;
-    let mut child = Command::new(BINARY)
-        .args(args)
-        .env_remove("SESSIOND_STORE")
-        .env_remove("SESSIOND_DATA_DIR")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("the binary runs");
-    let mut stdin = child.stdin.take().expect("a stdin");
-    stdin.write_all(input).expect("the input is taken");
-    drop(stdin);
-    child.wait_with_output().expect("the binary ends")
+    let args: Vec<&std::ffi::OsStr> = args.iter().map(std::ffi::OsStr::new).collect();
+    server::run_with_input(&args, input)
 }
 
 fn succeeded(output: Output) -> Output {
@@ -165,6 +158,25 @@ fn api(server: &sessiond::app::RunningServer, path: &str) -> String {
     format!("http://{}/api/messaging{path}", server.local_addr())
 }
 
+/// Creates a session of a new agent and user on `server`, with `more` fields; its id.
+async fn create_session(
+    client: &reqwest::Client,
+    server: &sessiond::app::RunningServer,
+    mut more: serde_json::Value,
+) -> String {
+    more["agentId"] = serde_json::json!(uuid::Uuid::new_v4());
+    more["userId"] = serde_json::json!(uuid::Uuid::new_v4());
+    let response = client
+        .post(api(server, "/sessions"))
+        .json(&more)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+    let created: serde_json::Value = response.json().await.unwrap();
+    created["sessionId"].as_str().unwrap().to_owned()
+}
+
 /// Reads `(id, name)` of each event of an SSE response until `wanted` message events came.
 async fn message_events(response: reqwest::Response, wanted: usize) -> Vec<(u64, String)> {
     let mut stream = response.bytes_stream();
@@ -202,16 +214,7 @@ async fn three_nodes_on_one_database_share_every_write_and_every_event_in_order(
     let url = pg.url();
     let nodes = [node(&url).await, node(&url).await, node(&url).await];
     let client = reqwest::Client::builder().no_proxy().build().unwrap();
-    let created: serde_json::Value = client
-        .post(api(&nodes[0], "/sessions"))
-        .json(&serde_json::json!({"agentId": uuid::Uuid::new_v4(), "userId": uuid::Uuid::new_v4()}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let session = created["sessionId"].as_str().unwrap().to_owned();
+    let session = create_session(&client, &nodes[0], serde_json::json!({})).await;
     let events_path = format!("/sessions/{session}/events");
     let follower = client
         .get(api(&nodes[1], &events_path))
@@ -319,17 +322,12 @@ async fn three_nodes_announce_a_sessions_warning_and_expiry_once_each() {
         );
     }
     let client = reqwest::Client::builder().no_proxy().build().unwrap();
-    let created = client
-        .post(api(&nodes[0], "/sessions"))
-        .json(&serde_json::json!({
-            "agentId": uuid::Uuid::new_v4(),
-            "userId": uuid::Uuid::new_v4(),
-            "timeoutConfig": {"timeoutMinutes": 5, "warningThresholdMinutes": 1},
-        }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(created.status(), 201);
+    create_session(
+        &client,
+        &nodes[0],
+        serde_json::json!({"timeoutConfig": {"timeoutMinutes": 5, "warningThresholdMinutes": 1}}),
+    )
+    .await;
     let count = |kind: &str| {
         pg.psql(
             &url,
@@ -366,16 +364,7 @@ async fn a_node_answers_503_while_postgres_restarts_and_recovers_by_itself_losin
         .timeout(std::time::Duration::from_secs(30))
         .build()
         .unwrap();
-    let created: serde_json::Value = client
-        .post(api(&server, "/sessions"))
-        .json(&serde_json::json!({"agentId": uuid::Uuid::new_v4(), "userId": uuid::Uuid::new_v4()}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let session = created["sessionId"].as_str().unwrap().to_owned();
+    let session = create_session(&client, &server, serde_json::json!({})).await;
     let append = |n: usize| {
         let (client, target) = (
             client.clone(),

@@ -5,6 +5,26 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// Runs the binary to completion with `args`, feeding it `input` on stdin; no store is named
+/// by the environment.
+pub fn run_with_input(args: &[&std::ffi::OsStr], input: &[u8]) -> std::process::Output {
+    use std::io::Write;
+    let mut child = Command::new(super::BINARY)
+        .args(args)
+        .env_remove("SESSIOND_STORE")
+        .env_remove("SESSIOND_DATA_DIR")
+        .env_remove("SESSIOND_API_KEY")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the binary runs");
+    let mut stdin = child.stdin.take().expect("a stdin");
+    stdin.write_all(input).expect("the input is taken");
+    drop(stdin);
+    child.wait_with_output().expect("the binary ends")
+}
+
 /// A `sessiond serve` child on a free port, stopped when dropped.
 pub struct Server {
     pub child: Child,
