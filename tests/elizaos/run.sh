@@ -5,7 +5,9 @@
 # Installs the client with npm into cargo's target directory (once per version), builds the
 # debug binary and starts it on a free loopback port with an API key, its default reply
 # timeout and --min-timeout-minutes 0 (for an expired session), then stops it however the
-# run ends. Fails on any failed test and on any error or warning in the server's log.
+# run ends: once on sled, then again on a throwaway PostgreSQL cluster
+# (tests/support/postgres.sh). Fails on any failed test and on any error or warning in the
+# server's log.
 #
 # Needs Node.js 18 or later and npm, and the npm registry on the first run.
 set -euo pipefail
@@ -13,6 +15,8 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 # shellcheck source=../support/sessiond.sh
 source tests/support/sessiond.sh
+# shellcheck source=../support/postgres.sh
+source tests/support/postgres.sh
 CLIENT_VERSION=1.7.2
 CLIENT_DIR=$(cargo_target_dir)/elizaos-client
 CLIENT_PACKAGE=$CLIENT_DIR/node_modules/@elizaos/api-client
@@ -30,22 +34,33 @@ sessiond_build
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/sessiond-elizaos.XXXXXX")
 cleanup() {
     sessiond_stop
+    postgres_stop
     rm -rf "$WORK"
 }
 trap cleanup EXIT
 
 API_KEY=elizaos-client-test-key
-sessiond_start "$WORK" --api-key "$API_KEY" --min-timeout-minutes 0
-echo "elizaos: sessiond on http://$SESSIOND_ADDR"
-
 status=0
-SESSIOND_URL="http://$SESSIOND_ADDR" \
-    SESSIOND_API_KEY=$API_KEY \
-    ELIZAOS_CLIENT=$CLIENT_PACKAGE/dist/index.js \
-    node --test --test-reporter=spec tests/elizaos/sessions.test.mjs || status=$?
 
-if ! sessiond_log_problems "$WORK"; then
-    echo "elizaos: the server logged the errors or warnings above" >&2
-    [[ $status -ne 0 ]] || status=1
-fi
+# run_client LABEL [FLAG…]: the client's tests against a server started with the flags.
+run_client() {
+    local label=$1 dir="$WORK/$1"
+    shift
+    mkdir -p "$dir"
+    sessiond_start "$dir" --api-key "$API_KEY" --min-timeout-minutes 0 "$@"
+    echo "elizaos: sessiond on $label at http://$SESSIOND_ADDR"
+    SESSIOND_URL="http://$SESSIOND_ADDR" \
+        SESSIOND_API_KEY=$API_KEY \
+        ELIZAOS_CLIENT=$CLIENT_PACKAGE/dist/index.js \
+        node --test --test-reporter=spec tests/elizaos/sessions.test.mjs || status=$?
+    sessiond_stop
+    if ! sessiond_log_problems "$dir"; then
+        echo "elizaos: the server on $label logged the errors or warnings above" >&2
+        [[ $status -ne 0 ]] || status=1
+    fi
+}
+
+run_client sled
+postgres_start
+run_client postgres --store "$POSTGRES_URL"
 exit "$status"
