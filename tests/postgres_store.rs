@@ -442,3 +442,112 @@ async fn a_node_answers_503_while_postgres_restarts_and_recovers_by_itself_losin
     );
     server.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_killed_under_load_loses_no_acknowledged_write_and_the_others_keep_serving() {
+    // Arrange: three sessiond processes on one database.
+    let pg = tokio::task::spawn_blocking(Postgres::start).await.unwrap();
+    let url = pg.url();
+    let data = tempfile::tempdir().unwrap();
+    let mut nodes = Vec::new();
+    for _ in 0..3 {
+        let (url, dir) = (url.clone(), data.path().to_path_buf());
+        nodes.push(
+            tokio::task::spawn_blocking(move || server::Server::start(&dir, &["--store", &url]))
+                .await
+                .unwrap(),
+        );
+    }
+    let bases: Vec<String> = nodes
+        .iter()
+        .map(|node| format!("http://{}/api/messaging", node.addr()))
+        .collect();
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(std::time::Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let created: serde_json::Value = client
+        .post(format!("{}/sessions", bases[1]))
+        .json(&serde_json::json!({"agentId": uuid::Uuid::new_v4(), "userId": uuid::Uuid::new_v4()}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let session = created["sessionId"].as_str().unwrap().to_owned();
+    let killed_at = std::sync::Arc::new(std::sync::OnceLock::<std::time::Instant>::new());
+    let stop_at = std::time::Instant::now() + std::time::Duration::from_millis(1500);
+
+    // Act: six writers, each on one node, while the first node is killed.
+    let mut writers = tokio::task::JoinSet::new();
+    for writer in 0..6 {
+        let (client, base, session, killed_at) = (
+            client.clone(),
+            bases[writer % 3].clone(),
+            session.clone(),
+            killed_at.clone(),
+        );
+        writers.spawn(async move {
+            // (content, acknowledged after the kill)
+            let mut acknowledged = Vec::new();
+            let mut n = 0;
+            while std::time::Instant::now() < stop_at {
+                let content = format!("w{writer} m{n}");
+                n += 1;
+                let sent = client
+                    .post(format!("{base}/sessions/{session}/messages"))
+                    .json(&serde_json::json!({"content": content}))
+                    .send()
+                    .await;
+                match sent {
+                    Ok(response) if response.status() == 201 => {
+                        let after_kill = killed_at.get().is_some();
+                        acknowledged.push((content, after_kill));
+                    }
+                    // The killed node's connections fail; its writer waits out the run.
+                    _ => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
+                }
+            }
+            acknowledged
+        });
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    nodes[0].child.kill().unwrap();
+    nodes[0].child.wait().unwrap();
+    killed_at.set(std::time::Instant::now()).unwrap();
+    let mut acknowledged = Vec::new();
+    while let Some(done) = writers.join_next().await {
+        acknowledged.extend(done.unwrap());
+    }
+    // Every stored message, as the database has it.
+    let rows = pg.psql(
+        &url,
+        &format!("SELECT seq || ' ' || content FROM messages WHERE session_id = '{session}'"),
+    );
+
+    // Assert
+    let stored: Vec<(String, u64)> = rows
+        .lines()
+        .map(|row| {
+            let (seq, content) = row.split_once(' ').unwrap();
+            (content.to_owned(), seq.parse().unwrap())
+        })
+        .collect();
+    let contents: std::collections::BTreeSet<&str> =
+        stored.iter().map(|(content, _)| content.as_str()).collect();
+    let lost: Vec<&String> = acknowledged
+        .iter()
+        .map(|(content, _)| content)
+        .filter(|content| !contents.contains(content.as_str()))
+        .collect();
+    assert!(lost.is_empty(), "acknowledged and lost: {lost:?}");
+    assert!(
+        acknowledged.iter().filter(|(_, after)| *after).count() > 10,
+        "the other nodes went on serving after the kill"
+    );
+    let mut seqs: Vec<u64> = stored.iter().map(|(_, seq)| *seq).collect();
+    seqs.sort_unstable();
+    assert_eq!(seqs, (1..=stored.len() as u64).collect::<Vec<_>>());
+}
