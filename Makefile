@@ -35,8 +35,8 @@ build:
 # Load benchmark of the release binary (appends to bench/results.md), durable appends beside
 # the Redis anchor (bench/append.sh: three alternating rounds, the ratio, bytes and CPU per
 # append; installs redis-server when missing), durable appends on PostgreSQL beside pgbench
-# (bench/postgres.sh: one node, two nodes, and sled, on a throwaway cluster), the cost of a stuck event-stream reader and of
-# a thousand healthy ones on appends, the append's floor below HTTP (the store, then sled
+# (bench/postgres.sh: one node, two nodes, and sled, on a throwaway cluster), the cost of a
+# stuck event-stream reader and of a thousand healthy ones on appends, the append's floor below HTTP (the store, then sled
 # alone writing the same keys), then the scale benchmark: 1M sessions and 10M messages
 # (the first run loads them, about 8 minutes, into target/scale-store-1000000; later runs
 # reuse it), also appended to bench/results.md. bench/abuse.sh floods a fresh server per
