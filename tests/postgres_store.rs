@@ -524,7 +524,10 @@ async fn a_node_killed_under_load_loses_no_acknowledged_write_and_the_others_kee
     // Every stored message, as the database has it.
     let rows = pg.psql(
         &url,
-        &format!("SELECT seq || ' ' || content FROM messages WHERE session_id = '{session}'"),
+        &format!(
+            "SELECT seq || ' ' || convert_from(content, 'UTF8') FROM messages \
+             WHERE session_id = '{session}'"
+        ),
     );
 
     // Assert

@@ -184,6 +184,36 @@ struct BusState {
     subscribers: Vec<Subscriber>,
 }
 
+impl BusState {
+    /// Hands `durable` (in id order, after every event published before) to the
+    /// subscribers, as one publication.
+    fn publish(&mut self, durable: Vec<Arc<StreamEvent>>) {
+        let Some(last) = durable.last() else {
+            return;
+        };
+        self.published_through = last.id;
+        let publication: Published = durable.into();
+        self.subscribers.retain(|subscriber| {
+            let matching = publication
+                .iter()
+                .filter(|event| subscriber.filter.matches(event))
+                .count();
+            if matching == 0 {
+                return !subscriber.publications.is_closed();
+            }
+            let backlog = subscriber.backlog.fetch_add(matching, Ordering::Relaxed);
+            if backlog + matching > subscriber.capacity {
+                tracing::info!(filter = ?subscriber.filter, "cut off a subscriber that fell behind");
+                return false;
+            }
+            subscriber
+                .publications
+                .send((Arc::clone(&publication), matching))
+                .is_ok()
+        });
+    }
+}
+
 /// Hands durable events to live subscribers. Never waits for a subscriber: one that falls
 /// `capacity` events behind is cut off.
 pub(crate) struct EventBus {
@@ -238,7 +268,7 @@ impl EventBus {
     }
 
     /// The newest id handed to subscribers.
-    fn published_through(&self) -> u64 {
+    pub(super) fn published_through(&self) -> u64 {
         self.lock().published_through
     }
 
@@ -258,29 +288,24 @@ impl EventBus {
             }
             durable.push(event);
         }
-        let Some(last) = durable.last() else {
-            return;
-        };
-        state.published_through = last.id;
-        let publication: Published = durable.into();
-        state.subscribers.retain(|subscriber| {
-            let matching = publication
-                .iter()
-                .filter(|event| subscriber.filter.matches(event))
-                .count();
-            if matching == 0 {
-                return !subscriber.publications.is_closed();
-            }
-            let backlog = subscriber.backlog.fetch_add(matching, Ordering::Relaxed);
-            if backlog + matching > subscriber.capacity {
-                tracing::info!(filter = ?subscriber.filter, "cut off a subscriber that fell behind");
-                return false;
-            }
-            subscriber
-                .publications
-                .send((Arc::clone(&publication), matching))
-                .is_ok()
-        });
+        state.publish(durable);
+    }
+
+    /// Publishes `events`, durable already (committed by a database), in id order, skipping
+    /// those published before: two publishers (a server's writer, with its own writes, and
+    /// its follower, with every server's) may offer the same ones.
+    pub(super) fn publish_durable(&self, events: Vec<Event>) {
+        let mut state = self.lock();
+        let published_through = state.published_through;
+        let fresh: Vec<Arc<StreamEvent>> = events
+            .into_iter()
+            .filter(|event| event.id > published_through)
+            .map(StreamEvent::new)
+            .collect();
+        if let Some(last) = fresh.last() {
+            state.committed_through = state.committed_through.max(last.id);
+        }
+        state.publish(fresh);
     }
 
     fn subscribe(&self, filter: EventFilter, capacity: usize) -> Subscription {

@@ -3,6 +3,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use reqwest::Method;
 use serde_json::{json, Value};
 use tokio::task::JoinSet;
 use uuid::Uuid;
@@ -351,6 +352,35 @@ async fn content_of_exactly_4000_characters_is_accepted_whatever_their_byte_leng
         // Assert
         assert_eq!(message["content"], json!(content));
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn content_with_control_characters_is_stored_and_read_back_as_sent() {
+    // Arrange
+    let app = spawn_app().await;
+    let session = app.create_session().await;
+    let content = "a\u{0}b\u{1}c\td";
+
+    // Act
+    let stored = app
+        .post_message(&session.id, &json!({ "content": content }))
+        .await
+        .expect(201);
+    let read = app
+        .send(app.api(
+            Method::GET,
+            &format!(
+                "/sessions/{}/messages/{}",
+                session.id,
+                stored["id"].as_str().unwrap()
+            ),
+        ))
+        .await
+        .expect(200);
+
+    // Assert
+    assert_eq!(stored["content"], json!(content));
+    assert_eq!(read["content"], json!(content));
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -1,8 +1,9 @@
-//! Hands the events of every node's writes to this node's streams. Each node's writer
-//! commits its batch and wakes the follower; other nodes' commits reach it by `NOTIFY`.
-//! The follower reads the events after the last one it published, in id order, and
+//! Hands the events of other nodes' writes to this node's streams. Their commits reach it
+//! by `NOTIFY`; it reads the events after the last one published here, in id order, and
 //! publishes them: since ids follow commit order, reading "after the last one" never skips
-//! one that commits later. A poll every second covers a lost notification.
+//! one that commits later. A poll every second covers a lost notification. This node's
+//! writer publishes its own batches itself, before answering them; the bus skips what
+//! either has published already.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -52,11 +53,6 @@ impl Follower {
             published,
             task,
         }
-    }
-
-    /// Makes the follower read now.
-    pub(super) fn wake(&self) -> Arc<Notify> {
-        self.wake.clone()
     }
 
     /// Waits until every event through `id` is published here, or `patience` runs out.
@@ -109,21 +105,16 @@ async fn listen_and_publish(
     );
     loop {
         loop {
-            let after = *published.borrow();
             let rows = client
-                .query(&sql, &[&int(after), &READ_BATCH])
+                .query(&sql, &[&int(bus.published_through()), &READ_BATCH])
                 .await
                 .map_err(super::storage)?;
             let events = rows
                 .iter()
                 .map(schema::event_from)
                 .collect::<Result<Vec<_>>>()?;
-            let Some(last) = events.last().map(|event| event.id) else {
-                break;
-            };
-            bus.enqueue(events);
-            bus.publish_through(last);
-            published.send_replace(last);
+            bus.publish_durable(events);
+            published.send_replace(bus.published_through());
             if (rows.len() as i64) < READ_BATCH {
                 break;
             }

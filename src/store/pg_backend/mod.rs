@@ -133,8 +133,7 @@ impl PgBackend {
         let published = next_event_id.saturating_sub(1);
         let bus = Arc::new(EventBus::new(published));
         let follower = follower::Follower::start(config.clone(), bus.clone(), published);
-        let writer =
-            writer::Writer::start(postgres::Config::from(config.clone()), follower.wake())?;
+        let writer = writer::Writer::start(postgres::Config::from(config.clone()), bus.clone())?;
         Ok(PgBackend {
             pool,
             config,

@@ -56,7 +56,8 @@ CREATE TABLE messages (
     seq bigint NOT NULL,
     id uuid NOT NULL UNIQUE,
     parent_id uuid,
-    content text NOT NULL,
+    -- Bytes, not text: PostgreSQL text cannot hold U+0000, which a message may.
+    content bytea NOT NULL,
     author_id uuid NOT NULL,
     is_agent boolean NOT NULL,
     created_at bigint NOT NULL,
@@ -277,7 +278,8 @@ pub(super) fn message_from(row: &Row) -> Result<Message> {
         seq: uint(row.try_get(1).map_err(storage)?),
         id: row.try_get(2).map_err(storage)?,
         parent_id: row.try_get(3).map_err(storage)?,
-        content: row.try_get(4).map_err(storage)?,
+        content: String::from_utf8(row.try_get(4).map_err(storage)?)
+            .map_err(|error| Error::Codec(Box::new(error)))?,
         author_id: row.try_get(5).map_err(storage)?,
         is_agent: row.try_get(6).map_err(storage)?,
         created_at: time(row.try_get(7).map_err(storage)?),
@@ -298,7 +300,7 @@ pub(super) fn insert_messages(client: &impl Execute, messages: &[Message]) -> Re
     let seqs: Vec<i64> = messages.iter().map(|m| int(m.seq)).collect();
     let ids: Vec<Uuid> = messages.iter().map(|m| m.id).collect();
     let parents: Vec<Option<Uuid>> = messages.iter().map(|m| m.parent_id).collect();
-    let contents: Vec<&str> = messages.iter().map(|m| m.content.as_str()).collect();
+    let contents: Vec<&[u8]> = messages.iter().map(|m| m.content.as_bytes()).collect();
     let authors: Vec<Uuid> = messages.iter().map(|m| m.author_id).collect();
     let agents: Vec<bool> = messages.iter().map(|m| m.is_agent).collect();
     let times: Vec<i64> = messages
@@ -310,7 +312,7 @@ pub(super) fn insert_messages(client: &impl Execute, messages: &[Message]) -> Re
         .execute(
             "INSERT INTO messages (session_id, seq, id, parent_id, content, author_id, is_agent, \
              created_at, metadata_json, attachments_json) \
-             SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::uuid[], $4::uuid[], $5::text[], \
+             SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::uuid[], $4::uuid[], $5::bytea[], \
              $6::uuid[], $7::boolean[], $8::bigint[], $9::text[], $10::text[])",
             &[
                 &sessions,
@@ -352,9 +354,16 @@ const KINDS: [EventKind; 7] = [
     EventKind::SessionDeleted,
 ];
 
+/// The columns [`event_from`] reads, in its order, as a literal for `concat!`.
+macro_rules! event_columns {
+    () => {
+        "id, at, kind, session_id, agent_id, user_id, payload_json, session_metadata_json"
+    };
+}
+pub(super) use event_columns;
+
 /// The columns [`event_from`] reads, in its order.
-pub(super) const EVENT_COLUMNS: &str =
-    "id, at, kind, session_id, agent_id, user_id, payload_json, session_metadata_json";
+pub(super) const EVENT_COLUMNS: &str = event_columns!();
 
 pub(super) fn event_from(row: &Row) -> Result<Event> {
     let name: String = row.try_get(2).map_err(storage)?;

@@ -98,8 +98,9 @@ impl<'c, 's> BatchTx<'c, 's> {
     }
 
     /// Sends the batch's writes: deletions first (a session deleted and made again in one
-    /// batch is then made anew), then sessions, messages, counts and events.
-    pub(super) fn send_writes(&self) -> TxResult<()> {
+    /// batch is then made anew), then sessions, messages, counts and events; returns the
+    /// events.
+    pub(super) fn send_writes(&self) -> TxResult<Vec<Event>> {
         let pending = self.pending.take();
         if !pending.deleted.is_empty() {
             self.run(
@@ -129,7 +130,7 @@ impl<'c, 's> BatchTx<'c, 's> {
         if !pending.events.is_empty() {
             schema::insert_events(self, &pending.events).map_err(failure)?;
         }
-        Ok(())
+        Ok(pending.events)
     }
 
     /// A new batch transaction over `tx`.

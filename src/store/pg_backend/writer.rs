@@ -1,7 +1,6 @@
 //! The write path on PostgreSQL. One writer thread per node takes every write waiting, runs
 //! them in one transaction (their writes sent together, one statement per table), commits
-//! with synchronous commit, and only then answers each writer. The follower publishes the
-//! batch's events. Each statement is prepared once per connection.
+//! with synchronous commit, publishes their events, and only then answers each writer. Each statement is prepared once per connection.
 //!
 //! The transaction begins by locking the row of the next event id, and holds it to the
 //! commit: the batches of every node commit one at a time, in the order of their ids, and
@@ -11,11 +10,12 @@ use std::sync::{mpsc, Arc};
 use std::thread;
 use std::time::Duration;
 
-use tokio::sync::Notify;
 use tokio_postgres::NoTls;
 
 use super::write_ops::{self, BatchTx, Statements};
+use crate::domain::Event;
 use crate::error::{Error, Result};
+use crate::store::events::EventBus;
 use crate::store::write::{Failure, Job};
 
 /// Most writes one transaction takes: bounds how long a write waits behind others.
@@ -40,12 +40,12 @@ impl Drop for Writer {
 }
 
 impl Writer {
-    /// Starts the writer; it wakes `follower` after each commit that stored events.
-    pub(super) fn start(config: postgres::Config, follower: Arc<Notify>) -> Result<Writer> {
+    /// Starts the writer; it publishes each batch's events on `bus` before answering it.
+    pub(super) fn start(config: postgres::Config, bus: Arc<EventBus>) -> Result<Writer> {
         let (queue, jobs) = mpsc::channel::<Box<dyn Job>>();
         let thread = thread::Builder::new()
             .name("sessiond-writer".into())
-            .spawn(move || run(&config, &jobs, &follower))?;
+            .spawn(move || run(&config, &jobs, &bus))?;
         Ok(Writer {
             queue: Some(queue),
             thread: Some(thread),
@@ -60,7 +60,7 @@ impl Writer {
     }
 }
 
-fn run(config: &postgres::Config, jobs: &mpsc::Receiver<Box<dyn Job>>, follower: &Notify) {
+fn run(config: &postgres::Config, jobs: &mpsc::Receiver<Box<dyn Job>>, bus: &EventBus) {
     let mut connection: Option<(postgres::Client, Statements)> = None;
     while let Ok(first) = jobs.recv() {
         let mut batch = vec![first];
@@ -89,7 +89,7 @@ fn run(config: &postgres::Config, jobs: &mpsc::Receiver<Box<dyn Job>>, follower:
                 continue;
             }
         };
-        commit(&mut client, &statements, batch, follower);
+        commit(&mut client, &statements, batch, bus);
         connection = Some((client, statements));
     }
 }
@@ -116,7 +116,7 @@ fn commit(
     client: &mut postgres::Client,
     statements: &Statements,
     batch: Vec<Box<dyn Job>>,
-    follower: &Notify,
+    bus: &EventBus,
 ) {
     let mut batch: Vec<Option<Box<dyn Job>>> = batch.into_iter().map(Some).collect();
     let outcome = loop {
@@ -128,14 +128,12 @@ fn commit(
                 }
             }
             Err(BatchAbort::Batch(failure)) => break Err(failure),
-            Ok(stored_events) => break Ok(stored_events),
+            Ok(events) => break Ok(events),
         }
     };
     match outcome {
-        Ok(stored_events) => {
-            if stored_events {
-                follower.notify_one();
-            }
+        Ok(events) => {
+            publish(client, statements, bus, events);
             for job in batch.into_iter().flatten() {
                 job.answer(&Ok(()));
             }
@@ -154,13 +152,72 @@ fn commit(
     }
 }
 
-/// One run of the batch's transaction, to its commit; returns whether it stored events. A
+/// Publishes a committed batch's events, before its writes are answered, so that a stream
+/// opened after an answer never shows that write's events as new. Events other nodes
+/// committed before the batch go first: they are read here when this node's follower has
+/// not published them yet (the bus skips any it publishes meanwhile).
+fn publish(
+    client: &mut postgres::Client,
+    statements: &Statements,
+    bus: &EventBus,
+    events: Vec<Event>,
+) {
+    let Some(first) = events.first().map(|event| event.id) else {
+        return;
+    };
+    let published = bus.published_through();
+    let mut durable = Vec::new();
+    if published + 1 < first {
+        match earlier_events(client, statements, published, first) {
+            Ok(earlier) => durable = earlier,
+            Err(error) => {
+                // The follower publishes them, and these after them.
+                tracing::warn!(%error, "reading other nodes' events failed; the follower publishes this batch's");
+                return;
+            }
+        }
+    }
+    durable.extend(events);
+    bus.publish_durable(durable);
+}
+
+/// The committed events with ids in (`after`, `before`).
+fn earlier_events(
+    client: &mut postgres::Client,
+    statements: &Statements,
+    after: u64,
+    before: u64,
+) -> Result<Vec<Event>> {
+    const SQL: &str = concat!(
+        "SELECT ",
+        super::schema::event_columns!(),
+        " FROM events WHERE id > $1 AND id < $2 ORDER BY id"
+    );
+    let cached = statements.borrow().get(SQL).cloned();
+    let statement = match cached {
+        Some(statement) => statement,
+        None => {
+            let statement = client.prepare(SQL).map_err(super::storage)?;
+            statements.borrow_mut().insert(SQL, statement.clone());
+            statement
+        }
+    };
+    let (after, before) = (super::schema::int(after), super::schema::int(before));
+    client
+        .query(&statement, &[&after, &before])
+        .map_err(super::storage)?
+        .iter()
+        .map(super::schema::event_from)
+        .collect()
+}
+
+/// One run of the batch's transaction, to its commit; returns the events it stored. A
 /// refused write changed nothing (writes refuse before they change anything).
 fn run_batch(
     client: &mut postgres::Client,
     statements: &Statements,
     batch: &[Option<Box<dyn Job>>],
-) -> std::result::Result<bool, BatchAbort> {
+) -> std::result::Result<Vec<Event>, BatchAbort> {
     let storage = |error| write_ops::failure(super::storage(error));
     let mut tx = client.transaction().map_err(storage)?;
     let next: i64 = tx
@@ -189,13 +246,12 @@ fn run_batch(
             Err(failure) => return Err(failure.into()),
         }
     }
-    batch_tx.send_writes()?;
-    let stored_events = next_id > first_id;
-    if stored_events {
+    let events = batch_tx.send_writes()?;
+    if !events.is_empty() {
         write_ops::set_next_event_id(&batch_tx, next_id)?;
         // Delivered at the commit, to every node's follower.
         batch_tx.run(super::follower::NOTIFY, &[])?;
     }
     batch_tx.tx.into_inner().commit().map_err(storage)?;
-    Ok(stored_events)
+    Ok(events)
 }
