@@ -4,7 +4,9 @@
 # Builds the debug binary, starts it on a free loopback port (port 0; the address is read
 # from its log) with a temporary data directory, installs schemathesis into a virtualenv
 # in cargo's target directory, runs it against http://127.0.0.1:PORT/api/openapi.json and exits non-zero
-# on any failure. The server is stopped (SIGTERM, then waited for) however the run ends.
+# on any failure: once on sled, then again on a throwaway PostgreSQL cluster
+# (tests/support/postgres.sh). The server is stopped (SIGTERM, then waited for) however the
+# run ends.
 #
 # Checks: not_a_server_error (no 5xx), status_code_conformance (only documented statuses),
 # content_type_conformance and response_schema_conformance (every answer matches the
@@ -29,6 +31,8 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 # shellcheck source=../support/sessiond.sh
 source tests/support/sessiond.sh
+# shellcheck source=../support/postgres.sh
+source tests/support/postgres.sh
 TARGET_DIR=$(cargo_target_dir)
 SCHEMATHESIS_VERSION=4.32.5
 VENV=$TARGET_DIR/fuzz-venv
@@ -52,35 +56,44 @@ fi
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/sessiond-fuzz.XXXXXX")
 cleanup() {
     sessiond_stop
+    postgres_stop
     rm -rf "$WORK"
 }
 trap cleanup EXIT
 
-sessiond_start "$WORK" --min-timeout-minutes 0 --reply-timeout-seconds 1
-ADDR=$SESSIOND_ADDR
-echo "fuzz: sessiond on http://$ADDR"
-
 status=0
-# schemathesis keeps a cache (.schemathesis/) in its working directory: keep it in the target directory.
-mkdir -p "$REPORT_DIR"
-cd "$REPORT_DIR"
-"$VENV/bin/schemathesis" run "http://$ADDR/api/openapi.json" \
-    --url "http://$ADDR" \
-    --checks not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance \
-    --phases examples,coverage,fuzzing,stateful \
-    --exclude-operation-id stream_session_events \
-    --exclude-operation-id stream_owner_events \
-    --max-examples "$MAX_EXAMPLES" \
-    --seed "$SEED" \
-    --workers "$WORKERS" \
-    --request-timeout 10 \
-    --suppress-health-check all \
-    --report junit \
-    --report-dir "$REPORT_DIR" \
-    || status=$?
 
-if ! sessiond_log_problems "$WORK"; then
-    echo "fuzz: the server logged the errors or warnings above" >&2
-    [[ $status -ne 0 ]] || status=1
-fi
+# fuzz_against LABEL [FLAG…]: schemathesis against a server started with the flags.
+fuzz_against() {
+    local label=$1 dir="$WORK/$1" reports="$REPORT_DIR/$1"
+    shift
+    mkdir -p "$dir" "$reports"
+    sessiond_start "$dir" --min-timeout-minutes 0 --reply-timeout-seconds 1 "$@"
+    local addr=$SESSIOND_ADDR
+    echo "fuzz: sessiond on $label at http://$addr"
+    # schemathesis keeps a cache (.schemathesis/) in its working directory: keep it in the
+    # target directory.
+    (cd "$reports" && "$VENV/bin/schemathesis" run "http://$addr/api/openapi.json" \
+        --url "http://$addr" \
+        --checks not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance \
+        --phases examples,coverage,fuzzing,stateful \
+        --exclude-operation-id stream_session_events \
+        --exclude-operation-id stream_owner_events \
+        --max-examples "$MAX_EXAMPLES" \
+        --seed "$SEED" \
+        --workers "$WORKERS" \
+        --request-timeout 10 \
+        --suppress-health-check all \
+        --report junit \
+        --report-dir "$reports") || status=$?
+    sessiond_stop
+    if ! sessiond_log_problems "$dir"; then
+        echo "fuzz: the server on $label logged the errors or warnings above" >&2
+        [[ $status -ne 0 ]] || status=1
+    fi
+}
+
+fuzz_against sled
+postgres_start
+fuzz_against postgres --store "$POSTGRES_URL"
 exit "$status"
