@@ -177,6 +177,23 @@ async fn create_session(
     created["sessionId"].as_str().unwrap().to_owned()
 }
 
+/// The newest hundred messages of `session`, as `server` lists them.
+async fn newest_messages(
+    client: &reqwest::Client,
+    server: &sessiond::app::RunningServer,
+    session: &str,
+) -> serde_json::Value {
+    let path = format!("/sessions/{session}/messages?limit=100");
+    client
+        .get(api(server, &path))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
 /// Reads `(id, name)` of each event of an SSE response until `wanted` message events came.
 async fn message_events(response: reqwest::Response, wanted: usize) -> Vec<(u64, String)> {
     let mut stream = response.bytes_stream();
@@ -255,17 +272,7 @@ async fn three_nodes_on_one_database_share_every_write_and_every_event_in_order(
         .await
         .unwrap();
     let rest = message_events(resumed, APPENDS / 2 - 1).await;
-    let listed: serde_json::Value = client
-        .get(api(
-            &nodes[2],
-            &format!("/sessions/{session}/messages?limit=100"),
-        ))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let listed = newest_messages(&client, &nodes[2], &session).await;
 
     // Assert
     let ids: Vec<u64> = seen.iter().map(|(id, _)| *id).collect();
@@ -402,17 +409,7 @@ async fn a_node_answers_503_while_postgres_restarts_and_recovers_by_itself_losin
     }
     restarting.await.unwrap();
     let after: Vec<(usize, u16)> = futures_util::future::join_all((n..n + 5).map(append)).await;
-    let listed: serde_json::Value = client
-        .get(api(
-            &server,
-            &format!("/sessions/{session}/messages?limit=100"),
-        ))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let listed = newest_messages(&client, &server, &session).await;
 
     // Assert
     let statuses: std::collections::BTreeSet<u16> =

@@ -53,9 +53,7 @@ run_client() {
         SESSIOND_API_KEY=$API_KEY \
         ELIZAOS_CLIENT=$CLIENT_PACKAGE/dist/index.js \
         node --test --test-reporter=spec tests/elizaos/sessions.test.mjs || status=$?
-    sessiond_stop
-    if ! sessiond_log_problems "$dir"; then
-        echo "elizaos: the server on $label logged the errors or warnings above" >&2
+    if ! sessiond_stop_checked "$dir" "elizaos on $label"; then
         [[ $status -ne 0 ]] || status=1
     fi
 }

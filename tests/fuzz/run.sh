@@ -86,9 +86,7 @@ fuzz_against() {
         --suppress-health-check all \
         --report junit \
         --report-dir "$reports") || status=$?
-    sessiond_stop
-    if ! sessiond_log_problems "$dir"; then
-        echo "fuzz: the server on $label logged the errors or warnings above" >&2
+    if ! sessiond_stop_checked "$dir" "fuzz on $label"; then
         [[ $status -ne 0 ]] || status=1
     fi
 }

@@ -61,6 +61,16 @@ sessiond_stop() {
     fi
 }
 
+# sessiond_stop_checked DIR LABEL: stops the server, then fails (saying so, for LABEL) when
+# its log in DIR has errors or warnings.
+sessiond_stop_checked() {
+    sessiond_stop
+    if ! sessiond_log_problems "$1"; then
+        echo "$2: the server logged the errors or warnings above" >&2
+        return 1
+    fi
+}
+
 # sessiond_log_problems DIR: prints the server's errors and warnings; fails when there are any.
 sessiond_log_problems() {
     if grep -E ' (ERROR|WARN) ' "$1/server.log" >/dev/null; then

@@ -18,6 +18,20 @@ use crate::store::write::{Failure, TxResult, WriteOps};
 /// planned once per connection, not once per use.
 pub(super) type Statements = RefCell<HashMap<&'static str, postgres::Statement>>;
 
+/// `sql` as prepared on `client`'s connection: from `statements`, or prepared now and kept.
+pub(super) fn prepared(
+    client: &mut impl GenericClient,
+    statements: &Statements,
+    sql: &'static str,
+) -> crate::Result<postgres::Statement> {
+    if let Some(statement) = statements.borrow().get(sql) {
+        return Ok(statement.clone());
+    }
+    let statement = client.prepare(sql).map_err(super::storage)?;
+    statements.borrow_mut().insert(sql, statement.clone());
+    Ok(statement)
+}
+
 /// A batch's transaction, as its writes see it. Reads go to the database once per session
 /// and message; writes wait in memory and go with one statement per table before the
 /// commit, so that a write costs the database round trips only for what it reads.
@@ -63,12 +77,7 @@ pub(super) fn failure(error: Error) -> Failure {
 impl<'c, 's> BatchTx<'c, 's> {
     /// `sql`, prepared once per connection.
     fn statement(&self, sql: &'static str) -> crate::Result<postgres::Statement> {
-        if let Some(statement) = self.statements.borrow().get(sql) {
-            return Ok(statement.clone());
-        }
-        let statement = self.tx.borrow_mut().prepare(sql).map_err(super::storage)?;
-        self.statements.borrow_mut().insert(sql, statement.clone());
-        Ok(statement)
+        prepared(&mut *self.tx.borrow_mut(), self.statements, sql)
     }
 
     /// Runs a statement with no rows to read.

@@ -193,15 +193,7 @@ fn earlier_events(
         super::schema::event_columns!(),
         " FROM events WHERE id > $1 AND id < $2 ORDER BY id"
     );
-    let cached = statements.borrow().get(SQL).cloned();
-    let statement = match cached {
-        Some(statement) => statement,
-        None => {
-            let statement = client.prepare(SQL).map_err(super::storage)?;
-            statements.borrow_mut().insert(SQL, statement.clone());
-            statement
-        }
-    };
+    let statement = write_ops::prepared(client, statements, SQL)?;
     let (after, before) = (super::schema::int(after), super::schema::int(before));
     client
         .query(&statement, &[&after, &before])
