@@ -90,6 +90,7 @@ impl Sessiond {
         let sweeper = tokio::spawn(sweeper::run_until_stopped(
             store.clone(),
             schedule,
+            state.metrics.sweeper.clone(),
             state.shutdown.clone(),
         ));
         // Catch up on notices that fell due while the store was closed, back to the oldest
@@ -97,6 +98,7 @@ impl Sessiond {
         let notifier = tokio::spawn(notifier::run_until_stopped(
             store,
             config.expired_retention(),
+            state.metrics.notifier_progress(),
             state.shutdown.clone(),
         ));
         Ok(Sessiond {
@@ -111,6 +113,13 @@ impl Sessiond {
     /// be mounted before or after the app's own routes.
     pub fn routes(&self) -> BoxedFilter<(warp::reply::Response,)> {
         api::routes(&self.state)
+    }
+
+    /// `GET /metrics` in Prometheus's text format, to mount in a warp app behind whatever
+    /// guard it uses: it rejects every other request as not found. Requests the app's own
+    /// server answers are not counted in it; everything else is.
+    pub fn metrics_route(&self) -> BoxedFilter<(warp::reply::Response,)> {
+        api::metrics_route(&self.state)
     }
 
     /// The store, to use directly.
@@ -169,8 +178,10 @@ impl Sessiond {
 #[derive(Debug)]
 pub struct RunningServer {
     addr: SocketAddr,
+    metrics_addr: Option<SocketAddr>,
     sessiond: Sessiond,
-    http: JoinHandle<()>,
+    /// The API's listener, and the metrics listener's when there is one.
+    http: Vec<JoinHandle<()>>,
 }
 
 /// Checks the settings and the data directory, binds, opens the store and starts serving
@@ -192,17 +203,40 @@ pub async fn start_with_clock(config: ServeConfig, clock: Arc<dyn Clock>) -> Res
     config.validate().map_err(Error::Config)?;
     // Bind ourselves: warp's `run(addr)` panics when the bind fails (and our own loop adds
     // the connection limits).
-    let listener = TcpListener::bind(config.addr)
-        .await
-        .map_err(|e| Error::Config(format!("cannot listen on {}: {e}", config.addr)))?;
+    let bind = |addr: SocketAddr| async move {
+        TcpListener::bind(addr)
+            .await
+            .map_err(|e| Error::Config(format!("cannot listen on {addr}: {e}")))
+    };
+    let listener = bind(config.addr).await?;
+    let metrics_listener = match config.metrics_addr {
+        Some(metrics_addr) => Some(bind(metrics_addr).await?),
+        None => None,
+    };
     let addr = listener.local_addr()?;
+    let metrics_addr = match &metrics_listener {
+        Some(listener) => Some(listener.local_addr()?),
+        None => None,
+    };
     let sessiond = Sessiond::open_with_clock(&config, clock).await?;
-    let http = tokio::spawn(crate::http::serve(
+    let state = &sessiond.state;
+    let log = crate::http::access::RequestLog::new(state.metrics.clone(), api::route_template);
+    let mut http = vec![tokio::spawn(crate::http::serve(
         listener,
-        api::server_routes(&sessiond.state),
+        api::server_routes(state),
         config.connection_limits(),
-        sessiond.state.shutdown.clone(),
-    ));
+        log.clone(),
+        state.shutdown.clone(),
+    ))];
+    if let Some(listener) = metrics_listener {
+        http.push(tokio::spawn(crate::http::serve(
+            listener,
+            api::metrics_routes(state),
+            config.connection_limits(),
+            log,
+            state.shutdown.clone(),
+        )));
+    }
     tracing::info!(settings = ?config.redacted(), "settings in effect");
     match &config.store {
         Some(url) => {
@@ -211,8 +245,12 @@ pub async fn start_with_clock(config: ServeConfig, clock: Arc<dyn Clock>) -> Res
         }
         None => tracing::info!(%addr, data_dir = %config.data_dir.display(), "sessiond listening"),
     }
+    if let Some(metrics_addr) = metrics_addr {
+        tracing::info!(%metrics_addr, "serving /metrics without the API key");
+    }
     Ok(RunningServer {
         addr,
+        metrics_addr,
         sessiond,
         http,
     })
@@ -222,6 +260,11 @@ impl RunningServer {
     /// The address actually bound (useful with port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The address of the metrics listener, when `--metrics-addr` asked for one.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
     }
 
     /// The store the server writes to.
@@ -239,8 +282,10 @@ impl RunningServer {
         // at once; the graceful shutdown then lets in-flight requests finish; then the
         // background tasks stop; then a flush puts everything on disk before exit.
         self.sessiond.end_streams();
-        if let Err(error) = self.http.await {
-            tracing::error!(%error, "HTTP server task failed");
+        for listener in self.http {
+            if let Err(error) = listener.await {
+                tracing::error!(%error, "HTTP server task failed");
+            }
         }
         self.sessiond.shutdown().await?;
         tracing::info!("sessiond stopped");

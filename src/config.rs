@@ -28,6 +28,27 @@ pub struct Cli {
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
+
+    /// How log lines are written to stderr: `text` for people, `json` for collectors (one
+    /// object per line: timestamp, level, target, message, fields, and `span.request_id`
+    /// on the lines of a request).
+    #[arg(
+        long,
+        global = true,
+        env = "SESSIOND_LOG_FORMAT",
+        value_enum,
+        default_value_t = LogFormat::Text
+    )]
+    pub log_format: LogFormat,
+}
+
+/// How log lines are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// One readable line per event.
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 /// The subcommands.
@@ -71,6 +92,11 @@ pub struct ServeConfig {
     /// Directory of the store (created if missing).
     #[arg(long, env = "SESSIOND_DATA_DIR", default_value = DEFAULT_DATA_DIR)]
     pub data_dir: PathBuf,
+
+    /// Also serve `/metrics` on this address, without the API key, for scrapers: a port
+    /// alone listens on 127.0.0.1. `/metrics` on --addr needs the key when one is set.
+    #[arg(long, env = "SESSIOND_METRICS_ADDR", value_parser = parse_metrics_addr)]
+    pub metrics_addr: Option<SocketAddr>,
 
     /// Keep the store in this PostgreSQL database (`postgres://USER[:PASS]@HOST:PORT/DB`,
     /// or `postgresql://`) instead of sled under --data-dir. Several servers may share one.
@@ -235,6 +261,14 @@ fn parse_addr(text: &str) -> Result<SocketAddr, String> {
         .ok_or_else(|| format!("{text:?} resolves to no address; {hint}"))
 }
 
+/// `--metrics-addr`: as `--addr`, or a port alone, on loopback.
+fn parse_metrics_addr(text: &str) -> Result<SocketAddr, String> {
+    match text.parse::<u16>() {
+        Ok(port) => Ok(SocketAddr::from(([127, 0, 0, 1], port))),
+        Err(_) => parse_addr(text),
+    }
+}
+
 impl Default for ServeConfig {
     /// The same values as `sessiond serve` with no flags and no environment. Reads nothing:
     /// an application that embeds sessiond, or a test, is not changed by the variables of
@@ -338,6 +372,15 @@ impl ServeConfig {
         }
         if self.max_connections == 0 {
             return Err("--max-connections must be at least 1".into());
+        }
+        if self
+            .metrics_addr
+            .is_some_and(|metrics| metrics == self.addr && metrics.port() != 0)
+        {
+            return Err(format!(
+                "--metrics-addr ({}) must differ from --addr: /metrics is served on --addr already",
+                self.addr
+            ));
         }
         if self.max_streams == 0 || self.max_streams >= self.max_connections {
             return Err(format!(

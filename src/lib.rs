@@ -9,7 +9,9 @@
 //! - [`api`]: the warp routes of the HTTP contract and its JSON error envelope.
 //! - [`sweeper`]: the background task that removes expired sessions and old events.
 //! - [`notifier`]: the background task that pushes `session.expiring`/`session.expired`.
-//! - [`http`]: the connection loop: connection cap, header-read and idle timeouts.
+//! - [`http`]: the connection loop: connection cap, header-read and idle timeouts, request
+//!   ids, the access log.
+//! - [`metrics`]: the Prometheus metrics a server serves at `/metrics`.
 //! - [`app`]: [`app::Sessiond`] embedded in another program, or [`app::start`] as a server
 //!   of its own; graceful shutdown.
 //! - [`admin`]: the offline commands `check` and `stats`.
@@ -89,6 +91,7 @@ pub mod config;
 pub mod domain;
 pub mod error;
 pub mod http;
+pub mod metrics;
 pub mod notifier;
 pub mod store;
 pub mod sweeper;

@@ -5,6 +5,8 @@
 //! warning window, a PATCH that leaves it expired); this task handles deadlines that pass
 //! later, found through the warning and expiry indexes.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -40,16 +42,25 @@ pub async fn notify_due_once(store: &Store, from: Timestamp, to: Timestamp) -> R
     Ok(noticed)
 }
 
-/// Looks for due deadlines every [`POLL_INTERVAL`] until `shutdown`. The first look reaches
-/// back `catch_up`, for notices that fell due while the server was down. Time is the
-/// store's clock.
-pub async fn run_until_stopped(store: Store, catch_up: Duration, shutdown: CancellationToken) {
+/// Looks for due deadlines every [`POLL_INTERVAL`] until `shutdown`, recording in
+/// `progress` up to when it has looked (Unix milliseconds), for the notifier's lag. The
+/// first look reaches back `catch_up`, for notices that fell due while the server was down.
+/// Time is the store's clock.
+pub async fn run_until_stopped(
+    store: Store,
+    catch_up: Duration,
+    progress: Arc<AtomicU64>,
+    shutdown: CancellationToken,
+) {
     let clock = store.clock().clone();
     let mut looked_through = clock.now() - catch_up;
     loop {
         let (from, to) = (looked_through - OVERLAP, clock.now());
         match notify_due_once(&store, from, to).await {
-            Ok(_) => looked_through = to,
+            Ok(_) => {
+                looked_through = to;
+                progress.store(to.as_millis(), Ordering::Relaxed);
+            }
             Err(error) => tracing::error!(%error, "looking for due notices failed; retrying"),
         }
         tokio::select! {

@@ -8,6 +8,7 @@ use uuid::Uuid;
 
 use crate::domain::{ClockVerdict, ClockWatch, Timestamp};
 use crate::error::Result;
+use crate::metrics::SweeperMetrics;
 use crate::store::{Store, BACKGROUND_WRITES};
 
 /// Sessions looked at per batch; bounds how long one batch holds the store.
@@ -18,6 +19,8 @@ const BATCH: usize = 256;
 pub struct SweepOutcome {
     /// Sessions removed with their messages and index entries.
     pub removed_sessions: usize,
+    /// Messages removed with those sessions.
+    pub removed_messages: u64,
     /// Deletions left unfinished by a crash and completed by this sweep.
     pub resumed_purges: usize,
 }
@@ -49,8 +52,9 @@ pub async fn sweep_once(
             .buffer_unordered(BACKGROUND_WRITES);
         let mut removed = 0;
         while let Some(deleted) = deletes.next().await {
-            if deleted?.is_some() {
+            if let Some(session) = deleted? {
                 removed += 1;
+                outcome.removed_messages += session.message_count;
             }
         }
         outcome.removed_sessions += removed;
@@ -62,6 +66,7 @@ pub async fn sweep_once(
     if outcome.removed_sessions > 0 || outcome.resumed_purges > 0 {
         tracing::info!(
             removed_sessions = outcome.removed_sessions,
+            removed_messages = outcome.removed_messages,
             resumed_purges = outcome.resumed_purges,
             "swept expired sessions"
         );
@@ -92,10 +97,16 @@ pub struct SweepSchedule {
     pub event_retention: Duration,
 }
 
-/// Sweeps every `schedule.interval` until `shutdown` is cancelled. A failed sweep is logged
-/// and the loop goes on. While the wall clock disagrees with the monotonic clock (it
-/// jumped; see [`ClockWatch`]) nothing is deleted. Time is the store's clock.
-pub async fn run_until_stopped(store: Store, schedule: SweepSchedule, shutdown: CancellationToken) {
+/// Sweeps every `schedule.interval` until `shutdown` is cancelled, counting what it removes
+/// and timing each sweep in `metrics`. A failed sweep is logged and the loop goes on. While
+/// the wall clock disagrees with the monotonic clock (it jumped; see [`ClockWatch`])
+/// nothing is deleted. Time is the store's clock.
+pub async fn run_until_stopped(
+    store: Store,
+    schedule: SweepSchedule,
+    metrics: SweeperMetrics,
+    shutdown: CancellationToken,
+) {
     let clock = store.clock().clone();
     let mut ticks = tokio::time::interval(schedule.interval);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -114,9 +125,17 @@ pub async fn run_until_stopped(store: Store, schedule: SweepSchedule, shutdown: 
             );
             continue;
         }
-        if let Err(error) = sweep_once(&store, now, schedule.expired_retention).await {
-            tracing::error!(%error, "sweep failed; retrying at the next tick");
+        let timer = metrics.sweep_seconds.start_timer();
+        match sweep_once(&store, now, schedule.expired_retention).await {
+            Ok(outcome) => {
+                metrics
+                    .sessions_removed
+                    .inc_by(outcome.removed_sessions as u64);
+                metrics.messages_removed.inc_by(outcome.removed_messages);
+            }
+            Err(error) => tracing::error!(%error, "sweep failed; retrying at the next tick"),
         }
+        timer.observe_duration();
         if let Err(error) = trim_events_once(&store, now, schedule.event_retention).await {
             tracing::error!(%error, "trimming events failed; retrying at the next tick");
         }
@@ -241,7 +260,12 @@ mod tests {
                 expired_retention: Duration::ZERO,
                 event_retention: Duration::from_secs(3600),
             };
-            let task = tokio::spawn(run_until_stopped(store.clone(), schedule, shutdown.clone()));
+            let task = tokio::spawn(run_until_stopped(
+                store.clone(),
+                schedule,
+                SweeperMetrics::unregistered(),
+                shutdown.clone(),
+            ));
             RunningLoop { task, shutdown }
         }
 

@@ -307,9 +307,10 @@ impl ApiError {
         )
     }
 
-    /// 500 INTERNAL_ERROR: the cause is logged under a request id; the client gets the id only.
+    /// 500 INTERNAL_ERROR: the cause is logged under the request's id; the client gets the id
+    /// only (also in its `X-Request-Id`).
     pub fn internal(cause: &dyn std::fmt::Display) -> Self {
-        let request_id = uuid::Uuid::new_v4();
+        let request_id = request_id();
         tracing::error!(%request_id, error = %cause, "internal error");
         Self::new(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -369,9 +370,9 @@ impl ApiError {
         )
     }
 
-    /// 503 STORAGE_UNAVAILABLE: the cause is logged under a request id.
+    /// 503 STORAGE_UNAVAILABLE: the cause is logged under the request's id.
     pub fn storage_unavailable(cause: &dyn std::fmt::Display) -> Self {
-        let request_id = uuid::Uuid::new_v4();
+        let request_id = request_id();
         tracing::error!(%request_id, error = %cause, "storage unavailable");
         Self::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -392,6 +393,13 @@ impl ApiError {
     }
 }
 
+/// The id of the request being answered, or a new one where the routes are served by
+/// another program's server (embedded), which gives requests none.
+fn request_id() -> std::sync::Arc<str> {
+    crate::http::access::current_request_id()
+        .unwrap_or_else(|| std::sync::Arc::from(uuid::Uuid::new_v4().to_string().as_str()))
+}
+
 impl From<TimeoutConfigError> for ApiError {
     fn from(error: TimeoutConfigError) -> Self {
         ApiError::invalid_timeout(error.to_string())
@@ -400,65 +408,31 @@ impl From<TimeoutConfigError> for ApiError {
 
 impl From<SessionError> for ApiError {
     fn from(error: SessionError) -> Self {
-        let details = error.to_string();
-        match error {
-            SessionError::NotFound(_) => ApiError::new(
-                StatusCode::NOT_FOUND,
-                "SESSION_NOT_FOUND",
-                "Session not found",
-                details,
-            ),
-            SessionError::Expired { .. } => ApiError::new(
-                StatusCode::GONE,
-                "SESSION_EXPIRED",
-                "Session has expired",
-                details,
-            ),
-            SessionError::MaxDurationReached { .. } => ApiError::new(
+        let (code, details) = (error.code(), error.to_string());
+        let (status, message) = match error {
+            SessionError::NotFound(_) => (StatusCode::NOT_FOUND, "Session not found"),
+            SessionError::Expired { .. } => (StatusCode::GONE, "Session has expired"),
+            SessionError::MaxDurationReached { .. } => (
                 StatusCode::UNPROCESSABLE_ENTITY,
-                "MAX_DURATION_REACHED",
                 "Session cannot be extended beyond its maximum duration",
-                details,
             ),
-            SessionError::InvalidParent { .. } => ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "INVALID_PARENT",
-                "Invalid parent message",
-                details,
-            ),
-            SessionError::ForbiddenAuthor { .. } => ApiError::new(
+            SessionError::InvalidParent { .. } => {
+                (StatusCode::BAD_REQUEST, "Invalid parent message")
+            }
+            SessionError::ForbiddenAuthor { .. } => (
                 StatusCode::FORBIDDEN,
-                "FORBIDDEN_AUTHOR",
                 "Author must be the session's user or agent",
-                details,
             ),
-            SessionError::InvalidTimeout(error) => error.into(),
-            SessionError::MessageNotFound { .. } => ApiError::new(
-                StatusCode::NOT_FOUND,
-                "MESSAGE_NOT_FOUND",
-                "Message not found",
-                details,
-            ),
+            SessionError::InvalidTimeout(error) => return error.into(),
+            SessionError::MessageNotFound { .. } => (StatusCode::NOT_FOUND, "Message not found"),
             // Only imports through the library can meet these: the API makes the ids.
-            SessionError::AlreadyExists(_) => ApiError::new(
-                StatusCode::CONFLICT,
-                "SESSION_EXISTS",
-                "Session already exists",
-                details,
-            ),
-            SessionError::MessageExists(_) => ApiError::new(
-                StatusCode::CONFLICT,
-                "MESSAGE_EXISTS",
-                "Message already exists",
-                details,
-            ),
-            SessionError::Unrestorable { .. } => ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "UNRESTORABLE",
-                "Session cannot be restored",
-                details,
-            ),
-        }
+            SessionError::AlreadyExists(_) => (StatusCode::CONFLICT, "Session already exists"),
+            SessionError::MessageExists(_) => (StatusCode::CONFLICT, "Message already exists"),
+            SessionError::Unrestorable { .. } => {
+                (StatusCode::BAD_REQUEST, "Session cannot be restored")
+            }
+        };
+        ApiError::new(status, code, message, details)
     }
 }
 

@@ -11,6 +11,7 @@ mod feather;
 mod fields;
 mod health;
 mod messages;
+mod metrics;
 pub mod openapi;
 mod query;
 mod sessions;
@@ -56,6 +57,10 @@ pub(crate) struct AppState {
     pub streams: Arc<tokio::sync::Semaphore>,
     /// One permit per request-body byte being read.
     pub body_budget: Arc<tokio::sync::Semaphore>,
+    /// Most streams open at once (the permits of `streams`).
+    pub max_streams: usize,
+    /// The server's metrics.
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl AppState {
@@ -93,7 +98,14 @@ impl AppState {
 impl AppState {
     /// The state for a store and a configuration; the routes read the store's clock.
     pub fn new(store: Store, config: &crate::config::ServeConfig) -> Self {
+        let engine = if config.store.is_some() {
+            "postgres"
+        } else {
+            "sled"
+        };
         AppState {
+            metrics: Arc::new(crate::metrics::Metrics::new(store.metrics(), engine)),
+            max_streams: config.max_streams,
             clock: store.clock().clone(),
             store,
             policy: config.timeout_policy(),
@@ -183,19 +195,44 @@ pub(crate) fn routes(state: &AppState) -> BoxedFilter<(warp::reply::Response,)> 
         .boxed()
 }
 
-/// The routes of sessiond's own server: [`routes`], and the envelope for every other path
-/// (401 without the key, as the key is checked before routing; else 404 with a hint).
+/// The routes of sessiond's own server: [`routes`], `/metrics`, and the envelope for every
+/// other path (401 without the key, as the key is checked before routing; else 404 with a
+/// hint).
 pub(crate) fn server_routes(state: &AppState) -> BoxedFilter<(warp::reply::Response,)> {
-    let unknown = warp::path::full()
+    let shared = Arc::new(state.clone());
+    let others = metrics::routes(&shared).or(unknown_path()).unify().boxed();
+    routes(state)
+        .or(with_cors(state, guarded(state, others)))
+        .unify()
+        .boxed()
+}
+
+/// The routes of the metrics listener (`--metrics-addr`): `/metrics` without the API key,
+/// the envelope for every other path.
+pub(crate) fn metrics_routes(state: &AppState) -> BoxedFilter<(warp::reply::Response,)> {
+    let shared = Arc::new(state.clone());
+    metrics::routes(&shared)
+        .or(unknown_path())
+        .unify()
+        .recover(handle_rejection)
+        .unify()
+        .map(Reply::into_response)
+        .boxed()
+}
+
+/// `/metrics` alone, for an app that embeds the routes.
+pub(crate) fn metrics_route(state: &AppState) -> BoxedFilter<(warp::reply::Response,)> {
+    metrics::routes(&Arc::new(state.clone())).boxed()
+}
+
+/// 404 with a hint, for a path no route claims.
+fn unknown_path() -> BoxedFilter<(warp::reply::Response,)> {
+    warp::path::full()
         .and_then(|path: warp::path::FullPath| async move {
             Err::<warp::reply::Response, _>(warp::reject::custom(ApiError::path_not_found(
                 path.as_str(),
             )))
         })
-        .boxed();
-    routes(state)
-        .or(with_cors(state, guarded(state, unknown)))
-        .unify()
         .boxed()
 }
 
@@ -250,6 +287,30 @@ fn with_cors(
         .boxed()
 }
 
+/// The route template a request path falls under (`/api/messaging/sessions/{sessionId}`),
+/// for metrics and logs, which never carry a raw path (its ids would make a series each);
+/// `unmatched` for a path no route serves.
+pub(crate) fn route_template(path: &str) -> &'static str {
+    let fits = |template: &str| {
+        let mut given = path.split('/');
+        let mut literal = 0;
+        for part in template.split('/') {
+            match given.next() {
+                Some(segment) if part == segment => literal += 1,
+                Some(segment) if part.starts_with('{') && !segment.is_empty() => {}
+                _ => return None,
+            }
+        }
+        given.next().is_none().then_some(literal)
+    };
+    openapi::ROUTES
+        .iter()
+        .filter_map(|&(_, template)| fits(template).map(|literal| (literal, template)))
+        // `/sessions/health` over `/sessions/{sessionId}`.
+        .max_by_key(|&(literal, _)| literal)
+        .map_or("unmatched", |(_, template)| template)
+}
+
 /// Rejects with 401 unless the request carries the key (health is always open). Runs
 /// before routing, so unknown routes answer 401 too.
 fn authorize(key: Option<Arc<str>>) -> BoxedFilter<()> {
@@ -295,6 +356,36 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_path_is_named_by_its_route_template_and_an_unknown_one_as_unmatched() {
+        let id = Uuid::now_v7();
+        for (path, template) in [
+            (
+                "/api/messaging/sessions".to_owned(),
+                "/api/messaging/sessions",
+            ),
+            (
+                "/api/messaging/sessions/health".to_owned(),
+                "/api/messaging/sessions/health",
+            ),
+            (
+                format!("/api/messaging/sessions/{id}"),
+                "/api/messaging/sessions/{sessionId}",
+            ),
+            (
+                format!("/api/messaging/sessions/{id}/messages/{id}/thread"),
+                "/api/messaging/sessions/{sessionId}/messages/{messageId}/thread",
+            ),
+            ("/metrics".to_owned(), "/metrics"),
+            ("/api/messaging/sessions//messages".to_owned(), "unmatched"),
+            (format!("/api/messaging/sessions/{id}/x"), "unmatched"),
+            ("/".to_owned(), "unmatched"),
+            ("/etc/passwd".to_owned(), "unmatched"),
+        ] {
+            assert_eq!(route_template(&path), template, "{path}");
+        }
+    }
 
     #[test]
     fn constant_time_eq_compares_whole_values() {

@@ -51,6 +51,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/api/messaging/events"),
     ("POST", "/v1/ask-feather/sessions/{session_id}/messages"),
     ("GET", PATH),
+    ("GET", super::metrics::PATH),
 ];
 
 /// The errors any operation can answer: 401, 500, 503.
@@ -133,6 +134,7 @@ pub(super) enum BodyErrors {
         super::events::stream_owner_events,
         super::feather::create_feather_message,
         get_openapi,
+        super::metrics::scrape,
     ),
     modifiers(&Security),
     security(("apiKey" = [])),
@@ -142,7 +144,7 @@ pub(super) enum BodyErrors {
         (name = "messages", description = "The append-only message tree of a session."),
         (name = "events", description = "Server-Sent Events streams."),
         (name = "feather", description = "The Feather ask-feather compatible route."),
-        (name = "meta", description = "This document."),
+        (name = "meta", description = "This document, and the server's metrics."),
     )
 )]
 pub struct ApiDoc;

@@ -26,6 +26,17 @@ pub enum EventKind {
 }
 
 impl EventKind {
+    /// Every kind.
+    pub const ALL: [EventKind; 7] = [
+        EventKind::SessionCreated,
+        EventKind::Message,
+        EventKind::SessionRenewed,
+        EventKind::SessionTimeoutUpdated,
+        EventKind::SessionExpiring,
+        EventKind::SessionExpired,
+        EventKind::SessionDeleted,
+    ];
+
     /// The SSE event name.
     pub const fn name(self) -> &'static str {
         match self {

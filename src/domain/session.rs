@@ -289,6 +289,24 @@ pub enum SessionError {
     },
 }
 
+impl SessionError {
+    /// The error code the contract answers it with, also the reason metrics count it by.
+    pub const fn code(&self) -> &'static str {
+        match self {
+            SessionError::NotFound(_) => "SESSION_NOT_FOUND",
+            SessionError::Expired { .. } => "SESSION_EXPIRED",
+            SessionError::MaxDurationReached { .. } => "MAX_DURATION_REACHED",
+            SessionError::InvalidParent { .. } => "INVALID_PARENT",
+            SessionError::ForbiddenAuthor { .. } => "FORBIDDEN_AUTHOR",
+            SessionError::InvalidTimeout(_) => "INVALID_TIMEOUT_CONFIG",
+            SessionError::AlreadyExists(_) => "SESSION_EXISTS",
+            SessionError::MessageExists(_) => "MESSAGE_EXISTS",
+            SessionError::Unrestorable { .. } => "UNRESTORABLE",
+            SessionError::MessageNotFound { .. } => "MESSAGE_NOT_FOUND",
+        }
+    }
+}
+
 /// A session as stored.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Session {

@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use futures_util::Stream;
 use tokio::sync::mpsc;
 
-use super::Store;
+use super::{Store, StoreMetrics};
 use crate::domain::{
     DueNotices, Event, EventData, EventFilter, EventKind, Message, Session, Timestamp,
 };
@@ -187,11 +187,14 @@ struct BusState {
 impl BusState {
     /// Hands `durable` (in id order, after every event published before) to the
     /// subscribers, as one publication.
-    fn publish(&mut self, durable: Vec<Arc<StreamEvent>>) {
+    fn publish(&mut self, durable: Vec<Arc<StreamEvent>>, metrics: &StoreMetrics) {
         let Some(last) = durable.last() else {
             return;
         };
         self.published_through = last.id;
+        for event in &durable {
+            metrics.published(event.kind);
+        }
         let publication: Published = durable.into();
         self.subscribers.retain(|subscriber| {
             let matching = publication
@@ -204,6 +207,7 @@ impl BusState {
             let backlog = subscriber.backlog.fetch_add(matching, Ordering::Relaxed);
             if backlog + matching > subscriber.capacity {
                 tracing::info!(filter = ?subscriber.filter, "cut off a subscriber that fell behind");
+                metrics.streams_cut_off.inc();
                 return false;
             }
             subscriber
@@ -218,16 +222,18 @@ impl BusState {
 /// `capacity` events behind is cut off.
 pub(crate) struct EventBus {
     state: Mutex<BusState>,
+    metrics: Arc<StoreMetrics>,
 }
 
 impl EventBus {
-    pub(super) fn new(last_id: u64) -> Self {
+    pub(super) fn new(last_id: u64, metrics: Arc<StoreMetrics>) -> Self {
         EventBus {
             state: Mutex::new(BusState {
                 committed_through: last_id,
                 published_through: last_id,
                 ..Default::default()
             }),
+            metrics,
         }
     }
 
@@ -288,7 +294,7 @@ impl EventBus {
             }
             durable.push(event);
         }
-        state.publish(durable);
+        state.publish(durable, &self.metrics);
     }
 
     /// Publishes `events`, durable already (committed by a database), in id order, skipping
@@ -305,7 +311,7 @@ impl EventBus {
         if let Some(last) = fresh.last() {
             state.committed_through = state.committed_through.max(last.id);
         }
-        state.publish(fresh);
+        state.publish(fresh, &self.metrics);
     }
 
     fn subscribe(&self, filter: EventFilter, capacity: usize) -> Subscription {
@@ -511,7 +517,7 @@ mod tests {
     /// A bus holding, pending, a `session.renewed` event for each of `sessions` in turn, with
     /// ids from 1.
     fn bus_with_pending(sessions: &[&Session]) -> EventBus {
-        let bus = EventBus::new(0);
+        let bus = EventBus::new(0, Arc::new(StoreMetrics::new()));
         let mut log = EventLog::new(1);
         for session in sessions {
             log.session(T0, EventKind::SessionRenewed, session);

@@ -2,6 +2,7 @@
 
 use uuid::Uuid;
 
+use super::metrics::RenewalKind;
 use super::write::{refuse, Announced, TxResult, Work, WriteCtx, WriteTime};
 use super::Store;
 use crate::domain::{EventKind, Message, NewMessage, Renewal, Session, SessionError};
@@ -119,7 +120,14 @@ impl Store {
                 renewal,
             })
         });
-        self.write(WriteTime::Now, work).await
+        let appended = self.write(WriteTime::Now, work).await;
+        if let Ok(Ok(appended)) = &appended {
+            self.metrics.appended();
+            if appended.renewal == Renewal::Renewed {
+                self.metrics.renewed(RenewalKind::Activity);
+            }
+        }
+        appended
     }
 
     /// A message of this session, by id.

@@ -16,6 +16,7 @@
 mod backend;
 mod events;
 mod messages;
+mod metrics;
 mod pg_backend;
 mod sessions;
 mod sled_backend;
@@ -31,6 +32,7 @@ pub use events::{
     EventStream, LiveEvents, StreamEvent, Subscription, UnknownEventId, STREAM_BUFFER,
 };
 pub use messages::{Appended, MessagePage, MessageQuery};
+pub use metrics::StoreMetrics;
 pub use pg_backend::{url_without_password, PgOptions};
 pub use sessions::{SessionCounts, SessionPage, SessionQuery, StatusFilter};
 pub use sled_backend::{CheckReport, TreeStats, FORMAT_VERSION};
@@ -71,6 +73,8 @@ pub struct Store {
     bus: Arc<events::EventBus>,
     /// What a write's `now` is read from.
     clock: Arc<dyn Clock>,
+    /// What the store counts and times; the engine and the bus share it.
+    metrics: Arc<StoreMetrics>,
 }
 
 impl std::fmt::Debug for Store {
@@ -98,11 +102,14 @@ impl Store {
         options: &StoreOptions,
         clock: Arc<dyn Clock>,
     ) -> Result<Store> {
-        let backend: Arc<dyn Backend> = Arc::new(SledBackend::open(path, options)?);
+        let metrics = Arc::new(StoreMetrics::new());
+        let backend: Arc<dyn Backend> =
+            Arc::new(SledBackend::open(path, options, metrics.clone())?);
         Ok(Store {
             bus: backend.bus().clone(),
             backend,
             clock,
+            metrics,
         })
     }
 
@@ -118,17 +125,25 @@ impl Store {
         options: &PgOptions,
         clock: Arc<dyn Clock>,
     ) -> Result<Store> {
-        let backend: Arc<dyn Backend> = Arc::new(pg_backend::PgBackend::open(url, options).await?);
+        let metrics = Arc::new(StoreMetrics::new());
+        let backend: Arc<dyn Backend> =
+            Arc::new(pg_backend::PgBackend::open(url, options, metrics.clone()).await?);
         Ok(Store {
             bus: backend.bus().clone(),
             backend,
             clock,
+            metrics,
         })
     }
 
     /// The clock the store's writes read their time from.
     pub fn clock(&self) -> &Arc<dyn Clock> {
         &self.clock
+    }
+
+    /// The store's instruments, to register with a metrics registry.
+    pub fn metrics(&self) -> &StoreMetrics {
+        &self.metrics
     }
 
     /// Why the store refuses writes, while it does: after a write failed (a full disk,

@@ -3,6 +3,7 @@
 use uuid::Uuid;
 
 use super::messages::append_to;
+use super::metrics::RenewalKind;
 use super::write::{refuse, settle_unrefused, Announced, Work, WriteTime};
 use super::Store;
 use crate::domain::{
@@ -184,17 +185,29 @@ impl Store {
         id: Uuid,
         change: SessionChange,
     ) -> Result<Result<(Session, Timestamp), SessionError>> {
-        let work: Work<(Session, Timestamp)> = Box::new(move |ctx| {
+        let work: Work<(Session, Timestamp, bool)> = Box::new(move |ctx| {
             let old = ctx.active_session(id)?;
             let mut new = old.clone();
             let announced = match change.apply(&mut new, ctx.now) {
-                Ok(announced) => announced.map(Announced::Session),
+                Ok(announced) => announced,
                 Err(refused) => return refuse(refused),
             };
+            let renewed = announced == Some(EventKind::SessionRenewed);
+            let announced = announced.map(Announced::Session);
             let saved = ctx.save_session(Some(&old), new, announced.as_slice())?;
-            Ok((saved, ctx.now))
+            Ok((saved, ctx.now, renewed))
         });
-        self.write(WriteTime::Now, work).await
+        let changed = self.write(WriteTime::Now, work).await?;
+        Ok(changed.map(|(session, now, renewed)| {
+            match change {
+                SessionChange::Renew if renewed => self.metrics.renewed(RenewalKind::Manual),
+                SessionChange::Heartbeat if renewed => {
+                    self.metrics.renewed(RenewalKind::Heartbeat);
+                }
+                _ => {}
+            }
+            (session, now)
+        }))
     }
 
     /// Records the lifecycle notices (`session.expiring`, `session.expired`) due for a

@@ -14,7 +14,7 @@ use tokio::sync::oneshot;
 use uuid::Uuid;
 
 use super::events::EventLog;
-use super::Store;
+use super::{Store, StoreMetrics};
 use crate::domain::{Clock, Event, EventKind, Message, Session, SessionError, Timestamp};
 use crate::error::{Error, Result};
 
@@ -193,6 +193,7 @@ struct Pending<T> {
     now: Cell<Option<Timestamp>>,
     outcome: RefCell<Option<std::result::Result<T, SessionError>>>,
     reply: oneshot::Sender<Answer<T>>,
+    metrics: Arc<StoreMetrics>,
 }
 
 impl<T: Send> Job for Pending<T> {
@@ -220,15 +221,28 @@ impl<T: Send> Job for Pending<T> {
 
     fn answer(self: Box<Self>, durable: &Result<(), Arc<Error>>) {
         let answer = match (durable, self.outcome.into_inner()) {
-            (Err(error), _) => Err(Error::Flush(error.clone())),
-            (Ok(()), Some(outcome)) => Ok(outcome),
-            (Ok(()), None) => Err(Error::corrupt("a write was never run")),
+            (Err(error), _) => {
+                self.metrics.failed(error);
+                Err(Error::Flush(error.clone()))
+            }
+            (Ok(()), Some(outcome)) => {
+                if let Err(refusal) = &outcome {
+                    self.metrics.refused(refusal);
+                }
+                Ok(outcome)
+            }
+            (Ok(()), None) => {
+                let error = Error::corrupt("a write was never run");
+                self.metrics.failed(&error);
+                Err(error)
+            }
         };
         // The writer may have stopped waiting (its request was dropped); nothing to do then.
         let _ = self.reply.send(answer);
     }
 
     fn fail(self: Box<Self>, error: Error) {
+        self.metrics.failed(&error);
         let _ = self.reply.send(Err(error));
     }
 }
@@ -242,14 +256,17 @@ impl Store {
         work: Work<T>,
     ) -> Answer<T> {
         let (reply, answer) = oneshot::channel();
-        self.backend.submit(Box::new(Pending {
-            work,
-            clock: self.clock.clone(),
-            time,
-            now: Cell::new(None),
-            outcome: RefCell::new(None),
-            reply,
-        }))?;
+        self.backend
+            .submit(Box::new(Pending {
+                work,
+                clock: self.clock.clone(),
+                time,
+                now: Cell::new(None),
+                outcome: RefCell::new(None),
+                reply,
+                metrics: self.metrics.clone(),
+            }))
+            .inspect_err(|error| self.metrics.failed(error))?;
         answer.await.map_err(|_| Error::WriterStopped)?
     }
 }

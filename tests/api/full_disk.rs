@@ -9,6 +9,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
+use reqwest::Method;
 use serde_json::{json, Value};
 use sessiond::domain::{EventData, EventFilter};
 use sessiond::store::EventStream;
@@ -248,9 +249,34 @@ async fn a_full_disk_refuses_writes_keeps_reads_and_recovers_without_a_restart()
     app.try_create_session(&json!({ "agentId": new_id(), "userId": new_id() }))
         .await
         .expect_error(503, "STORAGE_UNAVAILABLE");
+    // The metrics say so: the state, the refusals, and the batch that failed.
+    let metrics = app.send(app.request(Method::GET, "/metrics")).await.text;
+    assert_eq!(
+        metric_sample(&metrics, "sessiond_storage_unavailable", &[]),
+        1.0
+    );
+    assert!(
+        metric_sample(
+            &metrics,
+            "sessiond_writes_refused_total",
+            &[("reason", "STORAGE_UNAVAILABLE")]
+        ) >= 1.0
+    );
+    assert!(
+        metric_sample(
+            &metrics,
+            "sessiond_writes_failed_total",
+            &[("reason", "storage")]
+        ) >= 1.0
+    );
 
     std::fs::remove_file(filler).expect("the filler can be removed");
     await_healthy(&app).await;
+    let metrics = app.send(app.request(Method::GET, "/metrics")).await.text;
+    assert_eq!(
+        metric_sample(&metrics, "sessiond_storage_unavailable", &[]),
+        0.0
+    );
     for (attempt, session) in sessions.iter().enumerate() {
         let content = format!("after {attempt}");
         assert_eq!(ledger.append(&app, session, content).await, 201);

@@ -720,3 +720,22 @@ impl Api for EmbeddedApp {
         }
     }
 }
+
+/// The sum of the samples of `name` whose labels include every pair of `labels`.
+pub fn metric_sample(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            let (series_name, series_labels) = match series.split_once('{') {
+                Some((series_name, rest)) => (series_name, rest.trim_end_matches('}')),
+                None => (series, ""),
+            };
+            let wanted = series_name == name
+                && labels
+                    .iter()
+                    .all(|(label, value)| series_labels.contains(&format!("{label}=\"{value}\"")));
+            wanted.then(|| value.parse::<f64>().expect("a sample's value is a number"))
+        })
+        .sum()
+}

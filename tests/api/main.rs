@@ -12,4 +12,5 @@ mod lifecycle;
 mod limits;
 mod messages;
 mod openapi;
+mod operability;
 mod sessions;

@@ -95,12 +95,18 @@ impl Server {
             .lines()
             .find(|line| line.contains("sessiond listening"))
             .expect("a listening line");
-        let addr = listening
-            .split("addr=")
-            .nth(1)
-            .and_then(|rest| rest.split_whitespace().next())
-            .expect("the line names the address");
-        addr.parse().expect("a socket address")
+        // A text line says `addr=…`; a JSON line (--log-format json) has an "addr" field.
+        let addr = match serde_json::from_str::<serde_json::Value>(listening) {
+            Ok(line) => line["addr"].as_str().map(str::to_owned),
+            Err(_) => listening
+                .split("addr=")
+                .nth(1)
+                .and_then(|rest| rest.split_whitespace().next())
+                .map(str::to_owned),
+        };
+        addr.expect("the line names the address")
+            .parse()
+            .expect("a socket address")
     }
 
     /// Sends `signal` (a `kill` name such as HUP) and waits for the process to end; returns

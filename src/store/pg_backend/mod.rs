@@ -27,6 +27,7 @@ use tokio_postgres::NoTls;
 use super::backend::Release;
 use super::events::EventBus;
 use super::write::Job;
+use super::StoreMetrics;
 use crate::error::{Error, Result};
 
 /// How long a reader resuming after an event another node showed it waits for this node to
@@ -96,7 +97,11 @@ pub(super) fn storage(error: tokio_postgres::Error) -> Error {
 
 impl PgBackend {
     /// Connects to the database at `url`, making or checking its tables.
-    pub(super) async fn open(url: &str, options: &PgOptions) -> Result<PgBackend> {
+    pub(super) async fn open(
+        url: &str,
+        options: &PgOptions,
+        metrics: Arc<StoreMetrics>,
+    ) -> Result<PgBackend> {
         let mut config: tokio_postgres::Config = url.parse().map_err(|error| {
             Error::Config(format!(
                 "--store {}: not a PostgreSQL URL: {error}",
@@ -131,9 +136,10 @@ impl PgBackend {
             .build()
             .map_err(|error| Error::Config(format!("the connection pool: {error}")))?;
         let published = next_event_id.saturating_sub(1);
-        let bus = Arc::new(EventBus::new(published));
+        let bus = Arc::new(EventBus::new(published, metrics.clone()));
         let follower = follower::Follower::start(config.clone(), bus.clone(), published);
-        let writer = writer::Writer::start(postgres::Config::from(config.clone()), bus.clone())?;
+        let writer =
+            writer::Writer::start(postgres::Config::from(config.clone()), bus.clone(), metrics)?;
         Ok(PgBackend {
             pool,
             config,

@@ -8,7 +8,7 @@
 
 use std::sync::{mpsc, Arc};
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio_postgres::NoTls;
 
@@ -17,6 +17,7 @@ use crate::domain::Event;
 use crate::error::{Error, Result};
 use crate::store::events::EventBus;
 use crate::store::write::{Failure, Job};
+use crate::store::StoreMetrics;
 
 /// Most writes one transaction takes: bounds how long a write waits behind others.
 const MAX_BATCH: usize = 128;
@@ -28,6 +29,7 @@ const RECONNECT_PAUSE: Duration = Duration::from_millis(250);
 pub(super) struct Writer {
     queue: Option<mpsc::Sender<Box<dyn Job>>>,
     thread: Option<thread::JoinHandle<()>>,
+    metrics: Arc<StoreMetrics>,
 }
 
 impl Drop for Writer {
@@ -41,26 +43,40 @@ impl Drop for Writer {
 
 impl Writer {
     /// Starts the writer; it publishes each batch's events on `bus` before answering it.
-    pub(super) fn start(config: postgres::Config, bus: Arc<EventBus>) -> Result<Writer> {
+    pub(super) fn start(
+        config: postgres::Config,
+        bus: Arc<EventBus>,
+        metrics: Arc<StoreMetrics>,
+    ) -> Result<Writer> {
         let (queue, jobs) = mpsc::channel::<Box<dyn Job>>();
+        let thread_metrics = metrics.clone();
         let thread = thread::Builder::new()
             .name("sessiond-writer".into())
-            .spawn(move || run(&config, &jobs, &bus))?;
+            .spawn(move || run(&config, &jobs, &bus, &thread_metrics))?;
         Ok(Writer {
             queue: Some(queue),
             thread: Some(thread),
+            metrics,
         })
     }
 
     pub(super) fn submit(&self, job: Box<dyn Job>) -> Result<()> {
-        self.queue
-            .as_ref()
-            .and_then(|queue| queue.send(job).ok())
-            .ok_or(Error::WriterStopped)
+        let queue = self.queue.as_ref().ok_or(Error::WriterStopped)?;
+        // Counted before it is sent: the writer may take it at once.
+        self.metrics.queue_depth.inc();
+        queue.send(job).map_err(|_| {
+            self.metrics.queue_depth.dec();
+            Error::WriterStopped
+        })
     }
 }
 
-fn run(config: &postgres::Config, jobs: &mpsc::Receiver<Box<dyn Job>>, bus: &EventBus) {
+fn run(
+    config: &postgres::Config,
+    jobs: &mpsc::Receiver<Box<dyn Job>>,
+    bus: &EventBus,
+    metrics: &StoreMetrics,
+) {
     let mut connection: Option<(postgres::Client, Statements)> = None;
     while let Ok(first) = jobs.recv() {
         let mut batch = vec![first];
@@ -70,6 +86,8 @@ fn run(config: &postgres::Config, jobs: &mpsc::Receiver<Box<dyn Job>>, bus: &Eve
                 Err(_) => break,
             }
         }
+        metrics.queue_depth.sub(batch.len() as i64);
+        metrics.batch_writes.observe(batch.len() as f64);
         let connected = match connection.take() {
             Some(open) if !open.0.is_closed() => Ok(open),
             _ => config
@@ -89,7 +107,7 @@ fn run(config: &postgres::Config, jobs: &mpsc::Receiver<Box<dyn Job>>, bus: &Eve
                 continue;
             }
         };
-        commit(&mut client, &statements, batch, bus);
+        commit(&mut client, &statements, batch, bus, metrics);
         connection = Some((client, statements));
     }
 }
@@ -117,10 +135,11 @@ fn commit(
     statements: &Statements,
     batch: Vec<Box<dyn Job>>,
     bus: &EventBus,
+    metrics: &StoreMetrics,
 ) {
     let mut batch: Vec<Option<Box<dyn Job>>> = batch.into_iter().map(Some).collect();
     let outcome = loop {
-        match run_batch(client, statements, &batch) {
+        match run_batch(client, statements, &batch, metrics) {
             Err(BatchAbort::Batch(Failure::Conflict)) => continue,
             Err(BatchAbort::Write(index, error)) => {
                 if let Some(job) = batch[index].take() {
@@ -209,8 +228,10 @@ fn run_batch(
     client: &mut postgres::Client,
     statements: &Statements,
     batch: &[Option<Box<dyn Job>>],
+    metrics: &StoreMetrics,
 ) -> std::result::Result<Vec<Event>, BatchAbort> {
     let storage = |error| write_ops::failure(super::storage(error));
+    let started = Instant::now();
     let mut tx = client.transaction().map_err(storage)?;
     let next: i64 = tx
         .query_one(
@@ -244,6 +265,13 @@ fn run_batch(
         // Delivered at the commit, to every node's follower.
         batch_tx.run(super::follower::NOTIFY, &[])?;
     }
+    let committing = Instant::now();
+    metrics
+        .commit_seconds
+        .observe((committing - started).as_secs_f64());
     batch_tx.tx.into_inner().commit().map_err(storage)?;
+    metrics
+        .sync_seconds
+        .observe(committing.elapsed().as_secs_f64());
     Ok(events)
 }

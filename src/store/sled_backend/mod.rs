@@ -33,7 +33,7 @@ use super::events::{EventBus, EventReplay};
 use super::messages::{MessagePage, MessageQuery};
 use super::sessions::{SessionCounts, SessionPage, SessionQuery};
 use super::write::{broken, settle_unrefused, Failure, Job, TxResult};
-use super::StoreOptions;
+use super::{StoreMetrics, StoreOptions};
 use crate::domain::{Event, Message, Session, SessionError, Timestamp};
 use crate::error::{Error, Result};
 use engine::{Engine, EngineSlot};
@@ -67,15 +67,19 @@ impl SledBackend {
     /// # Errors
     /// [`Error::NewerFormat`] for a store written by a newer sessiond; storage and I/O
     /// errors as sled reports them (including another process holding the lock).
-    pub(super) fn open(path: &Path, options: &StoreOptions) -> Result<SledBackend> {
+    pub(super) fn open(
+        path: &Path,
+        options: &StoreOptions,
+        metrics: Arc<StoreMetrics>,
+    ) -> Result<SledBackend> {
         let engines = Arc::new(EngineSlot::open(path, options)?);
         let engine = engines.engine()?;
         let meta = engine.db.open_tree("meta")?;
         upgrade_format(&engine.db, &meta, path)?;
         let next_event_id = event_records::next_event_id(&engine.trees.events)?;
         drop(engine);
-        let bus = Arc::new(EventBus::new(next_event_id - 1));
-        let writer = Writer::start(engines.clone(), path, bus.clone(), next_event_id)?;
+        let bus = Arc::new(EventBus::new(next_event_id - 1, metrics.clone()));
+        let writer = Writer::start(engines.clone(), path, bus.clone(), next_event_id, metrics)?;
         Ok(SledBackend {
             path: path.to_path_buf(),
             engines,

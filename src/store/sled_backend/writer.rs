@@ -26,6 +26,7 @@ use crate::domain::{Event, SessionError};
 use crate::error::{Error, Result};
 use crate::store::events::EventBus;
 use crate::store::write::{Answer, Failure, Job, TxResult};
+use crate::store::StoreMetrics;
 
 /// Most writes one transaction takes: bounds how long a write waits behind others.
 const MAX_BATCH: usize = 128;
@@ -103,6 +104,7 @@ pub(super) struct Writer {
     thread: Option<thread::JoinHandle<()>>,
     engines: Arc<EngineSlot>,
     bus: Arc<EventBus>,
+    metrics: Arc<StoreMetrics>,
 }
 
 impl Drop for Writer {
@@ -125,6 +127,7 @@ impl Writer {
         path: &Path,
         bus: Arc<EventBus>,
         next_event_id: u64,
+        metrics: Arc<StoreMetrics>,
     ) -> Result<Writer> {
         // A new store's files must also be findable after power loss: sync their directory.
         File::open(path)?.sync_all()?;
@@ -134,6 +137,7 @@ impl Writer {
             bus: bus.clone(),
             next_event_id,
             last_restore: None,
+            metrics: metrics.clone(),
         };
         let thread = thread::Builder::new()
             .name("sessiond-writer".into())
@@ -143,6 +147,7 @@ impl Writer {
             thread: Some(thread),
             engines,
             bus,
+            metrics,
         })
     }
 
@@ -157,11 +162,13 @@ impl Writer {
     }
 
     fn send(&self, queued: Queued) -> Result<()> {
-        self.queue
-            .as_ref()
-            .ok_or(Error::WriterStopped)?
-            .send(queued)
-            .map_err(|_| Error::WriterStopped)
+        let queue = self.queue.as_ref().ok_or(Error::WriterStopped)?;
+        // Counted before it is sent: the writer may take it at once.
+        self.metrics.queue_depth.inc();
+        queue.send(queued).map_err(|_| {
+            self.metrics.queue_depth.dec();
+            Error::WriterStopped
+        })
     }
 
     /// Flushes and syncs on the calling thread.
@@ -177,6 +184,7 @@ struct WriterThread {
     next_event_id: u64,
     /// When writes were refused and the writer last checked whether the disk takes them.
     last_restore: Option<Instant>,
+    metrics: Arc<StoreMetrics>,
 }
 
 impl WriterThread {
@@ -199,6 +207,7 @@ impl WriterThread {
                 .chain(waiting.try_iter())
                 .take(MAX_BATCH)
                 .collect();
+            self.metrics.queue_depth.sub(batch.len() as i64);
             if let Some(reason) = self.refusal() {
                 for job in batch {
                     job.fail(Error::Degraded(reason.clone()));
@@ -257,9 +266,17 @@ impl WriterThread {
             batch,
         );
         let elapsed = started.elapsed();
+        self.metrics.batch_writes.observe(writes as f64);
+        self.metrics.commit_seconds.observe(elapsed.as_secs_f64());
         let durable = match committed.failure {
             Some(error) => Err(error),
-            None if committed.changed => sync(&engine, &self.bus),
+            None if committed.changed => {
+                let synced = sync(&engine, &self.bus);
+                self.metrics
+                    .sync_seconds
+                    .observe((started.elapsed() - elapsed).as_secs_f64());
+                synced
+            }
             None => Ok(()),
         };
         drop(engine);

@@ -1,5 +1,8 @@
 //! The HTTP server loop: accepts connections under a cap, with a header-read timeout and an
-//! idle timeout, and shuts down gracefully. (warp's own `serve` offers none of these limits.)
+//! idle timeout, and shuts down gracefully (warp's own `serve` offers none of these limits).
+//! Every request gets an id and is recorded ([`access`]).
+
+pub mod access;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -18,7 +21,10 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio::time::{Instant, Sleep};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 use warp::filters::BoxedFilter;
+
+use access::{Access, RequestLog};
 
 /// Connection limits.
 #[derive(Clone, Copy, Debug)]
@@ -46,11 +52,12 @@ pub struct ConnectionLimits {
 pub const H2_STREAMS_PER_CONNECTION: u32 = 32;
 
 /// Serves `routes` on `listener` until `shutdown`, then stops accepting, lets in-flight
-/// requests finish (up to the drain timeout) and returns.
+/// requests finish (up to the drain timeout) and returns. Each request is recorded in `log`.
 pub async fn serve(
     listener: TcpListener,
     routes: BoxedFilter<(warp::reply::Response,)>,
     limits: ConnectionLimits,
+    log: RequestLog,
     shutdown: CancellationToken,
 ) {
     let slots = Arc::new(Semaphore::new(limits.max_connections));
@@ -112,6 +119,8 @@ pub async fn serve(
             inner: hyper_util::service::TowerToHyperService::new(warp::service(routes.clone())),
             state,
             max_head_bytes: limits.max_head_bytes,
+            log: log.clone(),
+            peer,
         };
         let connection = graceful.watch(
             builder
@@ -301,11 +310,13 @@ impl Exchange {
     }
 }
 
-/// The connection's service, with each request's [`Exchange`] tracked.
+/// The connection's service, with each request's [`Exchange`] tracked and recorded.
 struct Tracked<S> {
     inner: S,
     state: Arc<ConnectionState>,
     max_head_bytes: usize,
+    log: RequestLog,
+    peer: std::net::SocketAddr,
 }
 
 /// The size of a request's head as sent over HTTP/1.1: request line, headers, blank line.
@@ -336,12 +347,33 @@ where
     type Future =
         Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send + 'static>>;
 
-    fn call(&self, request: Request<Incoming>) -> Self::Future {
+    fn call(&self, mut request: Request<Incoming>) -> Self::Future {
+        let id = access::request_id(request.headers());
+        let access = self.log.begin(
+            request.method(),
+            request.uri().path(),
+            id.clone(),
+            self.peer,
+        );
+        // Sane by construction (see `request_id`).
+        let id_header = hyper::header::HeaderValue::from_str(&id).ok();
+        if let Some(value) = &id_header {
+            request
+                .headers_mut()
+                .insert(access::REQUEST_ID, value.clone());
+        }
         let exchange = Exchange::new(self.state.clone());
         let request = request.map(|body| TrackedBody::request(body, exchange.clone()));
         // Dropped unanswered (the client went away), the guard still ends the exchange.
-        let answer = ResponseGuard(exchange);
-        let wrap = move |response: warp::reply::Response| {
+        let answer = ResponseGuard {
+            exchange,
+            access: access.clone(),
+        };
+        let wrap = move |mut response: warp::reply::Response| {
+            if let Some(value) = id_header {
+                response.headers_mut().insert(access::REQUEST_ID, value);
+            }
+            answer.access.answered(response.status().as_u16());
             response.map(|body| TrackedBody {
                 inner: body,
                 end: BodyEnd::Response(answer),
@@ -354,7 +386,11 @@ where
             return Box::pin(async move { Ok(wrap(refused)) });
         }
         let response = self.inner.call(request);
-        Box::pin(async move { Ok(wrap(response.await?)) })
+        let span = access.span.clone();
+        Box::pin(access::answering(
+            access.id().clone(),
+            async move { Ok(wrap(response.await?)) }.instrument(span),
+        ))
     }
 }
 
@@ -367,12 +403,22 @@ impl<B> BodyOf for Response<B> {
     type Body = B;
 }
 
-/// Ends the response side of an exchange when dropped.
-struct ResponseGuard(Arc<Exchange>);
+/// Ends the response side of an exchange, and its record, when dropped.
+struct ResponseGuard {
+    exchange: Arc<Exchange>,
+    access: Arc<Access>,
+}
+
+impl ResponseGuard {
+    fn done(&self) {
+        self.exchange.response_done();
+        self.access.finished();
+    }
+}
 
 impl Drop for ResponseGuard {
     fn drop(&mut self) {
-        self.0.response_done();
+        self.done();
     }
 }
 
@@ -402,7 +448,7 @@ impl<B: Body> TrackedBody<B> {
     fn ended(&self) {
         match &self.end {
             BodyEnd::Request(exchange) => exchange.request_read(),
-            BodyEnd::Response(guard) => guard.0.response_done(),
+            BodyEnd::Response(guard) => guard.done(),
         }
     }
 }
@@ -425,8 +471,14 @@ impl<B: Body + Unpin> Body for TrackedBody<B> {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        if matches!(polled, Poll::Ready(None)) {
-            self.ended();
+        match &polled {
+            Poll::Ready(None) => self.ended(),
+            Poll::Ready(Some(Ok(frame))) => {
+                if let (BodyEnd::Response(guard), Some(data)) = (&self.end, frame.data_ref()) {
+                    guard.access.sent(bytes::Buf::remaining(data) as u64);
+                }
+            }
+            _ => {}
         }
         polled
     }
