@@ -15,9 +15,16 @@ fn main() -> ExitCode {
     // sled's own lines repeat what sessiond reports about the store, in its terms.
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| "info,sled=off".into());
+    // Lines are written by a thread of their own, in batches: a request's access line costs
+    // it the formatting, not a write to stderr. The queue blocks when full, rather than
+    // drop lines; the guard writes what is left when `main` returns.
+    let (stderr, _unwritten) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .thread_name("sessiond-log")
+        .finish(std::io::BufWriter::new(std::io::stderr()));
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(stderr);
     match cli.log_format {
         LogFormat::Text => logs
             .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
