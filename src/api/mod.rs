@@ -10,6 +10,7 @@ mod events;
 mod feather;
 mod fields;
 mod health;
+mod inspect;
 mod messages;
 pub mod openapi;
 mod query;
@@ -151,7 +152,12 @@ async fn load_active(state: &AppState, id: Uuid) -> Result<(Session, Timestamp),
 }
 
 /// The paths sessiond answers: everything under these belongs to it.
-const OWN_PATHS: [&str; 3] = ["/api/messaging/", openapi::PATH, "/v1/ask-feather/"];
+const OWN_PATHS: [&str; 4] = [
+    "/api/messaging/",
+    openapi::PATH,
+    "/v1/ask-feather/",
+    "/inspect/",
+];
 
 /// Passes the requests whose path belongs to sessiond and rejects the others as not found,
 /// so that an app embedding the routes keeps its own.
@@ -173,8 +179,8 @@ fn own_paths() -> impl Filter<Extract = (), Error = warp::Rejection> + Clone {
 
 /// Every route, behind the API-key check, with every rejection rendered as the envelope.
 /// Claims only sessiond's own paths (`/api/messaging/…`, `/api/openapi.json`,
-/// `/v1/ask-feather/…`) and rejects the others, so it can be mounted in another warp app
-/// before or after that app's routes.
+/// `/v1/ask-feather/…`, the inspector's `/inspect/…`) and rejects the others, so it can be
+/// mounted in another warp app before or after that app's routes.
 pub(crate) fn routes(state: &AppState) -> BoxedFilter<(warp::reply::Response,)> {
     let shared = Arc::new(state.clone());
     // The claim comes first: CORS's own recover would answer every path.
@@ -211,6 +217,8 @@ fn api(shared: &SharedState) -> BoxedFilter<(warp::reply::Response,)> {
         .or(feather::routes(shared))
         .unify()
         .or(openapi::routes())
+        .unify()
+        .or(inspect::routes())
         .unify()
         .boxed()
 }
@@ -250,8 +258,9 @@ fn with_cors(
         .boxed()
 }
 
-/// Rejects with 401 unless the request carries the key (health is always open). Runs
-/// before routing, so unknown routes answer 401 too.
+/// Rejects with 401 unless the request carries the key (health and the inspector's page,
+/// which asks for the key itself, are always open). Runs before routing, so unknown routes
+/// answer 401 too.
 fn authorize(key: Option<Arc<str>>) -> BoxedFilter<()> {
     let Some(key) = key else {
         return warp::any().boxed();
@@ -262,7 +271,7 @@ fn authorize(key: Option<Arc<str>>) -> BoxedFilter<()> {
             move |path: warp::path::FullPath, headers: warp::http::HeaderMap| {
                 let key = key.clone();
                 async move {
-                    if path.as_str() == health::PATH {
+                    if path.as_str() == health::PATH || inspect::is_inspector_path(path.as_str()) {
                         return Ok(());
                     }
                     let given = headers
