@@ -889,6 +889,20 @@ async fn a_session_that_expires_or_is_deleted_meanwhile_shows_so_at_once() {
         disabled_actions(&browser).await,
         json!([true, true, true, true])
     );
+
+    // Act: the deleted session opened again, and an address that names no session.
+    browser
+        .goto(&sessiond.url(&format!("/inspect/sessions/{}", id_of(&deleted))))
+        .await;
+
+    // Assert: the server's message.
+    wait_for_text(&browser, "session-status", "not found").await;
+    let banner = text_of(&browser, "session-banner").await;
+    assert!(banner.starts_with("Session not found"), "{banner}");
+    browser
+        .goto(&sessiond.url("/inspect/sessions/not-a-session"))
+        .await;
+    browser.element("[data-testid=not-an-id]").await;
     assert_clean_console(&browser).await;
 }
 
@@ -1015,6 +1029,12 @@ async fn with_an_api_key_the_page_asks_for_it_and_keeps_it_in_the_tab() {
         )
         .await;
     assert_eq!(stored, json!([key, 0, ""]));
+    // The console check of the other tests hears what the page reports: here, the 401s.
+    let console = browser.console().await;
+    assert!(
+        console.iter().any(|line| line.contains("401")),
+        "{console:#?}"
+    );
 
     // Act: the session, whose event stream needs the key too.
     browser.click("[data-testid=session-link]").await;

@@ -305,6 +305,24 @@ mod tests {
         assert_eq!(status("/inspector").await, 401);
     }
 
+    #[tokio::test]
+    async fn embedded_routes_claim_the_inspector_and_leave_the_rest_to_the_app() {
+        let dir = tempfile::tempdir().unwrap();
+        let store =
+            crate::store::Store::open(dir.path(), &crate::store::StoreOptions::default()).unwrap();
+        let state = super::super::AppState::new(store, &crate::config::ServeConfig::default());
+        let app = super::super::routes(&state)
+            .or(warp::path("inspector").map(|| "the app's"))
+            .boxed();
+
+        let page = warp::test::request().path("/inspect").reply(&app).await;
+        let theirs = warp::test::request().path("/inspector").reply(&app).await;
+
+        assert_eq!(page.status(), 200);
+        assert_eq!(header(&page, "content-type"), "text/html; charset=utf-8");
+        assert_eq!(theirs.body().as_ref(), b"the app's");
+    }
+
     #[test]
     fn inspector_paths_are_the_page_and_what_lies_under_it() {
         assert!(is_inspector_path("/inspect"));

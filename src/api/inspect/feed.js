@@ -82,7 +82,7 @@ export function feedView(root, kind, id, { search, navigate }) {
             h("span", { class: "seq" }, `#${data.seq}`),
             h("p", { class: "content", "data-testid": "feed-content" }, String(data.content ?? "")))
         : h("div", { class: "feed-body muted small" },
-            data.expiresAt ? `expires ${dateTime(data.expiresAt)} · renewals ${data.renewalCount} · ${data.messageCount} ${data.messageCount === 1 ? "message" : "messages"}` : ""),
+            data.expiresAt ? `${event.name === "session.expired" ? "expired at" : "expires"} ${dateTime(data.expiresAt)} · renewals ${data.renewalCount} · ${data.messageCount} ${data.messageCount === 1 ? "message" : "messages"}` : ""),
     );
   }
 

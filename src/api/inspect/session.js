@@ -24,7 +24,8 @@ const FRESH_MS = 4000;
 export function sessionView(root, id, { known, navigate }) {
   const state = {
     info: known ?? null,
-    // Why the session can no longer be used: "expired" or "deleted".
+    // Why the session can no longer be used: "expired", "deleted", or "missing" (the server
+    // has no such session, deleted or never made).
     gone: null,
     messages: new Map(),
     truncated: false,
@@ -156,7 +157,7 @@ export function sessionView(root, id, { known, navigate }) {
   /** A session that cannot be read: say why, from the server's own message. */
   function failed(error) {
     if (error.code === "SESSION_EXPIRED") state.gone = "expired";
-    else if (error.code === "SESSION_NOT_FOUND") state.gone = "deleted";
+    else if (error.code === "SESSION_NOT_FOUND") state.gone = "missing";
     showBanner(error.message + (error.details ? ` — ${error.details}` : ""), "warning");
   }
 
@@ -212,7 +213,7 @@ export function sessionView(root, id, { known, navigate }) {
     const data = event.data ?? {};
     let summary = "";
     if (event.name === "message") summary = `#${data.seq} ${data.isAgent ? "agent" : "user"}: ${String(data.content ?? "").slice(0, 80)}`;
-    else if (data.expiresAt) summary = `expires ${dateTime(data.expiresAt)} · renewals ${data.renewalCount}`;
+    else if (data.expiresAt) summary = `${event.name === "session.expired" ? "expired at" : "expires"} ${dateTime(data.expiresAt)} · renewals ${data.renewalCount}`;
     el.log.prepend(
       h("li", { "data-testid": "event-entry", "data-event": event.name },
         h("time", {}, clockTime()),
@@ -233,15 +234,15 @@ export function sessionView(root, id, { known, navigate }) {
   function renderStatus() {
     const info = state.info;
     const status = state.gone ?? (info ? stateAt(info) : "unknown");
-    const label = { active: "active", warning: "expiring soon", expired: "expired", deleted: "deleted", unknown: "unknown" }[status];
+    const label = { active: "active", warning: "expiring soon", expired: "expired", deleted: "deleted", missing: "not found", unknown: "unknown" }[status];
     el.status.textContent = label;
     el.status.dataset.state = status;
-    el.expiryHead.textContent = { deleted: "Deleted", expired: "Expired" }[status] ?? "Expires in";
+    el.expiryHead.textContent = { deleted: "Deleted", expired: "Expired", missing: "Not found" }[status] ?? "Expires in";
     const usable = !state.gone && info && status !== "expired";
     buttons.renew.disabled = !usable;
     buttons.heartbeat.disabled = !usable;
     buttons.timeout.disabled = !usable;
-    buttons.delete.disabled = state.gone === "deleted";
+    buttons.delete.disabled = state.gone === "deleted" || state.gone === "missing";
   }
 
   function renderInfo() {
