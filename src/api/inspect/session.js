@@ -13,6 +13,8 @@ const MAX_MESSAGES = 2000;
 const PAGE = 100;
 // Events kept in the log on the page.
 const MAX_LOG = 200;
+// How long events may wait to be drawn together.
+const RENDER_DELAY_MS = 30;
 // How long a message that just arrived stays marked.
 const FRESH_MS = 4000;
 
@@ -191,7 +193,18 @@ export function sessionView(root, id, { known, navigate }) {
       default:
         if (event.name.startsWith("session.") && data && typeof data === "object" && newer(data, state.info)) state.info = data;
     }
-    if (state.loaded && !replay) render();
+    if (state.loaded && !replay) renderSoon();
+  }
+
+  // A burst of events (a busy session, a replay after a reconnect) redraws the page once.
+  let renderPending = false;
+  function renderSoon() {
+    if (renderPending) return;
+    renderPending = true;
+    setTimeout(() => {
+      renderPending = false;
+      render();
+    }, RENDER_DELAY_MS);
   }
 
   /** Whether `next` is at least as recent a view of the session as `current`. */
