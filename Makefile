@@ -20,10 +20,12 @@ test-postgres:
 		SESSIOND_TEST_POSTGRES=$$POSTGRES_URL $(CARGO) test --test api'
 
 # What cargo's tests need from Debian: libfaketime, for tests/clock.rs; promtool (package
-# prometheus), which checks the metrics (tests/api/operability.rs); and PostgreSQL, whose
+# prometheus), which checks the metrics (tests/api/operability.rs); Chromium and its
+# WebDriver, for the inspector's browser tests (tests/inspector.rs); and PostgreSQL, whose
 # throwaway clusters the tests start themselves (tests/support/postgres.rs).
 test-deps:
 	bash -c 'source tests/support/sessiond.sh && debian_install faketime && debian_install promtool prometheus'
+	bash -c 'source tests/support/sessiond.sh && debian_install chromium && debian_install chromedriver chromium-driver'
 	bash -c 'source tests/support/postgres.sh && postgres_install'
 
 lint:

@@ -10,6 +10,7 @@ mod events;
 mod feather;
 mod fields;
 mod health;
+mod inspect;
 mod messages;
 mod metrics;
 pub mod openapi;
@@ -163,7 +164,12 @@ async fn load_active(state: &AppState, id: Uuid) -> Result<(Session, Timestamp),
 }
 
 /// The paths sessiond answers: everything under these belongs to it.
-const OWN_PATHS: [&str; 3] = ["/api/messaging/", openapi::PATH, "/v1/ask-feather/"];
+const OWN_PATHS: [&str; 4] = [
+    "/api/messaging/",
+    openapi::PATH,
+    "/v1/ask-feather/",
+    "/inspect/",
+];
 
 /// Passes the requests whose path belongs to sessiond and rejects the others as not found,
 /// so that an app embedding the routes keeps its own.
@@ -185,8 +191,8 @@ fn own_paths() -> impl Filter<Extract = (), Error = warp::Rejection> + Clone {
 
 /// Every route, behind the API-key check, with every rejection rendered as the envelope.
 /// Claims only sessiond's own paths (`/api/messaging/…`, `/api/openapi.json`,
-/// `/v1/ask-feather/…`) and rejects the others, so it can be mounted in another warp app
-/// before or after that app's routes.
+/// `/v1/ask-feather/…`, the inspector's `/inspect/…`) and rejects the others, so it can be
+/// mounted in another warp app before or after that app's routes.
 pub(crate) fn routes(state: &AppState) -> BoxedFilter<(warp::reply::Response,)> {
     let shared = Arc::new(state.clone());
     // The claim comes first: CORS's own recover would answer every path.
@@ -249,6 +255,8 @@ fn api(shared: &SharedState) -> BoxedFilter<(warp::reply::Response,)> {
         .unify()
         .or(openapi::routes())
         .unify()
+        .or(inspect::routes())
+        .unify()
         .boxed()
 }
 
@@ -289,8 +297,11 @@ fn with_cors(
 
 /// The route template a request path falls under (`/api/messaging/sessions/{sessionId}`),
 /// for metrics and logs, which never carry a raw path (its ids would make a series each);
-/// `unmatched` for a path no route serves.
+/// `/inspect` for every path of the inspector; `unmatched` for a path no route serves.
 pub(crate) fn route_template(path: &str) -> &'static str {
+    if inspect::is_inspector_path(path) {
+        return inspect::PATH;
+    }
     let fits = |template: &str| {
         let mut given = path.split('/');
         let mut literal = 0;
@@ -311,8 +322,9 @@ pub(crate) fn route_template(path: &str) -> &'static str {
         .map_or("unmatched", |(_, template)| template)
 }
 
-/// Rejects with 401 unless the request carries the key (health is always open). Runs
-/// before routing, so unknown routes answer 401 too.
+/// Rejects with 401 unless the request carries the key (health and the inspector's page,
+/// which asks for the key itself, are always open). Runs before routing, so unknown routes
+/// answer 401 too.
 fn authorize(key: Option<Arc<str>>) -> BoxedFilter<()> {
     let Some(key) = key else {
         return warp::any().boxed();
@@ -323,7 +335,7 @@ fn authorize(key: Option<Arc<str>>) -> BoxedFilter<()> {
             move |path: warp::path::FullPath, headers: warp::http::HeaderMap| {
                 let key = key.clone();
                 async move {
-                    if path.as_str() == health::PATH {
+                    if path.as_str() == health::PATH || inspect::is_inspector_path(path.as_str()) {
                         return Ok(());
                     }
                     let given = headers
@@ -378,6 +390,9 @@ mod tests {
                 "/api/messaging/sessions/{sessionId}/messages/{messageId}/thread",
             ),
             ("/metrics".to_owned(), "/metrics"),
+            ("/inspect/assets/app.js".to_owned(), "/inspect"),
+            (format!("/inspect/sessions/{id}"), "/inspect"),
+            ("/inspector".to_owned(), "unmatched"),
             ("/api/messaging/sessions//messages".to_owned(), "unmatched"),
             (format!("/api/messaging/sessions/{id}/x"), "unmatched"),
             ("/".to_owned(), "unmatched"),

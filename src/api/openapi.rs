@@ -25,7 +25,8 @@ pub const PATH: &str = "/api/openapi.json";
 /// The name of the API-key security scheme (the `X-API-Key` header).
 pub const API_KEY_SCHEME: &str = "apiKey";
 
-/// Every (method, path template) the router serves, in the document's spelling. Adding a
+/// Every (method, path template) of the API the router serves, in the document's spelling
+/// (the inspector's page under `/inspect` is not an API route, and is not listed). Adding a
 /// route means adding it here, to the router and to [`ApiDoc`]; the integration tests fail
 /// until all three agree.
 pub const ROUTES: &[(&str, &str)] = &[
