@@ -10,7 +10,7 @@ use uuid::Uuid;
 
 use crate::domain::{Attachment, Message, Session, SessionError, TimeoutConfig, Timestamp};
 use crate::error::{Error, Result};
-use crate::store::{MessageQuery, SessionQuery, StatusFilter, Store};
+use crate::store::{MessageQuery, Progress, SessionQuery, StatusFilter, Store};
 
 /// What the first line of an export names.
 pub const FORMAT: &str = "sessiond-export";
@@ -206,16 +206,19 @@ pub struct Moved {
 /// Writes every session of `store`, expired or not, with its messages in seq order, to
 /// `out`: the header line, then one line per session. Each line is one session as it stood
 /// at one moment: its messages are those its count names, and messages never change. A
-/// session deleted while it is read is left out.
+/// session deleted while it is read is left out. `progress` counts the sessions, out of
+/// those stored when it began.
 ///
 /// # Errors
 /// Storage failures, and failures writing to `out`.
-pub async fn export(store: &Store, out: &mut impl Write) -> Result<Moved> {
+pub async fn export(store: &Store, out: &mut impl Write, progress: &dyn Progress) -> Result<Moved> {
     let header = Header {
         format: FORMAT.into(),
         version: VERSION,
     };
     write_line(out, &header)?;
+    let stored = store.counts(store.clock().now()).await?.total;
+    progress.stage("exporting sessions", Some(stored));
     let mut moved = Moved::default();
     let mut after = None;
     loop {
@@ -238,6 +241,7 @@ pub async fn export(store: &Store, out: &mut impl Write) -> Result<Moved> {
             write_line(out, &line)?;
             moved.sessions += 1;
             moved.messages += messages.len() as u64;
+            progress.advance(1);
         }
         match page.next {
             Some(next) => after = Some(next),
@@ -299,12 +303,17 @@ pub enum ImportError {
 /// seq, parent and time. Sessions are stored whole, several at a time so that the engine
 /// batches them. The import stops at the first line that is malformed or refused (a
 /// session id or a message id taken, a history that is not whole) and reports that line;
-/// sessions of lines read before it may still have been stored, each whole.
+/// sessions of lines read before it may still have been stored, each whole. `progress`
+/// counts the session lines read.
 ///
 /// # Errors
 /// [`ImportError::Line`] for a refused line; [`ImportError::Store`] for failures of the
 /// store or of reading `input`.
-pub async fn import(store: &Store, input: impl BufRead) -> std::result::Result<Moved, ImportError> {
+pub async fn import(
+    store: &Store,
+    input: impl BufRead,
+    progress: &dyn Progress,
+) -> std::result::Result<Moved, ImportError> {
     let mut lines = input.lines().zip(1u64..);
     let mut moved = Moved::default();
     let line_error = |line, reason: String, moved| ImportError::Line {
@@ -335,6 +344,7 @@ pub async fn import(store: &Store, input: impl BufRead) -> std::result::Result<M
             return Err(line_error(1, reason, moved));
         }
     }
+    progress.stage("importing sessions", None);
     let mut in_flight = FuturesUnordered::new();
     let mut refused = None;
     for (text, number) in lines {
@@ -356,6 +366,7 @@ pub async fn import(store: &Store, input: impl BufRead) -> std::result::Result<M
             .map(|record| record.into_message(session.id))
             .collect::<Vec<_>>();
         let count = messages.len() as u64;
+        progress.advance(1);
         in_flight.push(async move {
             let outcome = store.restore_session(session, messages).await;
             (number, count, outcome)
@@ -408,15 +419,18 @@ mod tests {
         append_texts, appended, clocked_store, created_session, session_at, temp_store,
         text_message, T0,
     };
+    use crate::store::NoProgress;
 
     async fn exported(store: &Store) -> (String, Moved) {
         let mut out = Vec::new();
-        let moved = export(store, &mut out).await.expect("the store exports");
+        let moved = export(store, &mut out, &NoProgress)
+            .await
+            .expect("the store exports");
         (String::from_utf8(out).expect("UTF-8"), moved)
     }
 
     async fn imported(store: &Store, text: &str) -> std::result::Result<Moved, ImportError> {
-        import(store, text.as_bytes()).await
+        import(store, text.as_bytes(), &NoProgress).await
     }
 
     /// A store with what an export must keep: branches, an author's attachments, metadata
