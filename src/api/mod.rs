@@ -4,6 +4,7 @@
 //! wrong method) and the API-key check travel as rejections, and all of them meet the one
 //! `handle_rejection` at the top.
 
+mod admin;
 mod body;
 mod error;
 mod events;
@@ -56,6 +57,8 @@ pub(crate) struct AppState {
     pub streams: Arc<tokio::sync::Semaphore>,
     /// One permit per request-body byte being read.
     pub body_budget: Arc<tokio::sync::Semaphore>,
+    /// One permit per export being sent (`GET /api/admin/export`).
+    pub exports: Arc<tokio::sync::Semaphore>,
 }
 
 impl AppState {
@@ -109,6 +112,7 @@ impl AppState {
                     .unwrap_or(usize::MAX)
                     .min(tokio::sync::Semaphore::MAX_PERMITS),
             )),
+            exports: Arc::new(tokio::sync::Semaphore::new(admin::MAX_EXPORTS)),
         }
     }
 }
@@ -151,7 +155,13 @@ async fn load_active(state: &AppState, id: Uuid) -> Result<(Session, Timestamp),
 }
 
 /// The paths sessiond answers: everything under these belongs to it.
-const OWN_PATHS: [&str; 3] = ["/api/messaging/", openapi::PATH, "/v1/ask-feather/"];
+const OWN_PATHS: [&str; 4] = [
+    "/api/messaging/",
+    openapi::PATH,
+    "/v1/ask-feather/",
+    // The one route, not the prefix: an embedding app may have admin routes of its own.
+    "/api/admin/export",
+];
 
 /// Passes the requests whose path belongs to sessiond and rejects the others as not found,
 /// so that an app embedding the routes keeps its own.
@@ -173,8 +183,8 @@ fn own_paths() -> impl Filter<Extract = (), Error = warp::Rejection> + Clone {
 
 /// Every route, behind the API-key check, with every rejection rendered as the envelope.
 /// Claims only sessiond's own paths (`/api/messaging/…`, `/api/openapi.json`,
-/// `/v1/ask-feather/…`) and rejects the others, so it can be mounted in another warp app
-/// before or after that app's routes.
+/// `/v1/ask-feather/…`, `/api/admin/export`) and rejects the others, so it can be mounted
+/// in another warp app before or after that app's routes.
 pub(crate) fn routes(state: &AppState) -> BoxedFilter<(warp::reply::Response,)> {
     let shared = Arc::new(state.clone());
     // The claim comes first: CORS's own recover would answer every path.
@@ -211,6 +221,8 @@ fn api(shared: &SharedState) -> BoxedFilter<(warp::reply::Response,)> {
         .or(feather::routes(shared))
         .unify()
         .or(openapi::routes())
+        .unify()
+        .or(admin::routes(shared))
         .unify()
         .boxed()
 }

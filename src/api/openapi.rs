@@ -51,6 +51,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/api/messaging/events"),
     ("POST", "/v1/ask-feather/sessions/{session_id}/messages"),
     ("GET", PATH),
+    ("GET", "/api/admin/export"),
 ];
 
 /// The errors any operation can answer: 401, 500, 503.
@@ -133,6 +134,7 @@ pub(super) enum BodyErrors {
         super::events::stream_owner_events,
         super::feather::create_feather_message,
         get_openapi,
+        super::admin::export_store,
     ),
     modifiers(&Security),
     security(("apiKey" = [])),
@@ -143,6 +145,7 @@ pub(super) enum BodyErrors {
         (name = "events", description = "Server-Sent Events streams."),
         (name = "feather", description = "The Feather ask-feather compatible route."),
         (name = "meta", description = "This document."),
+        (name = "admin", description = "Operating the server: an online backup."),
     )
 )]
 pub struct ApiDoc;
