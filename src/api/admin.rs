@@ -236,3 +236,85 @@ impl Stream for ExportBody {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use futures_util::StreamExt;
+
+    use super::*;
+
+    /// A body over a fresh channel, with the sender and the shutdown token that drive it.
+    fn body() -> (ExportBody, mpsc::Sender<Piece>, CancellationToken) {
+        let permits = std::sync::Arc::new(tokio::sync::Semaphore::new(2));
+        let held = (
+            permits.clone().try_acquire_owned().expect("a permit"),
+            permits.try_acquire_owned().expect("a permit"),
+        );
+        let (pieces, received) = mpsc::channel(BUFFERED_CHUNKS);
+        let shutdown = CancellationToken::new();
+        let body = ExportBody {
+            pieces: received,
+            stopping: Box::pin(shutdown.clone().cancelled_owned()),
+            ended: false,
+            _held: held,
+        };
+        (body, pieces, shutdown)
+    }
+
+    #[tokio::test]
+    async fn a_body_ends_cleanly_only_after_the_export_is_whole() {
+        let (mut body, pieces, _shutdown) = body();
+        pieces.send(Piece::Chunk("line\n".into())).await.unwrap();
+        pieces.send(Piece::End).await.unwrap();
+
+        assert_eq!(body.next().await.unwrap().unwrap(), Bytes::from("line\n"));
+        assert!(body.next().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn a_body_whose_export_stopped_before_its_end_ends_with_an_error() {
+        // A storage failure: the task logs it and drops its sender without `End`.
+        let (mut body, pieces, _shutdown) = body();
+        pieces.send(Piece::Chunk("line\n".into())).await.unwrap();
+        drop(pieces);
+
+        assert!(body.next().await.unwrap().is_ok());
+        let error = body.next().await.unwrap().unwrap_err();
+        assert!(error.to_string().contains("before its end"), "{error}");
+        assert!(body.next().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn a_body_ends_with_an_error_when_the_server_stops() {
+        let (mut body, pieces, shutdown) = body();
+        pieces.send(Piece::Chunk("line\n".into())).await.unwrap();
+        shutdown.cancel();
+
+        let error = body.next().await.unwrap().unwrap_err();
+        assert!(error.to_string().contains("stopping"), "{error}");
+        assert!(body.next().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn lines_go_out_in_chunks_of_about_chunk_bytes() {
+        let (pieces, mut received) = mpsc::channel(BUFFERED_CHUNKS);
+        let mut sink = ChunkSink {
+            pending: Vec::new(),
+            pieces,
+        };
+        let line = vec![b'x'; 1000];
+        for _ in 0..100 {
+            sink.put(line.clone()).await.unwrap();
+        }
+        sink.finish().await.unwrap();
+        drop(sink);
+
+        let mut sizes = Vec::new();
+        while let Some(Piece::Chunk(chunk)) = received.recv().await {
+            sizes.push(chunk.len());
+        }
+        assert_eq!(sizes.iter().sum::<usize>(), 100_000);
+        assert_eq!(sizes.len(), 2, "{sizes:?}");
+        assert!(sizes[0] >= CHUNK_BYTES, "{sizes:?}");
+    }
+}
