@@ -1,7 +1,10 @@
-//! The offline commands: `sessiond check`, `stats`, `export` and `import`.
+//! The offline commands: `sessiond check`, `stats`, `export` and `import`, and the progress
+//! bar that they and `sessiond backup` draw on a terminal.
 
 use std::fmt::Write as _;
+use std::io::IsTerminal;
 use std::path::Path;
+use std::time::Duration;
 
 use crate::domain::Timestamp;
 use crate::error::{Error, Result};
@@ -9,8 +12,88 @@ use std::sync::Arc;
 
 use crate::config::StoreArgs;
 use crate::domain::SystemClock;
-use crate::store::{CheckReport, PgOptions, Store, StoreOptions};
+use crate::store::{CheckReport, PgOptions, Progress, Store, StoreOptions};
 use crate::transfer::{ImportError, Moved};
+
+/// How often a drawn bar is redrawn while nothing advances, so that a spinner shows the
+/// work is alive.
+const REDRAW_EVERY: Duration = Duration::from_millis(100);
+
+/// The progress of a long command, as a bar on stderr when stderr is a terminal; nothing is
+/// drawn when it is piped or redirected, so that scripts read only the summary lines. Each
+/// stage is a bar when its length is known, else a spinner with a count. The bar is
+/// cleared when dropped, so the summary printed next starts on a clean line.
+#[derive(Debug)]
+pub struct TerminalProgress {
+    /// Whether stderr is a terminal, to draw on.
+    drawn: bool,
+    /// The current stage's bar. Each stage gets a new one, set up before it is shown, so
+    /// that no frame mixes one stage's name with another's count.
+    bar: std::sync::Mutex<indicatif::ProgressBar>,
+}
+
+impl TerminalProgress {
+    /// A bar on stderr if it is a terminal, else one that draws nothing.
+    pub fn on_stderr() -> Self {
+        TerminalProgress {
+            drawn: std::io::stderr().is_terminal(),
+            bar: std::sync::Mutex::new(indicatif::ProgressBar::hidden()),
+        }
+    }
+
+    /// Shows `text` after the count: what else the work has counted.
+    pub fn note(&self, text: &str) {
+        self.current().set_message(format!("; {text}"));
+    }
+
+    /// The current stage's bar.
+    fn current(&self) -> std::sync::MutexGuard<'_, indicatif::ProgressBar> {
+        // Only replaced whole: a panic elsewhere cannot leave it half-changed.
+        self.bar
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn style(units: Option<u64>) -> indicatif::ProgressStyle {
+        let template = match units {
+            Some(_) => "{prefix} [{bar:30}] {human_pos}/{human_len}{msg} ({elapsed}, {eta} left)",
+            None => "{spinner} {prefix}: {human_pos}{msg} ({elapsed})",
+        };
+        // The templates are constants that parse; the default style would do too.
+        indicatif::ProgressStyle::with_template(template)
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+    }
+}
+
+impl Progress for TerminalProgress {
+    fn stage(&self, what: &str, units: Option<u64>) {
+        let next = indicatif::ProgressBar::with_draw_target(
+            units,
+            indicatif::ProgressDrawTarget::hidden(),
+        )
+        .with_style(Self::style(units))
+        .with_prefix(what.to_owned());
+        let mut current = self.current();
+        current.finish_and_clear();
+        if self.drawn {
+            next.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+            // Drawn now, so that even a stage shorter than a redraw shows.
+            next.tick();
+            next.enable_steady_tick(REDRAW_EVERY);
+        }
+        *current = next;
+    }
+
+    fn advance(&self, units: u64) {
+        self.current().inc(units);
+    }
+}
+
+impl Drop for TerminalProgress {
+    fn drop(&mut self) {
+        self.current().finish_and_clear();
+    }
+}
 
 /// Opens an existing store; refuses to create one.
 fn open_existing(data_dir: &Path) -> Result<Store> {
@@ -27,7 +110,8 @@ fn open_existing(data_dir: &Path) -> Result<Store> {
 pub fn check(args: &StoreArgs) -> Result<CheckReport> {
     let runtime = offline_runtime()?;
     let store = open_store(args, &runtime, true)?;
-    let report = reading_damage(&args.data_dir, || store.check())?;
+    let progress = TerminalProgress::on_stderr();
+    let report = reading_damage(&args.data_dir, || store.check_with_progress(&progress))?;
     store.close()?;
     Ok(report)
 }
@@ -86,10 +170,12 @@ pub fn render_check(args: &StoreArgs, report: &CheckReport) -> String {
 pub fn stats(args: &StoreArgs) -> Result<String> {
     let runtime = offline_runtime()?;
     let store = open_store(args, &runtime, true)?;
+    let progress = TerminalProgress::on_stderr();
     let (counts, trees) = reading_damage(&args.data_dir, || {
         let counts = runtime.block_on(store.counts(Timestamp::now()))?;
-        Ok((counts, store.tree_stats()?))
+        Ok((counts, store.tree_stats_with_progress(&progress)?))
     })?;
+    drop(progress);
     let on_disk = store.size_on_disk()?;
     store.close()?;
     let mut out = String::new();
@@ -147,8 +233,9 @@ fn open_store(
 pub fn export(args: &StoreArgs, out: &mut impl std::io::Write) -> Result<Moved> {
     let runtime = offline_runtime()?;
     let store = open_store(args, &runtime, true)?;
+    let progress = TerminalProgress::on_stderr();
     let moved = reading_damage(&args.data_dir, || {
-        runtime.block_on(crate::transfer::export(&store, out))
+        runtime.block_on(crate::transfer::export(&store, out, &progress))
     })?;
     store.close()?;
     Ok(moved)
@@ -165,7 +252,8 @@ pub fn import(
 ) -> std::result::Result<Moved, ImportError> {
     let runtime = offline_runtime()?;
     let store = open_store(args, &runtime, false)?;
-    let imported = runtime.block_on(crate::transfer::import(&store, input));
+    let progress = TerminalProgress::on_stderr();
+    let imported = runtime.block_on(crate::transfer::import(&store, input, &progress));
     store.close()?;
     imported
 }

@@ -109,8 +109,9 @@ impl Sessiond {
     }
 
     /// The HTTP API, to mount in a warp app: it answers the paths under `/api/messaging`,
-    /// `/api/openapi.json`, `/v1/ask-feather` and `/inspect` (the inspector's page), and
-    /// rejects every other path, so it can be mounted before or after the app's own routes.
+    /// `/api/openapi.json`, `/v1/ask-feather`, `/api/admin/export` (an online backup) and
+    /// `/inspect` (the inspector's page), and rejects every other path, so it can be mounted
+    /// before or after the app's own routes.
     pub fn routes(&self) -> BoxedFilter<(warp::reply::Response,)> {
         api::routes(&self.state)
     }

@@ -61,13 +61,30 @@ pub enum Command {
     Check(StoreArgs),
     /// Print a store's counts and sizes. A sled store must have no server running on it.
     Stats(StoreArgs),
-    /// Write the whole store to stdout as NDJSON: a header line, then one line per session
-    /// with its messages (docs/EXPORT.md). A sled store must have no server running on it.
+    /// Write the whole store to stdout as NDJSON: a header line, one line per session with
+    /// its messages, an end line (docs/EXPORT.md). A sled store must have no server running
+    /// on it; for a running server, use `backup`.
     Export(StoreArgs),
     /// Load an export from stdin into a store (made if missing), keeping every id, seq,
     /// parent and time; refuses sessions and messages whose ids are taken. A sled store must
     /// have no server running on it.
     Import(StoreArgs),
+    /// Fetch the export of a running server (GET /api/admin/export) to stdout while it goes
+    /// on serving, with progress on stderr; exit 1 if it did not come whole. Restore it with
+    /// `import`.
+    Backup(BackupArgs),
+}
+
+/// Where `sessiond backup` fetches the export from.
+#[derive(Clone, Debug, Args)]
+pub struct BackupArgs {
+    /// The server's base URL, plain HTTP: http://HOST:PORT (e.g. http://127.0.0.1:3000). For
+    /// a server behind a TLS proxy, fetch /api/admin/export with an HTTPS client (curl).
+    #[arg(long, env = "SESSIOND_URL")]
+    pub url: String,
+    /// The server's API key, sent as X-API-Key.
+    #[arg(long, env = "SESSIOND_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
 }
 
 /// Which store an offline command works on: sled under --data-dir, or PostgreSQL.
@@ -210,7 +227,7 @@ pub struct ServeConfig {
     #[arg(long, env = "SESSIOND_MAX_HEAD_BYTES", default_value_t = DEFAULT_MAX_HEAD_BYTES)]
     pub max_head_bytes: usize,
 
-    /// Most streams open at once (event streams and `transport: "sse"` answers), below
+    /// Most streams open at once (event streams, `transport: "sse"` answers, exports), below
     /// --max-connections so that ordinary requests always have connections left; past it a
     /// stream is refused with 503.
     #[arg(long, env = "SESSIOND_MAX_STREAMS", default_value_t = 512)]

@@ -14,7 +14,8 @@
 //! - [`metrics`]: the Prometheus metrics a server serves at `/metrics`.
 //! - [`app`]: [`app::Sessiond`] embedded in another program, or [`app::start`] as a server
 //!   of its own; graceful shutdown.
-//! - [`admin`]: the offline commands `check` and `stats`.
+//! - [`admin`]: the offline commands `check` and `stats`, and their progress bar.
+//! - [`backup`]: `sessiond backup`, the client of a live server's export.
 //! - [`transfer`]: `export` and `import`, a whole store as NDJSON.
 //!
 //! Data flows one way: `api -> domain + store`, `sweeper`/`notifier -> domain + store`,
@@ -87,6 +88,7 @@
 pub mod admin;
 pub mod api;
 pub mod app;
+pub mod backup;
 pub mod config;
 pub mod domain;
 pub mod error;

@@ -87,6 +87,22 @@ fn main() -> ExitCode {
                 }
             };
         }
+        Command::Backup(args) => {
+            let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+            return match sessiond::backup::backup(&args, &mut out) {
+                Ok(fetched) => {
+                    eprintln!(
+                        "backed up {} sessions, {} messages ({} bytes) from {}",
+                        fetched.moved.sessions, fetched.moved.messages, fetched.bytes, args.url
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(error) => {
+                    eprintln!("sessiond: {error}");
+                    ExitCode::from(error.exit_code())
+                }
+            };
+        }
         Command::Stats(args) => {
             return match sessiond::admin::stats(&args) {
                 Ok(text) => {

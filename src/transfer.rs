@@ -1,7 +1,9 @@
 //! `sessiond export` and `sessiond import`: a whole store as NDJSON, through the store's
 //! own reads and writes, so that it moves between engines and machines. The format is in
-//! `docs/EXPORT.md`.
+//! `docs/EXPORT.md`. The same export streams from a live server (`GET /api/admin/export`,
+//! `sessiond backup`), where [`ExportCheck`] tells a reader whether it got all of it.
 
+use std::future::Future;
 use std::io::{BufRead, Write};
 
 use futures_util::stream::{FuturesUnordered, StreamExt};
@@ -10,12 +12,16 @@ use uuid::Uuid;
 
 use crate::domain::{Attachment, Message, Session, SessionError, TimeoutConfig, Timestamp};
 use crate::error::{Error, Result};
-use crate::store::{MessageQuery, SessionQuery, StatusFilter, Store};
+use crate::store::{MessageQuery, Progress, SessionQuery, StatusFilter, Store};
 
 /// What the first line of an export names.
 pub const FORMAT: &str = "sessiond-export";
-/// The version of the format this sessiond writes and reads.
-pub const VERSION: u32 = 1;
+/// The version of the format this sessiond writes. Version 2 added the end line; a
+/// sessiond that reads only version 1 refuses version 2 at its first line rather than
+/// importing every session and then refusing the last line.
+pub const VERSION: u32 = 2;
+/// The oldest version this sessiond reads: version 1, the same without the end line.
+pub const OLDEST_READABLE_VERSION: u32 = 1;
 
 /// Sessions per listing page, and messages per page, while exporting.
 const EXPORT_PAGE: usize = 256;
@@ -28,6 +34,40 @@ const IMPORT_IN_FLIGHT: usize = 64;
 struct Header {
     format: String,
     version: u32,
+}
+
+/// The last line, from version 2 on: the export is whole, and this is what it holds. A
+/// reader that does not meet it knows the export was cut short.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EndLine {
+    /// Always `true`: what tells this line from a session line.
+    end: bool,
+    /// Session lines before it.
+    sessions: u64,
+    /// Messages in those lines.
+    messages: u64,
+}
+
+impl EndLine {
+    /// Reads `text` as an end line, if it is one.
+    fn parse(text: &str) -> Option<EndLine> {
+        serde_json::from_str::<EndLine>(text)
+            .ok()
+            .filter(|line| line.end)
+    }
+
+    /// Whether it counts what was read before it; why not, if it does not.
+    fn verify(&self, read: Moved) -> std::result::Result<(), String> {
+        if self.sessions == read.sessions && self.messages == read.messages {
+            Ok(())
+        } else {
+            Err(format!(
+                "the end line counts {} sessions and {} messages, but {} sessions and {} messages came before it",
+                self.sessions, self.messages, read.sessions, read.messages
+            ))
+        }
+    }
 }
 
 /// One line after the first: a session and its whole history.
@@ -203,19 +243,47 @@ pub struct Moved {
     pub messages: u64,
 }
 
+/// Where the lines of an export go, in order: a file or a pipe (any [`Write`]), or the
+/// body of a response.
+pub trait ExportSink {
+    /// Takes one line, its `\n` included; may wait while the reader is behind.
+    fn put(&mut self, line: Vec<u8>) -> impl Future<Output = Result<()>>;
+    /// Passes on whatever it holds back, once the last line is in.
+    fn finish(&mut self) -> impl Future<Output = Result<()>>;
+}
+
+impl<W: Write> ExportSink for W {
+    async fn put(&mut self, line: Vec<u8>) -> Result<()> {
+        Ok(self.write_all(&line)?)
+    }
+
+    async fn finish(&mut self) -> Result<()> {
+        Ok(self.flush()?)
+    }
+}
+
 /// Writes every session of `store`, expired or not, with its messages in seq order, to
-/// `out`: the header line, then one line per session. Each line is one session as it stood
-/// at one moment: its messages are those its count names, and messages never change. A
-/// session deleted while it is read is left out.
+/// `sink`: the header line, one line per session, and the end line. Each session line is
+/// the session as it stood at one moment: its messages are those its count names, and
+/// messages never change. A session deleted while it is read is left out. Writes may go on
+/// meanwhile: every session stored before the export began is in it. `progress` counts the
+/// sessions, out of those stored when it began.
 ///
 /// # Errors
-/// Storage failures, and failures writing to `out`.
-pub async fn export(store: &Store, out: &mut impl Write) -> Result<Moved> {
+/// Storage failures, and failures of `sink`. The end line is written only when every
+/// session was, so a reader can tell a whole export from one that stopped.
+pub async fn export(
+    store: &Store,
+    sink: &mut impl ExportSink,
+    progress: &dyn Progress,
+) -> Result<Moved> {
     let header = Header {
         format: FORMAT.into(),
         version: VERSION,
     };
-    write_line(out, &header)?;
+    sink.put(json_line(&header)?).await?;
+    let stored = store.counts(store.clock().now()).await?.total;
+    progress.stage("exporting sessions", Some(stored));
     let mut moved = Moved::default();
     let mut after = None;
     loop {
@@ -235,16 +303,23 @@ pub async fn export(store: &Store, out: &mut impl Write) -> Result<Moved> {
                 session: session.into(),
                 messages: messages.iter().map(MessageRecord::from).collect(),
             };
-            write_line(out, &line)?;
+            sink.put(json_line(&line)?).await?;
             moved.sessions += 1;
             moved.messages += messages.len() as u64;
+            progress.advance(1);
         }
         match page.next {
             Some(next) => after = Some(next),
             None => break,
         }
     }
-    out.flush()?;
+    let end = EndLine {
+        end: true,
+        sessions: moved.sessions,
+        messages: moved.messages,
+    };
+    sink.put(json_line(&end)?).await?;
+    sink.finish().await?;
     Ok(moved)
 }
 
@@ -271,10 +346,11 @@ async fn history(store: &Store, session: &Session) -> Result<Option<Vec<Message>
     Ok(Some(messages))
 }
 
-fn write_line(out: &mut impl Write, value: &impl Serialize) -> Result<()> {
-    serde_json::to_writer(&mut *out, value).map_err(|error| Error::Codec(Box::new(error)))?;
-    out.write_all(b"\n")?;
-    Ok(())
+/// `value` as one line of JSON, `\n` included.
+fn json_line(value: &impl Serialize) -> Result<Vec<u8>> {
+    let mut line = serde_json::to_vec(value).map_err(|error| Error::Codec(Box::new(error)))?;
+    line.push(b'\n');
+    Ok(line)
 }
 
 /// Why an import stopped.
@@ -299,12 +375,19 @@ pub enum ImportError {
 /// seq, parent and time. Sessions are stored whole, several at a time so that the engine
 /// batches them. The import stops at the first line that is malformed or refused (a
 /// session id or a message id taken, a history that is not whole) and reports that line;
-/// sessions of lines read before it may still have been stored, each whole.
+/// sessions of lines read before it may still have been stored, each whole. An export of
+/// version 2 must end with its end line, counting what came before it: without it the
+/// export was cut short, and the import says so, at the line where the end line should be.
+/// `progress` counts the session lines read.
 ///
 /// # Errors
 /// [`ImportError::Line`] for a refused line; [`ImportError::Store`] for failures of the
 /// store or of reading `input`.
-pub async fn import(store: &Store, input: impl BufRead) -> std::result::Result<Moved, ImportError> {
+pub async fn import(
+    store: &Store,
+    input: impl BufRead,
+    progress: &dyn Progress,
+) -> std::result::Result<Moved, ImportError> {
     let mut lines = input.lines().zip(1u64..);
     let mut moved = Moved::default();
     let line_error = |line, reason: String, moved| ImportError::Line {
@@ -319,11 +402,16 @@ pub async fn import(store: &Store, input: impl BufRead) -> std::result::Result<M
             moved,
         ));
     };
-    match serde_json::from_str::<Header>(&first.map_err(Error::from)?) {
-        Ok(header) if header.format == FORMAT && header.version == VERSION => {}
+    let version = match serde_json::from_str::<Header>(&first.map_err(Error::from)?) {
+        Ok(header)
+            if header.format == FORMAT
+                && (OLDEST_READABLE_VERSION..=VERSION).contains(&header.version) =>
+        {
+            header.version
+        }
         Ok(header) if header.format == FORMAT => {
             let reason = format!(
-                "format version {} is not {VERSION}, the one this sessiond reads",
+                "format version {} is not one this sessiond reads ({OLDEST_READABLE_VERSION} to {VERSION})",
                 header.version
             );
             return Err(line_error(1, reason, moved));
@@ -334,19 +422,38 @@ pub async fn import(store: &Store, input: impl BufRead) -> std::result::Result<M
             );
             return Err(line_error(1, reason, moved));
         }
-    }
+    };
+    progress.stage("importing sessions", None);
     let mut in_flight = FuturesUnordered::new();
     let mut refused = None;
+    // What the session lines hold, to hold the end line against.
+    let mut read = Moved::default();
+    let mut ended = false;
+    let mut last_line = 1;
     for (text, number) in lines {
         let text = text.map_err(Error::from)?;
+        last_line = number;
         if text.trim().is_empty() {
             continue;
+        }
+        if ended {
+            refused = Some((number, "a line after the end line".to_owned()));
+            break;
         }
         let line: SessionLine = match serde_json::from_str(&text) {
             Ok(line) => line,
             Err(error) => {
-                refused = Some((number, error.to_string()));
-                break;
+                match EndLine::parse(&text).filter(|_| version >= 2) {
+                    Some(end) => match end.verify(read) {
+                        Ok(()) => ended = true,
+                        Err(reason) => refused = Some((number, reason)),
+                    },
+                    None => refused = Some((number, error.to_string())),
+                }
+                if refused.is_some() {
+                    break;
+                }
+                continue;
             }
         };
         let session = Session::from(line.session);
@@ -356,6 +463,9 @@ pub async fn import(store: &Store, input: impl BufRead) -> std::result::Result<M
             .map(|record| record.into_message(session.id))
             .collect::<Vec<_>>();
         let count = messages.len() as u64;
+        read.sessions += 1;
+        read.messages += count;
+        progress.advance(1);
         in_flight.push(async move {
             let outcome = store.restore_session(session, messages).await;
             (number, count, outcome)
@@ -369,6 +479,15 @@ pub async fn import(store: &Store, input: impl BufRead) -> std::result::Result<M
             }
         }
     }
+    if version >= 2 && !ended && refused.is_none() {
+        refused = Some((
+            last_line + 1,
+            format!(
+                "the export ends without its end line: it was cut short after {} sessions",
+                read.sessions
+            ),
+        ));
+    }
     while let Some(done) = in_flight.next().await {
         if let Some(failed) = settle(done, &mut moved)? {
             // The first line refused is the one to report.
@@ -380,6 +499,76 @@ pub async fn import(store: &Store, input: impl BufRead) -> std::result::Result<M
     match refused {
         Some((line, reason)) => Err(line_error(line, reason, moved)),
         None => Ok(moved),
+    }
+}
+
+/// Follows an export line by line as it passes (a backup being fetched, say): counts its
+/// sessions and messages, and tells whether it ended whole, with an end line that counts
+/// what came before it.
+#[derive(Debug, Default)]
+pub struct ExportCheck {
+    /// Lines seen, the header included.
+    lines: u64,
+    /// What the session lines held.
+    read: Moved,
+    /// Whether the end line came, counting what came before it.
+    ended: bool,
+}
+
+/// Only what counting needs of a session line: its messages, unread.
+#[derive(Deserialize)]
+struct CountedLine {
+    messages: Vec<serde::de::IgnoredAny>,
+}
+
+impl ExportCheck {
+    /// Takes the next line (without its `\n`).
+    ///
+    /// # Errors
+    /// Why the line cannot be where it is: a first line that is not the header of an
+    /// export this sessiond reads, a line that is neither a session line nor a true end
+    /// line, or any line after the end line.
+    pub fn line(&mut self, text: &[u8]) -> std::result::Result<(), String> {
+        self.lines += 1;
+        if self.lines == 1 {
+            return match serde_json::from_slice::<Header>(text) {
+                Ok(header) if header.format == FORMAT && header.version == VERSION => Ok(()),
+                _ => Err(format!(
+                    r#"not a sessiond export of version {VERSION}: the first line must be {{"format":"{FORMAT}","version":{VERSION}}}"#
+                )),
+            };
+        }
+        if self.ended {
+            return Err(format!("line {}: a line after the end line", self.lines));
+        }
+        if let Ok(line) = serde_json::from_slice::<CountedLine>(text) {
+            self.read.sessions += 1;
+            self.read.messages += line.messages.len() as u64;
+            return Ok(());
+        }
+        let end = std::str::from_utf8(text).ok().and_then(EndLine::parse);
+        match end {
+            Some(end) => {
+                end.verify(self.read)
+                    .map_err(|reason| format!("line {}: {reason}", self.lines))?;
+                self.ended = true;
+                Ok(())
+            }
+            None => Err(format!(
+                "line {}: neither a session line nor the end line",
+                self.lines
+            )),
+        }
+    }
+
+    /// The sessions and messages seen so far.
+    pub fn moved(&self) -> Moved {
+        self.read
+    }
+
+    /// Whether the end line has come: the export is whole.
+    pub fn is_whole(&self) -> bool {
+        self.ended
     }
 }
 
@@ -408,15 +597,27 @@ mod tests {
         append_texts, appended, clocked_store, created_session, session_at, temp_store,
         text_message, T0,
     };
+    use crate::store::NoProgress;
 
     async fn exported(store: &Store) -> (String, Moved) {
         let mut out = Vec::new();
-        let moved = export(store, &mut out).await.expect("the store exports");
+        let moved = export(store, &mut out, &NoProgress)
+            .await
+            .expect("the store exports");
         (String::from_utf8(out).expect("UTF-8"), moved)
     }
 
     async fn imported(store: &Store, text: &str) -> std::result::Result<Moved, ImportError> {
-        import(store, text.as_bytes()).await
+        import(store, text.as_bytes(), &NoProgress).await
+    }
+
+    /// An export of the version before end lines: the version-1 header, no end line.
+    fn as_version_1(text: &str) -> String {
+        let mut lines: Vec<&str> = text.lines().collect();
+        let end = lines.pop().expect("an end line");
+        assert!(end.starts_with("{\"end\":true"), "{end}");
+        lines[0] = "{\"format\":\"sessiond-export\",\"version\":1}";
+        lines.iter().map(|line| format!("{line}\n")).collect()
     }
 
     /// A store with what an export must keep: branches, an author's attachments, metadata
@@ -604,8 +805,8 @@ mod tests {
             ("", "empty"),
             ("{\"sessions\":[]}\n", "not a sessiond export"),
             (
-                "{\"format\":\"sessiond-export\",\"version\":2}\n",
-                "format version 2",
+                "{\"format\":\"sessiond-export\",\"version\":3}\n",
+                "format version 3",
             ),
         ] {
             match imported(&store, input).await {
@@ -647,5 +848,126 @@ mod tests {
             "{broken:?}"
         );
         assert_eq!(exported(&target).await.1, Moved::default());
+    }
+
+    #[tokio::test]
+    async fn an_export_ends_with_a_line_that_counts_its_sessions_and_messages() {
+        // Arrange
+        let (source, _source_dir) = varied_store().await;
+
+        // Act
+        let (text, moved) = exported(&source).await;
+
+        // Assert
+        assert_eq!(
+            text.lines().next(),
+            Some("{\"format\":\"sessiond-export\",\"version\":2}")
+        );
+        assert_eq!(
+            text.lines().last(),
+            Some(r#"{"end":true,"sessions":3,"messages":5}"#)
+        );
+        assert_eq!((moved.sessions, moved.messages), (3, 5));
+    }
+
+    #[tokio::test]
+    async fn an_export_of_version_1_without_an_end_line_still_imports() {
+        // Arrange
+        let (source, _source_dir) = varied_store().await;
+        let (text, moved) = exported(&source).await;
+        let (target, _target_dir) = temp_store();
+
+        // Act
+        let loaded = imported(&target, &as_version_1(&text)).await;
+
+        // Assert
+        assert_eq!(loaded.expect("a version 1 export imports"), moved);
+        assert_eq!(exported(&target).await.0, text);
+    }
+
+    #[tokio::test]
+    async fn an_export_cut_short_is_refused_where_its_end_line_should_be() {
+        // Arrange
+        let (source, _source_dir) = varied_store().await;
+        let (text, _) = exported(&source).await;
+        let cut: String = text
+            .lines()
+            .take(3)
+            .map(|line| format!("{line}\n"))
+            .collect();
+        let (target, _target_dir) = temp_store();
+
+        // Act
+        let outcome = imported(&target, &cut).await;
+
+        // Assert: the two session lines read are stored, and the import says it was cut.
+        match outcome {
+            Err(ImportError::Line {
+                line,
+                reason,
+                moved,
+            }) => {
+                assert_eq!(line, 4);
+                assert!(reason.contains("cut short after 2 sessions"), "{reason}");
+                assert_eq!(moved.sessions, 2);
+            }
+            other => panic!("expected the cut to be named, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn an_end_line_that_miscounts_or_is_followed_by_a_line_is_refused() {
+        // Arrange
+        let (source, _source_dir) = varied_store().await;
+        let (text, _) = exported(&source).await;
+        let lines: Vec<&str> = text.lines().collect();
+        let without_end = &lines[..lines.len() - 1];
+        let miscounted = format!(
+            "{}\n{}\n",
+            without_end.join("\n"),
+            r#"{"end":true,"sessions":3,"messages":6}"#
+        );
+        let followed = format!("{text}{}\n", lines[1]);
+
+        // Act
+        let miscounted = imported(&temp_store().0, &miscounted).await;
+        let followed = imported(&temp_store().0, &followed).await;
+
+        // Assert
+        assert!(
+            matches!(&miscounted, Err(ImportError::Line { line: 5, reason, .. }) if reason.contains("counts 3 sessions and 6 messages")),
+            "{miscounted:?}"
+        );
+        assert!(
+            matches!(&followed, Err(ImportError::Line { line: 6, reason, .. }) if reason.contains("after the end line")),
+            "{followed:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_export_check_counts_as_lines_pass_and_knows_a_whole_export_from_a_cut_one() {
+        // Arrange
+        let (source, _source_dir) = varied_store().await;
+        let (text, moved) = exported(&source).await;
+        let lines: Vec<&str> = text.lines().collect();
+
+        // Act
+        let mut whole = ExportCheck::default();
+        let mut cut = ExportCheck::default();
+        for line in &lines {
+            whole.line(line.as_bytes()).expect("a line of an export");
+        }
+        for line in &lines[..lines.len() - 1] {
+            cut.line(line.as_bytes()).expect("a line of an export");
+        }
+
+        // Assert
+        assert!(whole.is_whole());
+        assert_eq!(whole.moved(), moved);
+        assert!(!cut.is_whole());
+        assert_eq!(cut.moved(), moved);
+        assert!(whole.line(lines[1].as_bytes()).is_err(), "after the end");
+        let mut foreign = ExportCheck::default();
+        assert!(foreign.line(b"<html>").is_err());
     }
 }

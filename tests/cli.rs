@@ -347,7 +347,8 @@ fn export_then_import_moves_a_store_to_another_directory_whole() {
         stderr_lines(&exported),
         ["exported 20 sessions, 20 messages"]
     );
-    assert_eq!(exported.stdout.iter().filter(|&&b| b == b'\n').count(), 21);
+    // The header, a line per session, the end line.
+    assert_eq!(exported.stdout.iter().filter(|&&b| b == b'\n').count(), 22);
     assert!(imported.status.success(), "{:?}", stderr_lines(&imported));
     assert_eq!(
         stderr_lines(&imported),

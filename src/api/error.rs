@@ -370,6 +370,16 @@ impl ApiError {
         )
     }
 
+    /// 409 EXPORT_RUNNING: another export is being sent.
+    pub fn export_running() -> Self {
+        Self::new(
+            StatusCode::CONFLICT,
+            "EXPORT_RUNNING",
+            "An export is already running",
+            "the server sends one export at a time; retry when the other one has ended",
+        )
+    }
+
     /// 503 STORAGE_UNAVAILABLE: the cause is logged under the request's id.
     pub fn storage_unavailable(cause: &dyn std::fmt::Display) -> Self {
         let request_id = request_id();

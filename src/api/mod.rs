@@ -4,6 +4,7 @@
 //! wrong method) and the API-key check travel as rejections, and all of them meet the one
 //! `handle_rejection` at the top.
 
+mod admin;
 mod body;
 mod error;
 mod events;
@@ -62,6 +63,8 @@ pub(crate) struct AppState {
     pub max_streams: usize,
     /// The server's metrics.
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// One permit per export being sent (`GET /api/admin/export`).
+    pub exports: Arc<tokio::sync::Semaphore>,
 }
 
 impl AppState {
@@ -122,6 +125,7 @@ impl AppState {
                     .unwrap_or(usize::MAX)
                     .min(tokio::sync::Semaphore::MAX_PERMITS),
             )),
+            exports: Arc::new(tokio::sync::Semaphore::new(admin::MAX_EXPORTS)),
         }
     }
 }
@@ -164,11 +168,13 @@ async fn load_active(state: &AppState, id: Uuid) -> Result<(Session, Timestamp),
 }
 
 /// The paths sessiond answers: everything under these belongs to it.
-const OWN_PATHS: [&str; 4] = [
+const OWN_PATHS: [&str; 5] = [
     "/api/messaging/",
     openapi::PATH,
     "/v1/ask-feather/",
     "/inspect/",
+    // The one route, not the prefix: an embedding app may have admin routes of its own.
+    "/api/admin/export",
 ];
 
 /// Passes the requests whose path belongs to sessiond and rejects the others as not found,
@@ -191,8 +197,8 @@ fn own_paths() -> impl Filter<Extract = (), Error = warp::Rejection> + Clone {
 
 /// Every route, behind the API-key check, with every rejection rendered as the envelope.
 /// Claims only sessiond's own paths (`/api/messaging/…`, `/api/openapi.json`,
-/// `/v1/ask-feather/…`, the inspector's `/inspect/…`) and rejects the others, so it can be
-/// mounted in another warp app before or after that app's routes.
+/// `/v1/ask-feather/…`, `/api/admin/export`, the inspector's `/inspect/…`) and rejects the
+/// others, so it can be mounted in another warp app before or after that app's routes.
 pub(crate) fn routes(state: &AppState) -> BoxedFilter<(warp::reply::Response,)> {
     let shared = Arc::new(state.clone());
     // The claim comes first: CORS's own recover would answer every path.
@@ -256,6 +262,8 @@ fn api(shared: &SharedState) -> BoxedFilter<(warp::reply::Response,)> {
         .or(openapi::routes())
         .unify()
         .or(inspect::routes())
+        .unify()
+        .or(admin::routes(shared))
         .unify()
         .boxed()
 }

@@ -53,6 +53,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/v1/ask-feather/sessions/{session_id}/messages"),
     ("GET", PATH),
     ("GET", super::metrics::PATH),
+    ("GET", "/api/admin/export"),
 ];
 
 /// The errors any operation can answer: 401, 500, 503.
@@ -136,6 +137,7 @@ pub(super) enum BodyErrors {
         super::feather::create_feather_message,
         get_openapi,
         super::metrics::scrape,
+        super::admin::export_store,
     ),
     modifiers(&Security),
     security(("apiKey" = [])),
@@ -146,6 +148,7 @@ pub(super) enum BodyErrors {
         (name = "events", description = "Server-Sent Events streams."),
         (name = "feather", description = "The Feather ask-feather compatible route."),
         (name = "meta", description = "This document, and the server's metrics."),
+        (name = "admin", description = "Operating the server: an online backup."),
     )
 )]
 pub struct ApiDoc;

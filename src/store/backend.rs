@@ -31,7 +31,7 @@ use super::events::{EventBus, EventReplay};
 use super::messages::{MessagePage, MessageQuery};
 use super::sessions::{SessionCounts, SessionPage, SessionQuery};
 use super::write::Job;
-use super::{CheckReport, TreeStats};
+use super::{CheckReport, Progress, TreeStats};
 use crate::domain::{Event, Message, Session, SessionError, Timestamp};
 use crate::error::Result;
 
@@ -121,11 +121,12 @@ pub(super) trait Backend: Send + Sync + 'static {
     /// go on increasing across restarts. Returns how many went.
     fn trim_events(&self, cutoff: Timestamp) -> Reading<'_, usize>;
 
-    /// Verifies every record against its indexes and counts. Read-only.
-    fn check(&self) -> Result<CheckReport>;
+    /// Verifies every record against its indexes and counts, telling `progress` how far it
+    /// got. Read-only.
+    fn check(&self, progress: &dyn Progress) -> Result<CheckReport>;
 
-    /// Entries and bytes per tree or table.
-    fn tree_stats(&self) -> Result<Vec<TreeStats>>;
+    /// Entries and bytes per tree or table, telling `progress` how far it got.
+    fn tree_stats(&self, progress: &dyn Progress) -> Result<Vec<TreeStats>>;
 
     /// Bytes the store occupies on disk.
     fn size_on_disk(&self) -> Result<u64>;

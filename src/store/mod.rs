@@ -40,6 +40,26 @@ pub use sled_backend::{CheckReport, TreeStats, FORMAT_VERSION};
 use backend::Backend;
 use sled_backend::SledBackend;
 
+/// Told how far a long read or write of the whole store has got (`check`, `stats`, export,
+/// import), so that the command running it can draw a bar. The store only counts; how it
+/// is shown is the caller's.
+pub trait Progress: Sync {
+    /// A new stage of the work begins: what it does, and how many units it has when that
+    /// is known without reading more.
+    fn stage(&self, what: &str, units: Option<u64>);
+    /// `units` more of the current stage are done.
+    fn advance(&self, units: u64);
+}
+
+/// Progress that nobody watches.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NoProgress;
+
+impl Progress for NoProgress {
+    fn stage(&self, _what: &str, _units: Option<u64>) {}
+    fn advance(&self, _units: u64) {}
+}
+
 /// Writes a background task (the sweeper, the notifier) keeps in flight: enough to share
 /// write batches, few enough that the requests batched with them wait little.
 pub const BACKGROUND_WRITES: usize = 4;
@@ -195,7 +215,15 @@ impl Store {
     /// # Errors
     /// Storage failures.
     pub fn tree_stats(&self) -> Result<Vec<TreeStats>> {
-        self.backend.tree_stats()
+        self.tree_stats_with_progress(&NoProgress)
+    }
+
+    /// [`Store::tree_stats`], telling `progress` of each tree and entry it reads.
+    ///
+    /// # Errors
+    /// Storage failures.
+    pub fn tree_stats_with_progress(&self, progress: &dyn Progress) -> Result<Vec<TreeStats>> {
+        self.backend.tree_stats(progress)
     }
 
     /// Verifies every record against its index entries and counters, and that every value
@@ -204,7 +232,15 @@ impl Store {
     /// # Errors
     /// Storage failures (problems in the data go into the report).
     pub fn check(&self) -> Result<CheckReport> {
-        self.backend.check()
+        self.check_with_progress(&NoProgress)
+    }
+
+    /// [`Store::check`], telling `progress` of each scan and entry it reads.
+    ///
+    /// # Errors
+    /// As [`Store::check`].
+    pub fn check_with_progress(&self, progress: &dyn Progress) -> Result<CheckReport> {
+        self.backend.check(progress)
     }
 }
 

@@ -284,11 +284,15 @@ impl super::backend::Backend for PgBackend {
         Box::pin(self.delete_events_before(cutoff))
     }
 
-    fn check(&self) -> Result<super::CheckReport> {
+    // PostgreSQL does the scans itself, a statement at a time: there is nothing to count
+    // between them but the stages.
+    fn check(&self, progress: &dyn super::Progress) -> Result<super::CheckReport> {
+        progress.stage("checking tables", None);
         self.blocking(reads::check)
     }
 
-    fn tree_stats(&self) -> Result<Vec<super::TreeStats>> {
+    fn tree_stats(&self, progress: &dyn super::Progress) -> Result<Vec<super::TreeStats>> {
+        progress.stage("sizing tables", None);
         self.blocking(reads::table_stats)
     }
 

@@ -13,6 +13,7 @@ use super::event_records::{index_entry_end, StoredEvents};
 use super::keys;
 use crate::domain::{Message, Session};
 use crate::error::Result;
+use crate::store::Progress;
 
 /// Most problems listed in a report; the rest are only counted.
 const MAX_LISTED: usize = 100;
@@ -64,14 +65,17 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 impl Engine {
-    pub(super) fn tree_stats(&self) -> Result<Vec<TreeStats>> {
+    pub(super) fn tree_stats(&self, progress: &dyn Progress) -> Result<Vec<TreeStats>> {
         let mut stats = Vec::new();
         for (name, tree) in self.trees.named() {
+            // sled counts a tree's entries only by reading them all, so no stage has a length.
+            progress.stage(&format!("reading {name}"), None);
             let (mut entries, mut bytes) = (0, 0);
             for entry in tree.iter() {
                 let (key, value) = entry?;
                 entries += 1;
                 bytes += (key.len() + value.len()) as u64;
+                progress.advance(1);
             }
             stats.push(TreeStats {
                 name,
@@ -82,22 +86,37 @@ impl Engine {
         Ok(stats)
     }
 
-    pub(super) fn check(&self) -> Result<CheckReport> {
+    /// Each scan is a stage of `progress`. The session counter gives the first its length;
+    /// the sessions read give the lengths of the scans of their index entries and messages
+    /// (estimates, exact on a clean store).
+    pub(super) fn check(&self, progress: &dyn Progress) -> Result<CheckReport> {
         let mut report = CheckReport::default();
         let pending: std::collections::HashSet<Uuid> = self.pending_purges()?.into_iter().collect();
         report.pending_purges = pending.len() as u64;
-        self.check_sessions(&mut report)?;
-        self.check_session_indexes(&mut report)?;
-        self.check_messages(&mut report, &pending)?;
-        self.check_events(&mut report)?;
+        progress.stage(
+            "checking sessions",
+            Some(self.counter(keys::Counter::Sessions)?),
+        );
+        let counted_messages = self.check_sessions(&mut report, progress)?;
+        // Each session has four index entries: user, agent, expiry, warning.
+        progress.stage(
+            "checking session indexes",
+            Some(report.sessions.saturating_mul(4)),
+        );
+        self.check_session_indexes(&mut report, progress)?;
+        self.check_messages(&mut report, &pending, counted_messages, progress)?;
+        self.check_events(&mut report, progress)?;
         Ok(report)
     }
 
-    fn check_sessions(&self, report: &mut CheckReport) -> Result<()> {
+    /// Checks every session record; returns the messages they count, all told.
+    fn check_sessions(&self, report: &mut CheckReport, progress: &dyn Progress) -> Result<u64> {
         let mut counts: HashMap<Vec<u8>, u64> = HashMap::new();
+        let mut counted_messages: u64 = 0;
         for entry in self.trees.sessions.iter() {
             let (key, value) = entry?;
             report.sessions += 1;
+            progress.advance(1);
             let session: Session = match codec::decode(&value) {
                 Ok(session) => session,
                 Err(error) => {
@@ -109,6 +128,7 @@ impl Engine {
                 }
             };
             let id = session.id;
+            counted_messages = counted_messages.saturating_add(session.message_count);
             if key.as_ref() != keys::session(id) {
                 report.problem(format!("session {id} is stored under another key"));
             }
@@ -178,17 +198,22 @@ impl Engine {
                 hex(&key)
             ));
         }
-        Ok(())
+        Ok(counted_messages)
     }
 
     /// Every index entry must point to a session whose values put it there.
-    fn check_session_indexes(&self, report: &mut CheckReport) -> Result<()> {
+    fn check_session_indexes(
+        &self,
+        report: &mut CheckReport,
+        progress: &dyn Progress,
+    ) -> Result<()> {
         for (tree, what) in [
             (&self.trees.user_sessions, "user"),
             (&self.trees.agent_sessions, "agent"),
         ] {
             for key in tree.iter().keys() {
                 let key = key?;
+                progress.advance(1);
                 let id = keys::parse_owned_session(&key)?;
                 let owner = Uuid::from_slice(&key[..keys::ID_LEN]).unwrap_or_default();
                 match self.session(id) {
@@ -213,6 +238,7 @@ impl Engine {
         ] {
             for key in tree.iter().keys() {
                 let (at, id) = keys::parse_deadline(&key?)?;
+                progress.advance(1);
                 let matches = |s: &Session| {
                     let deadline = if what == "expiry" {
                         s.expires_at()
@@ -235,14 +261,20 @@ impl Engine {
         Ok(())
     }
 
+    /// `counted` is the messages the sessions count: the length of the scans of messages
+    /// and of their id index.
     fn check_messages(
         &self,
         report: &mut CheckReport,
         pending: &std::collections::HashSet<Uuid>,
+        counted: u64,
+        progress: &dyn Progress,
     ) -> Result<()> {
+        progress.stage("checking messages", Some(counted));
         for entry in self.trees.messages.iter() {
             let (key, value) = entry?;
             report.messages += 1;
+            progress.advance(1);
             let (session_id, seq) = keys::parse_message(&key)?;
             if pending.contains(&session_id) {
                 continue;
@@ -305,8 +337,10 @@ impl Engine {
                 }
             }
         }
+        progress.stage("checking message ids", Some(counted));
         for entry in self.trees.message_locations.iter() {
             let (id_key, location) = entry?;
+            progress.advance(1);
             let (session_id, seq) = keys::parse_message(&location)?;
             if pending.contains(&session_id) {
                 continue;
@@ -319,8 +353,10 @@ impl Engine {
                 ));
             }
         }
+        progress.stage("checking replies", None);
         for entry in self.trees.children.iter() {
             let (key, value) = entry?;
+            progress.advance(1);
             let (parent_id, seq) = keys::parse_child(&key)?;
             let session_id = keys::parse_session(&value)?;
             if pending.contains(&session_id) {
@@ -347,11 +383,13 @@ impl Engine {
         Ok(())
     }
 
-    fn check_events(&self, report: &mut CheckReport) -> Result<()> {
+    fn check_events(&self, report: &mut CheckReport, progress: &dyn Progress) -> Result<()> {
+        progress.stage("checking events", None);
         // Each record holds ids first..first + len; the next record starts after them.
         let mut next_free: u64 = 0;
         for entry in self.trees.events.iter() {
             let (key, value) = entry?;
+            progress.advance(1);
             let first_id = keys::parse_event(&key)?;
             let record: StoredEvents = match codec::decode(&value) {
                 Ok(record) => record,
@@ -381,8 +419,10 @@ impl Engine {
         }
         // Each entry's stretch ends in a record of its owner (trimming removes an entry
         // with the last record it covers).
+        progress.stage("checking event index", None);
         for entry in self.trees.event_index.iter() {
             let (key, value) = entry?;
+            progress.advance(1);
             let end = index_entry_end(&key, &value)?;
             let last_record = self
                 .trees

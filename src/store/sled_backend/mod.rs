@@ -33,7 +33,7 @@ use super::events::{EventBus, EventReplay};
 use super::messages::{MessagePage, MessageQuery};
 use super::sessions::{SessionCounts, SessionPage, SessionQuery};
 use super::write::{broken, settle_unrefused, Failure, Job, TxResult};
-use super::{StoreMetrics, StoreOptions};
+use super::{Progress, StoreMetrics, StoreOptions};
 use crate::domain::{Event, Message, Session, SessionError, Timestamp};
 use crate::error::{Error, Result};
 use engine::{Engine, EngineSlot};
@@ -264,12 +264,12 @@ impl Backend for SledBackend {
         })
     }
 
-    fn check(&self) -> Result<CheckReport> {
-        self.engines.engine()?.check()
+    fn check(&self, progress: &dyn Progress) -> Result<CheckReport> {
+        self.engines.engine()?.check(progress)
     }
 
-    fn tree_stats(&self) -> Result<Vec<TreeStats>> {
-        self.engines.engine()?.tree_stats()
+    fn tree_stats(&self, progress: &dyn Progress) -> Result<Vec<TreeStats>> {
+        self.engines.engine()?.tree_stats(progress)
     }
 
     fn size_on_disk(&self) -> Result<u64> {

@@ -242,7 +242,7 @@ impl Engine {
             })
     }
 
-    fn counter(&self, counter: Counter) -> Result<u64> {
+    pub(super) fn counter(&self, counter: Counter) -> Result<u64> {
         match self.trees.counters.get(keys::counter(counter))? {
             Some(bytes) => keys::parse_count(&bytes),
             None => Ok(0),
