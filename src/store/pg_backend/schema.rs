@@ -343,17 +343,6 @@ pub(super) fn add_to_counts(client: &impl Execute, deltas: &[(String, i64)]) -> 
         .map(drop)
 }
 
-/// Every kind, to read a stored name back.
-const KINDS: [EventKind; 7] = [
-    EventKind::SessionCreated,
-    EventKind::Message,
-    EventKind::SessionRenewed,
-    EventKind::SessionTimeoutUpdated,
-    EventKind::SessionExpiring,
-    EventKind::SessionExpired,
-    EventKind::SessionDeleted,
-];
-
 /// The columns [`event_from`] reads, in its order, as a literal for `concat!`.
 macro_rules! event_columns {
     () => {
@@ -367,7 +356,7 @@ pub(super) const EVENT_COLUMNS: &str = event_columns!();
 
 pub(super) fn event_from(row: &Row) -> Result<Event> {
     let name: String = row.try_get(2).map_err(storage)?;
-    let kind = KINDS
+    let kind = EventKind::ALL
         .into_iter()
         .find(|kind| kind.name() == name)
         .ok_or_else(|| Error::corrupt(format!("an event of unknown kind {name:?}")))?;
