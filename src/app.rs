@@ -117,8 +117,9 @@ impl Sessiond {
     }
 
     /// `GET /metrics` in Prometheus's text format, to mount in a warp app behind whatever
-    /// guard it uses: it rejects every other request as not found. Requests the app's own
-    /// server answers are not counted in it; everything else is.
+    /// guard it uses: it rejects every other request as not found. It counts the store's
+    /// work, sessions, streams, the background tasks and the process; no request metrics,
+    /// which sessiond's own server records.
     pub fn metrics_route(&self) -> BoxedFilter<(warp::reply::Response,)> {
         api::metrics_route(&self.state)
     }

@@ -354,19 +354,40 @@ fn refusal(url: &str, status: StatusCode, text: &str) -> String {
         Ok(Envelope { error }) => format!(
             "{url} refused the backup: {} {}: {} ({})",
             status.as_u16(),
-            error.code,
-            error.message,
-            error.details
+            printable(&error.code, 120),
+            printable(&error.message, 400),
+            printable(&error.details, 400)
         ),
-        Err(_) => {
-            let start: String = text
-                .chars()
-                .take(120)
-                .map(|c| if c.is_control() { ' ' } else { c })
-                .collect();
-            format!("{url} refused the backup: {status} {}", start.trim())
-        }
+        Err(_) => format!(
+            "{url} refused the backup: {status} {}",
+            printable(text, 120)
+        ),
     }
+}
+
+/// The start of what a server sent, safe to print on a terminal: no control characters,
+/// which could move the cursor or rewrite what the terminal shows.
+fn printable(text: &str, chars: usize) -> String {
+    let start: String = text
+        .chars()
+        .take(chars)
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    start.trim().to_owned()
+}
+
+/// Makes the backup durable when stdout is a file, so that a backup reported whole is
+/// still whole after the machine loses power.
+///
+/// # Errors
+/// The file could not be synced.
+pub fn sync_stdout() -> std::io::Result<()> {
+    use std::os::fd::AsFd;
+    let stdout = std::fs::File::from(std::io::stdout().as_fd().try_clone_to_owned()?);
+    if stdout.metadata()?.is_file() {
+        stdout.sync_all()?;
+    }
+    Ok(())
 }
 
 /// An error and its causes, on one line.

@@ -132,7 +132,8 @@ pub struct ServeConfig {
     )]
     pub pg_statement_timeout_seconds: u64,
 
-    /// When set, every route except health requires this value in `X-API-Key`.
+    /// When set, every route except health and the inspector's page requires this value in
+    /// `X-API-Key` (`/metrics` on --metrics-addr does not).
     #[arg(long, env = "SESSIOND_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
 

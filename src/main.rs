@@ -12,9 +12,15 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    // sled's own lines repeat what sessiond reports about the store, in its terms.
+    // sled's own lines repeat what sessiond reports about the store, in its terms. The
+    // offline commands print their own report: the store's notes (a slow write batch) would
+    // only interleave with it.
+    let default_level = match cli.command {
+        Command::Serve(_) => "info,sled=off",
+        _ => "warn,sled=off",
+    };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| "info,sled=off".into());
+        .unwrap_or_else(|_| default_level.into());
     // Lines are written by a thread of their own, in batches: a request's access line costs
     // it the formatting, not a write to stderr. The queue blocks when full, rather than
     // drop lines; the guard writes what is left when `main` returns.
@@ -89,8 +95,14 @@ fn main() -> ExitCode {
         }
         Command::Backup(args) => {
             let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-            return match sessiond::backup::backup(&args, &mut out) {
+            let fetched = sessiond::backup::backup(&args, &mut out);
+            drop(out);
+            return match fetched {
                 Ok(fetched) => {
+                    if let Err(error) = sessiond::backup::sync_stdout() {
+                        eprintln!("sessiond: the backup could not be synced to disk: {error}");
+                        return ExitCode::FAILURE;
+                    }
                     eprintln!(
                         "backed up {} sessions, {} messages ({} bytes) from {}",
                         fetched.moved.sessions, fetched.moved.messages, fetched.bytes, args.url

@@ -226,8 +226,9 @@ impl Metrics {
         self.storage_unavailable
             .set(i64::from(snapshot.storage_unavailable));
         self.open_streams
-            .set(saturating_i64(snapshot.open_streams as u64));
+            .set(i64::try_from(snapshot.open_streams).unwrap_or(i64::MAX));
         let looked_through = self.notifier_looked_through.load(Ordering::Relaxed);
+        // Zero until the notifier starts (it records its start).
         if looked_through > 0 {
             let lag = snapshot.now.as_millis().saturating_sub(looked_through);
             self.notifier_lag_seconds.set(lag as f64 / 1000.0);

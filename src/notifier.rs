@@ -54,6 +54,8 @@ pub async fn run_until_stopped(
 ) {
     let clock = store.clock().clone();
     let mut looked_through = clock.now() - catch_up;
+    // Lag counts from the start until the first look succeeds.
+    progress.store(clock.now().as_millis(), Ordering::Relaxed);
     loop {
         let (from, to) = (looked_through - OVERLAP, clock.now());
         match notify_due_once(&store, from, to).await {

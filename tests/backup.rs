@@ -196,7 +196,10 @@ async fn a_backup_under_write_load_restores_every_write_acknowledged_before_it_b
     let writers: Vec<_> = (0..6)
         .map(|_| tokio::spawn(write_load(url.clone(), acknowledged.clone(), stop.clone())))
         .collect();
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // The writers are at work once each has had writes acknowledged.
+    while acknowledged.lock().unwrap().len() < 60 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 
     // Act: back up while the writers go on, then restore into a fresh store.
     let began = Instant::now();
@@ -432,10 +435,14 @@ fn a_backup_cut_short_by_the_server_stopping_exits_1_and_import_refuses_it() {
     assert_eq!(lines.len(), 1, "{lines:?}");
     assert!(lines[0].contains("the backup is incomplete"), "{lines:?}");
     assert!(written.len() > 100, "some of the export came");
+    // Other lines may come first: the store logs a slow write batch, say.
     let refused = stderr_lines(&restore);
     assert_eq!(restore.status.code(), Some(1), "{refused:?}");
     assert!(
-        refused[0].contains("cut short") || refused[0].contains("import stopped at line"),
+        refused
+            .iter()
+            .any(|line| line.starts_with("sessiond: import stopped at line")
+                && line.contains("the export ends without its end line")),
         "{refused:?}"
     );
 }

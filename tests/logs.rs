@@ -4,7 +4,6 @@
 //! metadata or the API key.
 
 use std::collections::HashMap;
-use std::time::Duration;
 
 use serde_json::{json, Value};
 
@@ -120,10 +119,9 @@ async fn json_logs_parse_line_by_line_with_one_access_line_per_request_and_no_co
         None,
     )
     .await;
-    let (code, _) = server.stop_with("TERM");
+    let (code, later) = server.stop_with("TERM");
     assert_eq!(code, Some(0));
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    let log = format!("{}{}", server.log, server.later.lock().unwrap());
+    let log = format!("{}{later}", server.log);
 
     // Assert
     let mut access_lines = HashMap::new();

@@ -12,12 +12,14 @@
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use futures_util::Stream;
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
+use tracing::Instrument;
 use warp::http::header::{CACHE_CONTROL, CONTENT_TYPE};
 use warp::http::HeaderValue;
 use warp::reply::Response;
@@ -91,16 +93,23 @@ async fn export_store(state: SharedState) -> std::result::Result<Response, ApiEr
     let stream = state.stream_permit()?;
     let (pieces, received) = mpsc::channel(BUFFERED_CHUNKS);
     tracing::info!("export started");
-    tokio::spawn(send_export(
-        state.store.clone(),
-        pieces,
-        state.shutdown.clone(),
-    ));
+    // The task holds them too: a client that goes away frees them only once the task has
+    // stopped reading the store, so two exports never read it at once.
+    let held = Arc::new((running, stream));
+    let task_holds = held.clone();
+    let reading = send_export(state.store.clone(), pieces, state.shutdown.clone());
+    tokio::spawn(
+        async move {
+            reading.await;
+            drop(task_holds);
+        }
+        .in_current_span(),
+    );
     let body = ExportBody {
         pieces: received,
         stopping: Box::pin(state.shutdown.clone().cancelled_owned()),
         ended: false,
-        _held: (running, stream),
+        _held: held,
     };
     let mut response = warp::reply::stream(body).into_response();
     let headers = response.headers_mut();
@@ -206,7 +215,7 @@ struct ExportBody {
     stopping: Pin<Box<WaitForCancellationFutureOwned>>,
     ended: bool,
     /// The export slot and the stream permit, held as long as the response is sent.
-    _held: (OwnedSemaphorePermit, OwnedSemaphorePermit),
+    _held: Arc<(OwnedSemaphorePermit, OwnedSemaphorePermit)>,
 }
 
 impl Stream for ExportBody {
@@ -256,7 +265,7 @@ mod tests {
             pieces: received,
             stopping: Box::pin(shutdown.clone().cancelled_owned()),
             ended: false,
-            _held: held,
+            _held: Arc::new(held),
         };
         (body, pieces, shutdown)
     }

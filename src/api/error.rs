@@ -310,7 +310,7 @@ impl ApiError {
     /// 500 INTERNAL_ERROR: the cause is logged under the request's id; the client gets the id
     /// only (also in its `X-Request-Id`).
     pub fn internal(cause: &dyn std::fmt::Display) -> Self {
-        let request_id = request_id();
+        let request_id = crate::http::access::current_request_id();
         tracing::error!(%request_id, error = %cause, "internal error");
         Self::new(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -382,7 +382,7 @@ impl ApiError {
 
     /// 503 STORAGE_UNAVAILABLE: the cause is logged under the request's id.
     pub fn storage_unavailable(cause: &dyn std::fmt::Display) -> Self {
-        let request_id = request_id();
+        let request_id = crate::http::access::current_request_id();
         tracing::error!(%request_id, error = %cause, "storage unavailable");
         Self::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -394,20 +394,14 @@ impl ApiError {
 
     /// The store refuses writes for `reason` until the disk takes them again.
     pub fn storage_degraded(reason: &str) -> Self {
+        let request_id = crate::http::access::current_request_id();
         Self::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "STORAGE_UNAVAILABLE",
             "Storage unavailable",
-            format!("the store is not taking writes: {reason}"),
+            format!("the store is not taking writes: {reason}; request id {request_id}"),
         )
     }
-}
-
-/// The id of the request being answered, or a new one where the routes are served by
-/// another program's server (embedded), which gives requests none.
-fn request_id() -> std::sync::Arc<str> {
-    crate::http::access::current_request_id()
-        .unwrap_or_else(|| std::sync::Arc::from(uuid::Uuid::new_v4().to_string().as_str()))
 }
 
 impl From<TimeoutConfigError> for ApiError {

@@ -16,7 +16,7 @@ pub(crate) const PATH: &str = "/metrics";
 
 /// How long a scrape waits for the store's counts and size: a scrape must answer even while
 /// the store is slow or out of reach (the gauges then keep their last values).
-const STORE_PATIENCE: Duration = Duration::from_secs(2);
+const SCRAPE_STORE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// GET /metrics
 pub(super) fn routes(
@@ -42,23 +42,11 @@ pub(super) fn routes(
 )]
 async fn scrape(state: Arc<AppState>) -> Response {
     let now = state.clock.now();
-    let counts = tokio::time::timeout(STORE_PATIENCE, state.store.counts(now));
-    let store = state.store.clone();
-    let size = tokio::time::timeout(
-        STORE_PATIENCE,
-        tokio::task::spawn_blocking(move || store.size_on_disk()),
-    );
-    let (counts, size) = tokio::join!(counts, size);
+    let (sessions, store_bytes) = read_store(&state, now).await;
     let snapshot = Snapshot {
         now,
-        sessions: match counts {
-            Ok(Ok(counts)) => Some((counts.active, counts.expiring_soon)),
-            _ => None,
-        },
-        store_bytes: match size {
-            Ok(Ok(Ok(bytes))) => Some(bytes),
-            _ => None,
-        },
+        sessions,
+        store_bytes,
         storage_unavailable: state.store.degraded().is_some(),
         open_streams: state
             .max_streams
@@ -70,4 +58,19 @@ async fn scrape(state: Arc<AppState>) -> Response {
         HeaderValue::from_static(crate::metrics::CONTENT_TYPE),
     );
     response
+}
+
+/// The store's session counts (as health reads them) and its size.
+async fn read_store(
+    state: &AppState,
+    now: crate::domain::Timestamp,
+) -> (Option<(u64, u64)>, Option<u64>) {
+    let counts = tokio::time::timeout(SCRAPE_STORE_TIMEOUT, state.store.counts(now));
+    let size = tokio::time::timeout(SCRAPE_STORE_TIMEOUT, state.store.stored_bytes());
+    let (counts, size) = tokio::join!(counts, size);
+    let sessions = match counts {
+        Ok(Ok(counts)) => Some((counts.active, counts.expiring_soon)),
+        _ => None,
+    };
+    (sessions, size.ok().and_then(Result::ok))
 }

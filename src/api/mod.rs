@@ -102,13 +102,11 @@ impl AppState {
 impl AppState {
     /// The state for a store and a configuration; the routes read the store's clock.
     pub fn new(store: Store, config: &crate::config::ServeConfig) -> Self {
-        let engine = if config.store.is_some() {
-            "postgres"
-        } else {
-            "sled"
-        };
         AppState {
-            metrics: Arc::new(crate::metrics::Metrics::new(store.metrics(), engine)),
+            metrics: Arc::new(crate::metrics::Metrics::new(
+                store.metrics(),
+                store.engine(),
+            )),
             max_streams: config.max_streams,
             clock: store.clock().clone(),
             store,
@@ -167,14 +165,14 @@ async fn load_active(state: &AppState, id: Uuid) -> Result<(Session, Timestamp),
     Ok((session, now))
 }
 
-/// The paths sessiond answers: everything under these belongs to it.
+/// The paths sessiond answers: a path ending in `/` claims everything under it, another
+/// only itself (an embedding app may have admin routes of its own beside the export).
 const OWN_PATHS: [&str; 5] = [
     "/api/messaging/",
     openapi::PATH,
     "/v1/ask-feather/",
     "/inspect/",
-    // The one route, not the prefix: an embedding app may have admin routes of its own.
-    "/api/admin/export",
+    crate::backup::EXPORT_PATH,
 ];
 
 /// Passes the requests whose path belongs to sessiond and rejects the others as not found,
@@ -183,10 +181,9 @@ fn own_paths() -> impl Filter<Extract = (), Error = warp::Rejection> + Clone {
     warp::path::full()
         .and_then(|path: warp::path::FullPath| async move {
             let path = path.as_str();
-            if OWN_PATHS
-                .iter()
-                .any(|own| path == own.trim_end_matches('/') || path.starts_with(own))
-            {
+            if OWN_PATHS.iter().any(|own| {
+                path == own.trim_end_matches('/') || own.ends_with('/') && path.starts_with(own)
+            }) {
                 Ok(())
             } else {
                 Err(warp::reject::not_found())
@@ -408,6 +405,30 @@ mod tests {
         ] {
             assert_eq!(route_template(&path), template, "{path}");
         }
+    }
+
+    #[tokio::test]
+    async fn embedded_routes_claim_the_export_route_alone_not_the_paths_beside_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store =
+            crate::store::Store::open(dir.path(), &crate::store::StoreOptions::default()).unwrap();
+        let state = AppState::new(store, &crate::config::ServeConfig::default());
+        let app = routes(&state)
+            .or(warp::path!("api" / "admin" / String).map(|rest: String| rest))
+            .boxed();
+
+        let theirs = warp::test::request()
+            .path("/api/admin/exports")
+            .reply(&app)
+            .await;
+        let ours = warp::test::request()
+            .method("POST")
+            .path("/api/admin/export")
+            .reply(&app)
+            .await;
+
+        assert_eq!(theirs.body().as_ref(), b"exports");
+        assert_eq!(ours.status(), 405);
     }
 
     #[test]

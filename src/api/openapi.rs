@@ -53,7 +53,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/v1/ask-feather/sessions/{session_id}/messages"),
     ("GET", PATH),
     ("GET", super::metrics::PATH),
-    ("GET", "/api/admin/export"),
+    ("GET", crate::backup::EXPORT_PATH),
 ];
 
 /// The errors any operation can answer: 401, 500, 503.

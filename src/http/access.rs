@@ -4,7 +4,7 @@
 //! route template, the status, the duration, the bytes sent, the id and the peer.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -26,13 +26,20 @@ tokio::task_local! {
     static CURRENT_REQUEST_ID: Arc<str>;
 }
 
-/// The id of the request being answered on this task, if any.
-pub fn current_request_id() -> Option<Arc<str>> {
-    CURRENT_REQUEST_ID.try_with(Arc::clone).ok()
+/// The id of the request being answered on this task, or a new one where there is none
+/// (routes served by another program's server, when embedded).
+pub fn current_request_id() -> Arc<str> {
+    CURRENT_REQUEST_ID
+        .try_with(Arc::clone)
+        .unwrap_or_else(|_| new_request_id())
+}
+
+fn new_request_id() -> Arc<str> {
+    Arc::from(uuid::Uuid::new_v4().to_string().as_str())
 }
 
 /// Runs `answer` as the request `id`'s: [`current_request_id`] names it there.
-pub(super) async fn answering<F: std::future::Future>(id: Arc<str>, answer: F) -> F::Output {
+pub(super) async fn with_request_id<F: std::future::Future>(id: Arc<str>, answer: F) -> F::Output {
     CURRENT_REQUEST_ID.scope(id, answer).await
 }
 
@@ -50,7 +57,22 @@ pub(super) fn request_id(headers: &HeaderMap) -> Arc<str> {
         });
     match given {
         Some(id) => Arc::from(String::from_utf8_lossy(id).as_ref()),
-        None => Arc::from(uuid::Uuid::new_v4().to_string().as_str()),
+        None => new_request_id(),
+    }
+}
+
+/// A request's method as metrics and logs name it: one of HTTP's own, else `other`, as a
+/// client may send any token as a method and each would make series of its own.
+fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
     }
 }
 
@@ -80,14 +102,14 @@ impl RequestLog {
         Arc::new(Access {
             span: tracing::info_span!("request", request_id = %id),
             metrics: self.metrics.clone(),
-            method: method.clone(),
+            method: method_label(method),
             route,
             id,
             peer,
             started: Instant::now(),
-            head: Mutex::new(None),
+            status: Mutex::new(None),
             bytes: AtomicU64::new(0),
-            logged: std::sync::atomic::AtomicBool::new(false),
+            logged: AtomicBool::new(false),
         })
     }
 }
@@ -97,16 +119,18 @@ pub(super) struct Access {
     /// Names the request in every line logged while it is answered.
     pub(super) span: tracing::Span,
     metrics: Arc<Metrics>,
-    method: Method,
+    method: &'static str,
     route: &'static str,
     id: Arc<str>,
     peer: SocketAddr,
     started: Instant,
     /// The status, once the response head is ready.
-    head: Mutex<Option<u16>>,
+    status: Mutex<Option<u16>>,
     /// Response body bytes handed to the connection.
     bytes: AtomicU64,
-    logged: std::sync::atomic::AtomicBool,
+    /// Whether the access line was written: a response ends once, but both its body's end
+    /// and its drop report it.
+    logged: AtomicBool,
 }
 
 impl Access {
@@ -121,14 +145,14 @@ impl Access {
     }
 
     fn record_head(&self, status: u16, elapsed: Duration) {
-        let mut head = self
-            .head
+        let mut recorded = self
+            .status
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if head.is_none() {
-            *head = Some(status);
+        if recorded.is_none() {
+            *recorded = Some(status);
             self.metrics
-                .observe_request(self.route, self.method.as_str(), status, elapsed);
+                .observe_request(self.route, self.method, status, elapsed);
         }
     }
 
@@ -144,7 +168,7 @@ impl Access {
         }
         let elapsed = self.started.elapsed();
         let status = *self
-            .head
+            .status
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let status = status.unwrap_or_else(|| {
@@ -154,7 +178,7 @@ impl Access {
         self.span.in_scope(|| {
             tracing::info!(
                 target: "sessiond::access",
-                method = %self.method,
+                method = self.method,
                 route = self.route,
                 status,
                 duration_ms = elapsed.as_secs_f64() * 1000.0,

@@ -348,6 +348,8 @@ where
         Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send + 'static>>;
 
     fn call(&self, mut request: Request<Incoming>) -> Self::Future {
+        // Measured as the client sent it, before the id is added.
+        let head_too_large = head_size(&request) > self.max_head_bytes;
         let id = access::request_id(request.headers());
         let access = self.log.begin(
             request.method(),
@@ -355,7 +357,7 @@ where
             id.clone(),
             self.peer,
         );
-        // Sane by construction (see `request_id`).
+        // Always a valid value: `request_id` keeps or makes only visible ASCII.
         let id_header = hyper::header::HeaderValue::from_str(&id).ok();
         if let Some(value) = &id_header {
             request
@@ -379,7 +381,7 @@ where
                 end: BodyEnd::Response(answer),
             })
         };
-        if head_size(&request) > self.max_head_bytes {
+        if head_too_large {
             let refused = crate::api::ApiError::headers_too_large(self.max_head_bytes)
                 .closing()
                 .into_response();
@@ -387,7 +389,7 @@ where
         }
         let response = self.inner.call(request);
         let span = access.span.clone();
-        Box::pin(access::answering(
+        Box::pin(access::with_request_id(
             access.id().clone(),
             async move { Ok(wrap(response.await?)) }.instrument(span),
         ))

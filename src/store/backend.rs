@@ -54,6 +54,9 @@ pub(super) trait Backend: Send + Sync + 'static {
     /// Where the engine publishes durable events.
     fn bus(&self) -> &Arc<EventBus>;
 
+    /// The engine's name, as metrics label it: `sled`, `postgres`.
+    fn engine(&self) -> &'static str;
+
     /// Waits, briefly, until every stored event through `through` is published here: for a
     /// reader resuming after an id that another process sharing the store showed it.
     fn catch_up_events(&self, through: u64) -> Reading<'_, ()>;
@@ -130,6 +133,10 @@ pub(super) trait Backend: Send + Sync + 'static {
 
     /// Bytes the store occupies on disk.
     fn size_on_disk(&self) -> Result<u64>;
+
+    /// [`Backend::size_on_disk`], read the way the engine's other reads are: for a server
+    /// reporting its size while it serves.
+    fn stored_bytes(&self) -> Reading<'_, u64>;
 
     /// What to wait for after the last handle is dropped, before the store can be opened
     /// again.

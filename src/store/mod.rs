@@ -161,6 +161,11 @@ impl Store {
         &self.clock
     }
 
+    /// The storage engine's name: `sled` or `postgres`.
+    pub fn engine(&self) -> &'static str {
+        self.backend.engine()
+    }
+
     /// The store's instruments, to register with a metrics registry.
     pub fn metrics(&self) -> &StoreMetrics {
         &self.metrics
@@ -208,6 +213,14 @@ impl Store {
     /// I/O errors reading the directory.
     pub fn size_on_disk(&self) -> Result<u64> {
         self.backend.size_on_disk()
+    }
+
+    /// Bytes the store occupies on disk, read as the store's other reads are.
+    ///
+    /// # Errors
+    /// Storage and I/O errors.
+    pub async fn stored_bytes(&self) -> Result<u64> {
+        self.backend.stored_bytes().await
     }
 
     /// Entries and bytes per tree (a full scan).

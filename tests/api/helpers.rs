@@ -25,6 +25,8 @@ pub const API: &str = "/api/messaging";
 pub const API_KEY_HEADER: &str = "X-API-Key";
 /// The default request-body limit (64 KiB).
 pub const DEFAULT_MAX_BODY_BYTES: usize = 64 * 1024;
+/// The default request-head limit (64 KiB).
+pub const DEFAULT_MAX_HEAD_BYTES: usize = 64 * 1024;
 /// One minute in milliseconds.
 pub const MINUTE_MS: u64 = 60_000;
 /// Where manual clocks start: 2026-11-21T10:00:00.000Z. A fixed instant makes every

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use reqwest::Method;
 use serde_json::{json, Value};
 
-use crate::helpers::{spawn_app, spawn_app_with, Api, API};
+use crate::helpers::{spawn_app, spawn_app_with, Api, API, DEFAULT_MAX_HEAD_BYTES};
 
 /// Reads until the server closes the connection (or `limit` passes); returns what it sent
 /// and how long that took.
@@ -508,6 +508,41 @@ async fn an_oversized_head_or_a_request_hyper_cannot_parse_gets_the_envelope() {
         ]
     );
     assert_eq!(answers[5].1["status"], json!("healthy"));
+}
+
+/// The cap counts the head the client sent: the request id the server adds to a request
+/// without one does not push a head at the cap over it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_head_at_the_cap_is_answered_and_one_byte_over_it_is_not() {
+    // Arrange: the request line and headers of `head(padding)` come to 84 + padding bytes
+    // as the cap counts them (each header's name, value and 4 bytes of separators; the
+    // request line's method, target and 12; the blank line's 2).
+    let app = spawn_app().await;
+    let addr = app.addr;
+    let head = |padding: usize| {
+        let mut request = b"GET /api/messaging/sessions/health HTTP/1.1\r\nHost: x\r\nConnection: close\r\nX-Big: ".to_vec();
+        request.extend(std::iter::repeat_n(b'a', padding));
+        request.extend_from_slice(b"\r\n\r\n");
+        request
+    };
+    let at_cap = DEFAULT_MAX_HEAD_BYTES - 84;
+
+    // Act
+    let (at, over) = tokio::task::spawn_blocking(move || {
+        (
+            raw_exchange(addr, &head(at_cap)),
+            raw_exchange(addr, &head(at_cap + 1)),
+        )
+    })
+    .await
+    .expect("the client thread ends");
+
+    // Assert
+    assert_eq!(at.0, 200, "{}", at.1);
+    assert_eq!(
+        (over.0, &over.1["error"]["code"]),
+        (431, &json!("HEADERS_TOO_LARGE"))
+    );
 }
 
 /// A client that stops reading an answer it asked for (here an event stream) is idle: the

@@ -32,6 +32,8 @@ pub struct Server {
     pub log: String,
     /// What it logged after that.
     pub later: std::sync::Arc<std::sync::Mutex<String>>,
+    /// The thread reading `later`: it ends when the process's stderr closes.
+    drain: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Server {
@@ -71,14 +73,19 @@ impl Server {
                 // Keep draining, so the server never blocks on a full pipe.
                 let later = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
                 let sink = later.clone();
-                std::thread::spawn(move || {
+                let drain = std::thread::spawn(move || {
                     for line in lines.map_while(Result::ok) {
                         let mut sink = sink.lock().unwrap();
                         sink.push_str(&line);
                         sink.push('\n');
                     }
                 });
-                return Server { child, log, later };
+                return Server {
+                    child,
+                    log,
+                    later,
+                    drain: Some(drain),
+                };
             }
         }
         let _ = child.kill();
@@ -129,8 +136,10 @@ impl Server {
             );
             std::thread::sleep(Duration::from_millis(20));
         };
-        // The drain thread may still be reading the last lines.
-        std::thread::sleep(Duration::from_millis(100));
+        // Every line is read once the drain thread has met the end of stderr.
+        if let Some(drain) = self.drain.take() {
+            drain.join().expect("the drain thread ends");
+        }
         (status.code(), self.later.lock().unwrap().clone())
     }
 }

@@ -173,6 +173,10 @@ impl super::backend::Backend for PgBackend {
         self.writer.submit(job)
     }
 
+    fn engine(&self) -> &'static str {
+        "postgres"
+    }
+
     fn bus(&self) -> &Arc<EventBus> {
         &self.bus
     }
@@ -304,6 +308,10 @@ impl super::backend::Backend for PgBackend {
                 .get(0);
             Ok(schema::uint(size))
         })
+    }
+
+    fn stored_bytes(&self) -> super::backend::Reading<'_, u64> {
+        Box::pin(self.read_database_size())
     }
 
     fn release(&self) -> Release {

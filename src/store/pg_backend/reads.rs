@@ -150,6 +150,15 @@ impl PgBackend {
         })
     }
 
+    pub(super) async fn read_database_size(&self) -> Result<u64> {
+        let client = connection(self).await?;
+        let row = client
+            .query_one("SELECT pg_database_size(current_database())", &[])
+            .await
+            .map_err(storage)?;
+        Ok(uint(row.get(0)))
+    }
+
     pub(super) async fn read_deadlines_between(
         &self,
         from: Timestamp,

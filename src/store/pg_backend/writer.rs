@@ -86,7 +86,9 @@ fn run(
                 Err(_) => break,
             }
         }
-        metrics.queue_depth.sub(batch.len() as i64);
+        metrics
+            .queue_depth
+            .sub(i64::try_from(batch.len()).unwrap_or(i64::MAX));
         metrics.batch_writes.observe(batch.len() as f64);
         let connected = match connection.take() {
             Some(open) if !open.0.is_closed() => Ok(open),
@@ -269,9 +271,10 @@ fn run_batch(
     metrics
         .commit_seconds
         .observe((committing - started).as_secs_f64());
-    batch_tx.tx.into_inner().commit().map_err(storage)?;
+    let committed = batch_tx.tx.into_inner().commit();
     metrics
         .sync_seconds
         .observe(committing.elapsed().as_secs_f64());
+    committed.map_err(storage)?;
     Ok(events)
 }

@@ -142,6 +142,10 @@ impl Backend for SledBackend {
         self.writer.submit(job)
     }
 
+    fn engine(&self) -> &'static str {
+        "sled"
+    }
+
     fn bus(&self) -> &Arc<EventBus> {
         &self.bus
     }
@@ -274,6 +278,11 @@ impl Backend for SledBackend {
 
     fn size_on_disk(&self) -> Result<u64> {
         Ok(self.engines.engine()?.db.size_on_disk()?)
+    }
+
+    fn stored_bytes(&self) -> Reading<'_, u64> {
+        // A walk of the store's few files.
+        self.read_now(|engine| Ok(engine.db.size_on_disk()?))
     }
 
     fn release(&self) -> Release {

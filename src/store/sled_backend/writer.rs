@@ -207,7 +207,9 @@ impl WriterThread {
                 .chain(waiting.try_iter())
                 .take(MAX_BATCH)
                 .collect();
-            self.metrics.queue_depth.sub(batch.len() as i64);
+            self.metrics
+                .queue_depth
+                .sub(i64::try_from(batch.len()).unwrap_or(i64::MAX));
             if let Some(reason) = self.refusal() {
                 for job in batch {
                     job.fail(Error::Degraded(reason.clone()));
