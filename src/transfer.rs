@@ -327,10 +327,12 @@ pub async fn export(
 async fn history(store: &Store, session: &Session) -> Result<Option<Vec<Message>>> {
     let mut messages = Vec::new();
     while (messages.len() as u64) < session.message_count {
+        // `after_seq` alone pages from the oldest on (with an upper bound too, a page holds
+        // the newest of its range); messages appended since the session was read are left
+        // out below.
         let query = MessageQuery {
             limit: EXPORT_PAGE,
             after_seq: Some(messages.len() as u64),
-            before_seq: Some(session.message_count + 1),
             ..MessageQuery::default()
         };
         let page = match store.page_messages(session, &query).await? {
@@ -341,7 +343,12 @@ async fn history(store: &Store, session: &Session) -> Result<Option<Vec<Message>
         if page.messages.is_empty() {
             return Ok(None);
         }
-        messages.extend(page.messages.into_iter().rev());
+        messages.extend(
+            page.messages
+                .into_iter()
+                .rev()
+                .take_while(|message| message.seq <= session.message_count),
+        );
     }
     Ok(Some(messages))
 }
@@ -665,6 +672,33 @@ mod tests {
         clock.advance(Duration::from_secs(90));
         assert!(store.record_due_notices(short.id).await.expect("stored"));
         (store, dir)
+    }
+
+    #[tokio::test]
+    async fn a_session_longer_than_an_export_page_exports_whole_in_order_and_imports() {
+        // Arrange: more messages than one page of the export's reads, and then some.
+        let (store, _dir) = temp_store();
+        let session = created_session(&store, store.clock().now()).await;
+        let count = EXPORT_PAGE * 2 + 3;
+        append_texts(&store, session.id, count).await;
+
+        // Act
+        let (text, moved) = exported(&store).await;
+        let (copy, _copy_dir) = temp_store();
+        let restored = imported(&copy, &text).await;
+
+        // Assert
+        assert_eq!(moved.messages, count as u64);
+        let line: serde_json::Value =
+            serde_json::from_str(text.lines().nth(1).expect("a session line")).unwrap();
+        let seqs: Vec<u64> = line["messages"]
+            .as_array()
+            .expect("messages")
+            .iter()
+            .map(|message| message["seq"].as_u64().expect("a seq"))
+            .collect();
+        assert_eq!(seqs, (1..=count as u64).collect::<Vec<_>>());
+        assert_eq!(restored.expect("the export imports").messages, count as u64);
     }
 
     #[tokio::test]
