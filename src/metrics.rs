@@ -12,6 +12,7 @@ use prometheus::{
 };
 
 use crate::domain::Timestamp;
+use crate::store::metrics::{counter, gauge, histogram};
 use crate::store::StoreMetrics;
 
 /// The content type of the text format.
@@ -77,11 +78,11 @@ impl SweeperMetrics {
                 "sessiond_sweeper_messages_removed_total",
                 "Messages removed with the sessions the sweeper removed.",
             ),
-            sweep_seconds: Histogram::with_opts(
-                HistogramOpts::new("sessiond_sweeper_sweep_seconds", "Seconds each sweep took.")
-                    .buckets(SWEEP_SECONDS.to_vec()),
-            )
-            .expect("a valid histogram"),
+            sweep_seconds: histogram(
+                "sessiond_sweeper_sweep_seconds",
+                "Seconds each sweep took.",
+                &SWEEP_SECONDS,
+            ),
         }
     }
 }
@@ -100,14 +101,6 @@ pub struct Snapshot {
     pub storage_unavailable: bool,
     /// Event and reply streams open.
     pub open_streams: usize,
-}
-
-fn counter(name: &str, help: &str) -> IntCounter {
-    IntCounter::with_opts(Opts::new(name, help)).expect("a valid counter")
-}
-
-fn gauge(name: &str, help: &str) -> IntGauge {
-    IntGauge::with_opts(Opts::new(name, help)).expect("a valid gauge")
 }
 
 impl Metrics {

@@ -70,6 +70,24 @@ const FAILURES: [&str; 3] = ["storage", "broken", "stopped"];
 /// The refusal while the store refuses writes, as the contract names it.
 const STORAGE_UNAVAILABLE: &str = "STORAGE_UNAVAILABLE";
 
+// The instruments' names and help are literals of this crate: making one cannot fail.
+
+/// A counter.
+pub(crate) fn counter(name: &str, help: &str) -> IntCounter {
+    IntCounter::with_opts(Opts::new(name, help)).expect("a valid counter")
+}
+
+/// A gauge.
+pub(crate) fn gauge(name: &str, help: &str) -> IntGauge {
+    IntGauge::with_opts(Opts::new(name, help)).expect("a valid gauge")
+}
+
+/// A histogram over `buckets`.
+pub(crate) fn histogram(name: &str, help: &str, buckets: &[f64]) -> Histogram {
+    Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets.to_vec()))
+        .expect("a valid histogram")
+}
+
 /// Durations of a write batch's steps: from under a millisecond (a cached commit) to the
 /// seconds of a struggling disk.
 const BATCH_SECONDS: [f64; 12] = [
@@ -82,13 +100,6 @@ const BATCH_WRITES: [f64; 10] = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 25
 impl StoreMetrics {
     /// Fresh instruments, at zero.
     pub(crate) fn new() -> Self {
-        let histogram = |name: &str, help: &str, buckets: &[f64]| {
-            Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets.to_vec()))
-                .expect("a valid histogram")
-        };
-        let counter = |name: &str, help: &str| {
-            IntCounter::with_opts(Opts::new(name, help)).expect("a valid counter")
-        };
         let counters = |name: &str, help: &str, label: &str| {
             IntCounterVec::new(Opts::new(name, help), &[label]).expect("a valid counter")
         };
@@ -108,11 +119,10 @@ impl StoreMetrics {
                 "Seconds to make a committed batch durable (sled: flush and fdatasync; PostgreSQL: COMMIT).",
                 &BATCH_SECONDS,
             ),
-            queue_depth: IntGauge::with_opts(Opts::new(
+            queue_depth: gauge(
                 "sessiond_writer_queue_depth",
                 "Writes queued for the writer and not yet in a batch.",
-            ))
-            .expect("a valid gauge"),
+            ),
             writes_refused: counters(
                 "sessiond_writes_refused_total",
                 "Writes refused, by the error code answered.",

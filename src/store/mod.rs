@@ -16,7 +16,7 @@
 mod backend;
 mod events;
 mod messages;
-mod metrics;
+pub(crate) mod metrics;
 mod pg_backend;
 mod sessions;
 mod sled_backend;

@@ -270,3 +270,99 @@ impl Store {
         answer.await.map_err(|_| Error::WriterStopped)?
     }
 }
+
+/// A writer thread and the queue that feeds it, as every engine runs its writes: counts the
+/// writes waiting in it, and stops the thread (closing the queue, then waiting for it) when
+/// dropped, so the store's files or connection are released with the last handle.
+pub(super) struct WriterQueue<T> {
+    /// `None` only while dropping: closing the channel is what stops the thread.
+    queue: Option<std::sync::mpsc::Sender<T>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    metrics: Arc<StoreMetrics>,
+}
+
+/// The writer thread's side of a [`WriterQueue`].
+pub(super) struct WriterInbox<T> {
+    waiting: std::sync::mpsc::Receiver<T>,
+    metrics: Arc<StoreMetrics>,
+}
+
+/// The queue was closed: the store is closing.
+pub(super) struct QueueClosed;
+
+impl<T: Send + 'static> WriterQueue<T> {
+    /// Starts the thread `sessiond-writer` on `run`, which takes its writes from the inbox.
+    pub(super) fn start(
+        metrics: Arc<StoreMetrics>,
+        run: impl FnOnce(WriterInbox<T>) + Send + 'static,
+    ) -> std::io::Result<Self> {
+        let (queue, waiting) = std::sync::mpsc::channel();
+        let inbox = WriterInbox {
+            waiting,
+            metrics: metrics.clone(),
+        };
+        let thread = std::thread::Builder::new()
+            .name("sessiond-writer".into())
+            .spawn(move || run(inbox))?;
+        Ok(WriterQueue {
+            queue: Some(queue),
+            thread: Some(thread),
+            metrics,
+        })
+    }
+
+    /// Queues `item` for the writer.
+    ///
+    /// # Errors
+    /// [`Error::WriterStopped`] once the writer has stopped.
+    pub(super) fn send(&self, item: T) -> Result<()> {
+        let queue = self.queue.as_ref().ok_or(Error::WriterStopped)?;
+        // Counted before it is sent: the writer may take it at once.
+        self.metrics.queue_depth.inc();
+        queue.send(item).map_err(|_| {
+            self.metrics.queue_depth.dec();
+            Error::WriterStopped
+        })
+    }
+}
+
+impl<T> Drop for WriterQueue<T> {
+    fn drop(&mut self) {
+        self.queue = None;
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl<T> WriterInbox<T> {
+    /// Waits for a write (at most `patience`, when given: then the batch may be empty), and
+    /// takes it with every other one waiting, `max` at most.
+    ///
+    /// # Errors
+    /// [`QueueClosed`] once every handle on the queue is gone.
+    pub(super) fn next_batch(
+        &self,
+        patience: Option<std::time::Duration>,
+        max: usize,
+    ) -> std::result::Result<Vec<T>, QueueClosed> {
+        use std::sync::mpsc::RecvTimeoutError;
+        let first = match patience {
+            Some(patience) => match self.waiting.recv_timeout(patience) {
+                Ok(item) => Some(item),
+                Err(RecvTimeoutError::Timeout) => None,
+                Err(RecvTimeoutError::Disconnected) => return Err(QueueClosed),
+            },
+            None => Some(self.waiting.recv().map_err(|_| QueueClosed)?),
+        };
+        let batch: Vec<T> = first
+            .into_iter()
+            .chain(self.waiting.try_iter())
+            .take(max)
+            .collect();
+        self.metrics
+            .queue_depth
+            .sub(i64::try_from(batch.len()).unwrap_or(i64::MAX));
+        Ok(batch)
+    }
+}

@@ -6,7 +6,7 @@
 //! commit: the batches of every node commit one at a time, in the order of their ids, and
 //! no two of them change the same session at once.
 
-use std::sync::{mpsc, Arc};
+use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -16,7 +16,7 @@ use super::write_ops::{self, BatchTx, Statements};
 use crate::domain::Event;
 use crate::error::{Error, Result};
 use crate::store::events::EventBus;
-use crate::store::write::{Failure, Job};
+use crate::store::write::{Failure, Job, WriterInbox, WriterQueue};
 use crate::store::StoreMetrics;
 
 /// Most writes one transaction takes: bounds how long a write waits behind others.
@@ -27,18 +27,7 @@ const RECONNECT_PAUSE: Duration = Duration::from_millis(250);
 
 /// Handle on the writer thread. Dropping it stops the thread and waits for it.
 pub(super) struct Writer {
-    queue: Option<mpsc::Sender<Box<dyn Job>>>,
-    thread: Option<thread::JoinHandle<()>>,
-    metrics: Arc<StoreMetrics>,
-}
-
-impl Drop for Writer {
-    fn drop(&mut self) {
-        self.queue = None;
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
+    queue: WriterQueue<Box<dyn Job>>,
 }
 
 impl Writer {
@@ -48,47 +37,26 @@ impl Writer {
         bus: Arc<EventBus>,
         metrics: Arc<StoreMetrics>,
     ) -> Result<Writer> {
-        let (queue, jobs) = mpsc::channel::<Box<dyn Job>>();
         let thread_metrics = metrics.clone();
-        let thread = thread::Builder::new()
-            .name("sessiond-writer".into())
-            .spawn(move || run(&config, &jobs, &bus, &thread_metrics))?;
-        Ok(Writer {
-            queue: Some(queue),
-            thread: Some(thread),
-            metrics,
-        })
+        let queue = WriterQueue::start(metrics, move |inbox| {
+            run(&config, &inbox, &bus, &thread_metrics);
+        })?;
+        Ok(Writer { queue })
     }
 
     pub(super) fn submit(&self, job: Box<dyn Job>) -> Result<()> {
-        let queue = self.queue.as_ref().ok_or(Error::WriterStopped)?;
-        // Counted before it is sent: the writer may take it at once.
-        self.metrics.queue_depth.inc();
-        queue.send(job).map_err(|_| {
-            self.metrics.queue_depth.dec();
-            Error::WriterStopped
-        })
+        self.queue.send(job)
     }
 }
 
 fn run(
     config: &postgres::Config,
-    jobs: &mpsc::Receiver<Box<dyn Job>>,
+    jobs: &WriterInbox<Box<dyn Job>>,
     bus: &EventBus,
     metrics: &StoreMetrics,
 ) {
     let mut connection: Option<(postgres::Client, Statements)> = None;
-    while let Ok(first) = jobs.recv() {
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match jobs.try_recv() {
-                Ok(job) => batch.push(job),
-                Err(_) => break,
-            }
-        }
-        metrics
-            .queue_depth
-            .sub(i64::try_from(batch.len()).unwrap_or(i64::MAX));
+    while let Ok(batch) = jobs.next_batch(None, MAX_BATCH) {
         metrics.batch_writes.observe(batch.len() as f64);
         let connected = match connection.take() {
             Some(open) if !open.0.is_closed() => Ok(open),

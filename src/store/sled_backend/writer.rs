@@ -12,8 +12,7 @@
 use std::cell::RefCell;
 use std::fs::File;
 use std::path::Path;
-use std::sync::{mpsc, Arc};
-use std::thread;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sled::transaction::{ConflictableTransactionError, TransactionError};
@@ -25,7 +24,7 @@ use super::keys;
 use crate::domain::{Event, SessionError};
 use crate::error::{Error, Result};
 use crate::store::events::EventBus;
-use crate::store::write::{Answer, Failure, Job, TxResult};
+use crate::store::write::{Answer, Failure, Job, TxResult, WriterInbox, WriterQueue};
 use crate::store::StoreMetrics;
 
 /// Most writes one transaction takes: bounds how long a write waits behind others.
@@ -99,21 +98,9 @@ impl Queued {
 /// Handle on the writer thread. Dropping it stops the thread and waits for it, so the
 /// store's files are released when the last `Store` handle goes.
 pub(super) struct Writer {
-    /// `None` only while dropping: closing the channel is what stops the thread.
-    queue: Option<mpsc::Sender<Queued>>,
-    thread: Option<thread::JoinHandle<()>>,
+    queue: WriterQueue<Queued>,
     engines: Arc<EngineSlot>,
     bus: Arc<EventBus>,
-    metrics: Arc<StoreMetrics>,
-}
-
-impl Drop for Writer {
-    fn drop(&mut self) {
-        self.queue = None;
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
 }
 
 /// While writes are refused, how often the writer checks whether the disk takes them again.
@@ -131,7 +118,6 @@ impl Writer {
     ) -> Result<Writer> {
         // A new store's files must also be findable after power loss: sync their directory.
         File::open(path)?.sync_all()?;
-        let (queue, waiting) = mpsc::channel::<Queued>();
         let mut thread_state = WriterThread {
             engines: engines.clone(),
             bus: bus.clone(),
@@ -139,36 +125,22 @@ impl Writer {
             last_restore: None,
             metrics: metrics.clone(),
         };
-        let thread = thread::Builder::new()
-            .name("sessiond-writer".into())
-            .spawn(move || thread_state.run(&waiting))?;
+        let queue = WriterQueue::start(metrics, move |inbox| thread_state.run(&inbox))?;
         Ok(Writer {
-            queue: Some(queue),
-            thread: Some(thread),
+            queue,
             engines,
             bus,
-            metrics,
         })
     }
 
     /// Queues a write for the next batch; the job is answered once it is durable.
     pub(super) fn submit(&self, job: Box<dyn Job>) -> Result<()> {
-        self.send(Queued::Write(job))
+        self.queue.send(Queued::Write(job))
     }
 
     /// Queues a chore for the next batch.
     pub(super) fn submit_chore(&self, chore: Chore) -> Result<()> {
-        self.send(Queued::Chore(chore))
-    }
-
-    fn send(&self, queued: Queued) -> Result<()> {
-        let queue = self.queue.as_ref().ok_or(Error::WriterStopped)?;
-        // Counted before it is sent: the writer may take it at once.
-        self.metrics.queue_depth.inc();
-        queue.send(queued).map_err(|_| {
-            self.metrics.queue_depth.dec();
-            Error::WriterStopped
-        })
+        self.queue.send(Queued::Chore(chore))
     }
 
     /// Flushes and syncs on the calling thread.
@@ -188,28 +160,13 @@ struct WriterThread {
 }
 
 impl WriterThread {
-    fn run(&mut self, waiting: &mpsc::Receiver<Queued>) {
+    fn run(&mut self, inbox: &WriterInbox<Queued>) {
         loop {
-            let first = if self.engines.degraded().is_some() {
-                match waiting.recv_timeout(RESTORE_INTERVAL) {
-                    Ok(job) => Some(job),
-                    Err(mpsc::RecvTimeoutError::Timeout) => None,
-                    Err(mpsc::RecvTimeoutError::Disconnected) => return,
-                }
-            } else {
-                match waiting.recv() {
-                    Ok(job) => Some(job),
-                    Err(mpsc::RecvError) => return,
-                }
+            // While writes are refused, wake up to check whether the disk takes them again.
+            let patience = self.engines.degraded().map(|_| RESTORE_INTERVAL);
+            let Ok(batch) = inbox.next_batch(patience, MAX_BATCH) else {
+                return;
             };
-            let batch: Vec<Queued> = first
-                .into_iter()
-                .chain(waiting.try_iter())
-                .take(MAX_BATCH)
-                .collect();
-            self.metrics
-                .queue_depth
-                .sub(i64::try_from(batch.len()).unwrap_or(i64::MAX));
             if let Some(reason) = self.refusal() {
                 for job in batch {
                     job.fail(Error::Degraded(reason.clone()));
